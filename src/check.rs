@@ -1,0 +1,138 @@
+//! `lethe check`: validate lethe.toml, the data map (against the live source schema), the policy
+//! and the job definitions, and report every problem at once — each with its file, the key or
+//! line, and a fix — instead of stopping at the first.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::datamap::DataMap;
+use crate::jobs::Job;
+use crate::policy::Policy;
+use crate::source::Source;
+
+/// One thing wrong with one file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// The key path (`tables.messages.time_column`) or `line N`.
+    pub location: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl Problem {
+    pub fn new(
+        file: &Path,
+        location: impl Into<String>,
+        message: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> Self {
+        Problem {
+            file: file.to_path_buf(),
+            location: location.into(),
+            message: message.into(),
+            fix: fix.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.location.is_empty() {
+            write!(
+                f,
+                "{}: {}\n  fix: {}",
+                self.file.display(),
+                self.message,
+                self.fix
+            )
+        } else {
+            write!(
+                f,
+                "{}: {}: {}\n  fix: {}",
+                self.file.display(),
+                self.location,
+                self.message,
+                self.fix
+            )
+        }
+    }
+}
+
+/// A non-empty list of problems; the error of every configuration loader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        writeln!(
+            f,
+            "{n} configuration problem{}:",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.0 {
+            writeln!(f, "- {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// Everything loaded and validated: what a run needs before it may touch anything.
+pub struct Checked {
+    pub config: Config,
+    pub data_map: DataMap,
+    pub policy: Policy,
+    pub jobs: Vec<Job>,
+}
+
+/// Load every file, validate the data map against the source's live schema, and return all
+/// problems found. Opening the source is read-only.
+pub fn check(config_path: &Path) -> Result<Checked, crate::Error> {
+    let config = Config::load(config_path)?;
+    let mut problems = Vec::new();
+    let data_map = DataMap::load_dir(&config.data_map)
+        .map_err(|p| problems.extend(p.0))
+        .ok();
+    let policy = Policy::load(&config.policy)
+        .map_err(|p| problems.extend(p.0))
+        .ok();
+    let jobs = crate::jobs::load_dir(&config.jobs, &config.policy)
+        .map_err(|p| problems.extend(p.0))
+        .ok();
+
+    if let (Some(dm), Some(policy)) = (&data_map, &policy) {
+        problems.extend(policy.check_against(dm));
+    }
+    if let Some(dm) = &data_map {
+        match Source::open(&config.source) {
+            Ok(src) => match src.schema_problems(dm, policy.as_ref()) {
+                Ok(p) => problems.extend(p),
+                Err(e) => problems.push(Problem::new(
+                    &config.path,
+                    "source.url",
+                    e.to_string(),
+                    "check that the database is reachable and is the application's database",
+                )),
+            },
+            Err(e) => problems.push(Problem::new(
+                &config.path,
+                "source.url",
+                e.to_string(),
+                "point source.url at the application's database",
+            )),
+        }
+    }
+    if !problems.is_empty() {
+        return Err(crate::Error::Check(Problems(problems)));
+    }
+    Ok(Checked {
+        config,
+        data_map: data_map.unwrap(),
+        policy: policy.unwrap(),
+        jobs: jobs.unwrap(),
+    })
+}

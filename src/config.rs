@@ -1,0 +1,427 @@
+//! `lethe.toml`: where things are.
+//!
+//! Two stages, as in ripgrep and vector: [`ConfigFile`] is what the file says (every field
+//! documented, unknown keys rejected), [`Config`] is the validated form with paths resolved
+//! relative to the file's directory and `LETHE_*` environment overrides applied.
+//!
+//! Secrets are never written inline: the master key is a reference, `env:VAR` or `file:PATH`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::util::resolve;
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot read {path}: {source}\n  fix: create it (`lethe demo` writes an example) or pass --config FILE"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "{path}: {message}\n  fix: correct the TOML; the keys lethe.toml accepts are listed in the README"
+    )]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: `{key}`: {message}\n  fix: {fix}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+        fix: String,
+    },
+}
+
+/// `lethe.toml` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// The primary database.
+    pub source: SourceSection,
+    /// Where snapshots, analytics, certificates and audit records go.
+    pub store: StoreSection,
+    /// Where photo and recording blobs live (object keys in the data map point here).
+    #[serde(default)]
+    pub blobs: Option<StoreSection>,
+    /// The keyring.
+    #[serde(default)]
+    pub keys: KeysSection,
+    /// Paths to the data map, the policy and the job definitions.
+    #[serde(default)]
+    pub paths: PathsSection,
+    /// Snapshot tuning.
+    #[serde(default)]
+    pub snapshot: SnapshotSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSection {
+    /// `sqlite://path` (relative to lethe.toml) or `sqlite:///absolute/path`; `postgres://…` comes next.
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `file:///absolute/dir`, or a directory relative to lethe.toml.
+    pub url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysSection {
+    /// Key provider; only `local` (a keyring file) exists today.
+    #[serde(default = "default_provider")]
+    pub provider: String,
+    /// The keyring file holding the wrapped per-tenant data keys.
+    #[serde(default = "default_keyring")]
+    pub keyring: String,
+    /// Reference to the master key: `file:PATH` (relative to lethe.toml) or `env:VAR` (hex).
+    #[serde(default = "default_master_key")]
+    pub master_key: String,
+}
+
+impl Default for KeysSection {
+    fn default() -> Self {
+        Self {
+            provider: default_provider(),
+            keyring: default_keyring(),
+            master_key: default_master_key(),
+        }
+    }
+}
+fn default_provider() -> String {
+    "local".into()
+}
+fn default_keyring() -> String {
+    "keys/keyring.json".into()
+}
+fn default_master_key() -> String {
+    "file:keys/master.key".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathsSection {
+    /// Directory of data-map files (`*.toml`).
+    #[serde(default = "default_data_map")]
+    pub data_map: String,
+    /// The retention policy.
+    #[serde(default = "default_policy")]
+    pub policy: String,
+    /// Directory of job definitions (every `*.toml` but the policy).
+    #[serde(default = "default_jobs")]
+    pub jobs: String,
+}
+
+impl Default for PathsSection {
+    fn default() -> Self {
+        Self {
+            data_map: default_data_map(),
+            policy: default_policy(),
+            jobs: default_jobs(),
+        }
+    }
+}
+fn default_data_map() -> String {
+    "schemas".into()
+}
+fn default_policy() -> String {
+    "jobs/retention.toml".into()
+}
+fn default_jobs() -> String {
+    "jobs".into()
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotSection {
+    /// Rows per Parquet row group; bounds the writer's memory (default 131072).
+    #[serde(default = "default_row_group_rows")]
+    pub row_group_rows: usize,
+    /// Rows per Arrow record batch read from the source (default 8192).
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Rows per Parquet file before a new `part-<n>` starts (default 4194304).
+    #[serde(default = "default_file_rows")]
+    pub file_rows: usize,
+    /// zstd level, 1..=22 (default 1: the writer is CPU-bound; higher levels trade speed for size).
+    #[serde(default = "default_zstd_level")]
+    pub zstd_level: i32,
+    /// Tenants snapshotted at once (default 2).
+    #[serde(default = "default_parallel_tenants")]
+    pub parallel_tenants: usize,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        Self {
+            row_group_rows: default_row_group_rows(),
+            batch_rows: default_batch_rows(),
+            file_rows: default_file_rows(),
+            zstd_level: default_zstd_level(),
+            parallel_tenants: default_parallel_tenants(),
+        }
+    }
+}
+fn default_row_group_rows() -> usize {
+    131_072
+}
+fn default_batch_rows() -> usize {
+    8_192
+}
+fn default_file_rows() -> usize {
+    4_194_304
+}
+fn default_zstd_level() -> i32 {
+    1
+}
+fn default_parallel_tenants() -> usize {
+    2
+}
+
+/// Where the primary database is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceUrl {
+    Sqlite(PathBuf),
+}
+
+/// Where a secret comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub source: SourceUrl,
+    /// Resolved store URL (`file:///…` for local directories).
+    pub store_url: String,
+    pub blobs_url: Option<String>,
+    pub keyring: PathBuf,
+    pub master_key: SecretRef,
+    pub data_map: PathBuf,
+    pub policy: PathBuf,
+    pub jobs: PathBuf,
+    pub snapshot: SnapshotSection,
+}
+
+impl Config {
+    /// Read, parse and validate `path`, then apply `LETHE_*` overrides from the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_str(path, &text, |k| std::env::var(k).ok())
+    }
+
+    /// Parse `text` as if read from `path`; `env` looks up override variables.
+    pub fn from_str(
+        path: &Path,
+        text: &str,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if let Some(v) = env("LETHE_SOURCE_URL") {
+            file.source.url = v;
+        }
+        if let Some(v) = env("LETHE_STORE_URL") {
+            file.store.url = v;
+        }
+        if let Some(v) = env("LETHE_BLOBS_URL") {
+            file.blobs = Some(StoreSection { url: v });
+        }
+        if let Some(v) = env("LETHE_KEYS_KEYRING") {
+            file.keys.keyring = v;
+        }
+        if let Some(v) = env("LETHE_KEYS_MASTER_KEY") {
+            file.keys.master_key = v;
+        }
+        Self::validate(path, file)
+    }
+
+    fn validate(path: &Path, f: ConfigFile) -> Result<Config, ConfigError> {
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let invalid = |key: &str, message: String, fix: &str| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.into(),
+            message,
+            fix: fix.into(),
+        };
+
+        let source = if let Some(rest) = f.source.url.strip_prefix("sqlite://") {
+            if rest.is_empty() {
+                return Err(invalid(
+                    "source.url",
+                    "no database path after sqlite://".into(),
+                    "write sqlite://source.db (relative to lethe.toml) or sqlite:///absolute/path.db",
+                ));
+            }
+            SourceUrl::Sqlite(resolve(&base, rest))
+        } else if f.source.url.starts_with("postgres://")
+            || f.source.url.starts_with("postgresql://")
+        {
+            return Err(invalid(
+                "source.url",
+                "PostgreSQL sources are not supported by this build yet".into(),
+                "use sqlite://PATH for now",
+            ));
+        } else {
+            return Err(invalid(
+                "source.url",
+                "unknown scheme (expected sqlite://)".into(),
+                "write sqlite://source.db",
+            ));
+        };
+
+        let store_url = store_url_of(&base, &f.store.url).map_err(|m| {
+            invalid(
+                "store.url",
+                m,
+                "write a directory path, file:///absolute/dir",
+            )
+        })?;
+        let blobs_url = match f.blobs {
+            Some(b) => Some(store_url_of(&base, &b.url).map_err(|m| {
+                invalid(
+                    "blobs.url",
+                    m,
+                    "write a directory path, file:///absolute/dir",
+                )
+            })?),
+            None => None,
+        };
+
+        if f.keys.provider != "local" {
+            return Err(invalid(
+                "keys.provider",
+                format!("unknown provider {:?}", f.keys.provider),
+                "use provider = \"local\"",
+            ));
+        }
+        let master_key = if let Some(var) = f.keys.master_key.strip_prefix("env:") {
+            SecretRef::Env(var.to_string())
+        } else if let Some(p) = f.keys.master_key.strip_prefix("file:") {
+            SecretRef::File(resolve(&base, p))
+        } else {
+            return Err(invalid(
+                "keys.master_key",
+                "must be a reference, not the key itself".into(),
+                "write master_key = \"file:keys/master.key\" or \"env:LETHE_MASTER_KEY_HEX\"; never inline a secret",
+            ));
+        };
+
+        let s = &f.snapshot;
+        if s.row_group_rows == 0 || s.batch_rows == 0 || s.file_rows == 0 || s.parallel_tenants == 0
+        {
+            return Err(invalid(
+                "snapshot",
+                "row_group_rows, batch_rows, file_rows and parallel_tenants must be > 0".into(),
+                "remove the key to use the default",
+            ));
+        }
+        if !(1..=22).contains(&s.zstd_level) {
+            return Err(invalid(
+                "snapshot.zstd_level",
+                format!("{} is outside 1..=22", s.zstd_level),
+                "use 1 (fast) to 9; the default is 1",
+            ));
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            source,
+            store_url,
+            blobs_url,
+            keyring: resolve(&base, &f.keys.keyring),
+            master_key,
+            data_map: resolve(&base, &f.paths.data_map),
+            policy: resolve(&base, &f.paths.policy),
+            jobs: resolve(&base, &f.paths.jobs),
+            snapshot: f.snapshot,
+        })
+    }
+}
+
+/// `file:///abs` stays; a bare path becomes `file://` + the absolute path; other schemes are
+/// refused until their backends are built.
+fn store_url_of(base: &Path, url: &str) -> Result<String, String> {
+    if url.starts_with("file://") {
+        return Ok(url.to_string());
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        return Err(format!(
+            "scheme {scheme}:// is not supported by this build yet"
+        ));
+    }
+    let p = resolve(base, url);
+    let abs =
+        std::path::absolute(&p).map_err(|e| format!("cannot resolve {}: {e}", p.display()))?;
+    Ok(format!("file://{}", abs.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_str(Path::new("/etc/lethe/lethe.toml"), text, |_| None)
+    }
+
+    #[test]
+    fn minimal_config_resolves_relative_paths() {
+        let c =
+            parse("[source]\nurl = \"sqlite://db.sqlite\"\n[store]\nurl = \"store\"\n").unwrap();
+        assert_eq!(c.source, SourceUrl::Sqlite("/etc/lethe/db.sqlite".into()));
+        assert_eq!(c.store_url, "file:///etc/lethe/store");
+        assert_eq!(
+            c.master_key,
+            SecretRef::File("/etc/lethe/keys/master.key".into())
+        );
+        assert_eq!(c.policy, PathBuf::from("/etc/lethe/jobs/retention.toml"));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let e = parse("[source]\nurl = \"sqlite://x\"\n[store]\nurl = \"s\"\nbucket = 1\n")
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("bucket") && msg.contains("line 5"), "{msg}");
+    }
+
+    #[test]
+    fn inline_secret_is_refused() {
+        let e = parse(
+            "[source]\nurl = \"sqlite://x\"\n[store]\nurl = \"s\"\n[keys]\nmaster_key = \"00ff\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("keys.master_key"), "{e}");
+    }
+
+    #[test]
+    fn env_overrides_the_file() {
+        let c = Config::from_str(
+            Path::new("/x/lethe.toml"),
+            "[source]\nurl = \"sqlite://x\"\n[store]\nurl = \"s\"\n",
+            |k| (k == "LETHE_STORE_URL").then(|| "file:///elsewhere".to_string()),
+        )
+        .unwrap();
+        assert_eq!(c.store_url, "file:///elsewhere");
+    }
+}

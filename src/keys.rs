@@ -1,0 +1,457 @@
+//! The local keyring: one master key and one data key (DEK) per tenant, wrapped by the master key.
+//!
+//! - The master key is 32 random bytes, referenced from lethe.toml (`file:PATH` holding hex,
+//!   created with mode 0600 on first use, or `env:VAR`). It never appears in the store.
+//! - `keyring.json` (mode 0600) holds per tenant `{key_id, wrapped_dek}` where `wrapped_dek` is
+//!   base64(nonce(12) ‖ AES-256-GCM(master, dek) ‖ tag) with AAD = the master key id.
+//! - The master key id is derived from the key itself, so a wrong master key is recognised
+//!   before any unwrap is tried, and the error says which key the keyring expects.
+//! - Parquet key metadata is the standard "key tools" key material (PKMT1 JSON carrying the
+//!   wrapped DEK), so pyarrow's `CryptoFactory` and Spark can decrypt lethe snapshots with a
+//!   KMS client that undoes this wrapping (see the README).
+//!
+//! Danger: the keyring is the only place a tenant's DEK exists. Losing it, or overwriting the
+//! master key, makes every snapshot unreadable; deleting one tenant's entry is crypto-shredding.
+//! This module therefore never creates a master key when a keyring already exists, and writes
+//! the keyring atomically (temp file, fsync, rename).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use crate::config::SecretRef;
+use crate::util::{hex, rfc3339, sha256_hex, unhex};
+
+const FORMAT: &str = "lethe-keyring/1";
+
+#[derive(Debug, Error)]
+pub enum KeyError {
+    #[error(
+        "cannot read keyring {path}: {source}\n  fix: check keys.keyring in lethe.toml and the file's permissions"
+    )]
+    ReadKeyring {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "keyring {path} is unreadable: {message}\n  fix: restore the keyring from its backup; do not edit it by hand"
+    )]
+    BadKeyring { path: PathBuf, message: String },
+    #[error(
+        "keyring {path} does not exist\n  fix: run `lethe run snapshot` once to create it, or point keys.keyring at the existing keyring"
+    )]
+    NoKeyring { path: PathBuf },
+    #[error("master key {reference} is missing: {message}\n  fix: {fix}")]
+    MasterKeyMissing {
+        reference: String,
+        message: String,
+        fix: String,
+    },
+    #[error(
+        "master key {reference} is malformed: {message}\n  fix: the master key is 64 hex characters (32 bytes)"
+    )]
+    BadMasterKey { reference: String, message: String },
+    #[error(
+        "wrong master key: keyring {keyring} was made with master key {expected}, but {reference} holds {actual}\n  fix: point keys.master_key at the master key this keyring was created with"
+    )]
+    WrongMasterKey {
+        keyring: PathBuf,
+        reference: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "the data key {key_id} of tenant {tenant} failed to unwrap (keyring {keyring} altered?)\n  fix: restore the keyring from its backup"
+    )]
+    UnwrapFailed {
+        keyring: PathBuf,
+        tenant: String,
+        key_id: String,
+    },
+    #[error(
+        "tenant {tenant} has no data key in keyring {keyring}\n  fix: the tenant was never snapshotted, or its key was destroyed (crypto-shredded)"
+    )]
+    NoKey { keyring: PathBuf, tenant: String },
+    #[error("cannot write keyring {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the system random number generator failed")]
+    Rng,
+}
+
+impl KeyError {
+    pub fn is_configuration(&self) -> bool {
+        !matches!(
+            self,
+            KeyError::Write { .. }
+                | KeyError::Rng
+                | KeyError::UnwrapFailed { .. }
+                | KeyError::NoKey { .. }
+        )
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    format: String,
+    master_key_id: String,
+    tenants: BTreeMap<String, TenantKeyEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantKeyEntry {
+    key_id: String,
+    wrapped_dek: String,
+    created_at: String,
+}
+
+/// A tenant's unwrapped data key and the Parquet key metadata that identifies it.
+#[derive(Clone)]
+pub struct DataKey {
+    pub tenant: String,
+    pub key_id: String,
+    pub key: Vec<u8>,
+    /// PKMT1 key material (JSON) for the Parquet footer.
+    pub footer_key_metadata: Vec<u8>,
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("tenant", &self.tenant)
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open keyring with its master key.
+pub struct Keyring {
+    path: PathBuf,
+    master: LessSafeKey,
+    master_key_id: String,
+    file: KeyringFile,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring")
+            .field("path", &self.path)
+            .field("master_key_id", &self.master_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn reference_name(r: &SecretRef) -> String {
+    match r {
+        SecretRef::Env(v) => format!("env:{v}"),
+        SecretRef::File(p) => format!("file:{}", p.display()),
+    }
+}
+
+/// `lethe-master-<16 hex>`: a public fingerprint of the master key.
+pub fn master_key_id(master: &[u8]) -> String {
+    let mut input = b"lethe master key id\0".to_vec();
+    input.extend_from_slice(master);
+    format!("lethe-master-{}", &sha256_hex(&input)[..16])
+}
+
+fn read_master(reference: &SecretRef) -> Result<Option<Vec<u8>>, KeyError> {
+    let name = reference_name(reference);
+    let text = match reference {
+        SecretRef::Env(var) => match std::env::var(var) {
+            Ok(v) => v,
+            Err(_) => {
+                return Err(KeyError::MasterKeyMissing {
+                    reference: name,
+                    message: format!("environment variable {var} is not set"),
+                    fix: format!("export {var}=<64 hex characters>"),
+                });
+            }
+        },
+        SecretRef::File(p) => match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(KeyError::MasterKeyMissing {
+                    reference: name,
+                    message: e.to_string(),
+                    fix: "check the file's permissions".into(),
+                });
+            }
+        },
+    };
+    let key = unhex(text.trim()).ok_or_else(|| KeyError::BadMasterKey {
+        reference: name.clone(),
+        message: "not hex".into(),
+    })?;
+    if key.len() != 32 {
+        return Err(KeyError::BadMasterKey {
+            reference: name,
+            message: format!("{} bytes, expected 32", key.len()),
+        });
+    }
+    Ok(Some(key))
+}
+
+fn random<const N: usize>() -> Result<[u8; N], KeyError> {
+    let mut b = [0u8; N];
+    SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| KeyError::Rng)?;
+    Ok(b)
+}
+
+/// Write `bytes` to `path` atomically with mode 0600 (temp file in the same directory, fsync, rename).
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), KeyError> {
+    let err = |source| KeyError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+impl Keyring {
+    /// Open the keyring. With `create`, a missing keyring (and, if it is a missing file, the
+    /// master key) is created; a missing master key next to an existing keyring is an error.
+    pub fn open(path: &Path, master_ref: &SecretRef, create: bool) -> Result<Keyring, KeyError> {
+        let master = read_master(master_ref)?;
+        let exists = path.exists();
+        let master = match (master, exists) {
+            (Some(m), _) => m,
+            (None, false) if create => {
+                let m = random::<32>()?.to_vec();
+                if let SecretRef::File(p) = master_ref {
+                    write_private(p, format!("{}\n", hex(&m)).as_bytes())?;
+                }
+                m
+            }
+            (None, _) => {
+                return Err(KeyError::MasterKeyMissing {
+                    reference: reference_name(master_ref),
+                    message: "file not found".into(),
+                    fix: if exists {
+                        "restore the master key this keyring was created with; a new one cannot read existing snapshots".into()
+                    } else {
+                        "run `lethe run snapshot` (or `lethe demo`) to create a keyring".into()
+                    },
+                });
+            }
+        };
+        let id = master_key_id(&master);
+        let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &master).expect("32-byte key"));
+        let file = if exists {
+            let text = std::fs::read_to_string(path).map_err(|source| KeyError::ReadKeyring {
+                path: path.into(),
+                source,
+            })?;
+            let file: KeyringFile =
+                serde_json::from_str(&text).map_err(|e| KeyError::BadKeyring {
+                    path: path.into(),
+                    message: e.to_string(),
+                })?;
+            if file.format != FORMAT {
+                return Err(KeyError::BadKeyring {
+                    path: path.into(),
+                    message: format!("format {:?}, expected {FORMAT:?}", file.format),
+                });
+            }
+            if file.master_key_id != id {
+                return Err(KeyError::WrongMasterKey {
+                    keyring: path.into(),
+                    reference: reference_name(master_ref),
+                    expected: file.master_key_id,
+                    actual: id,
+                });
+            }
+            file
+        } else if create {
+            let file = KeyringFile {
+                format: FORMAT.into(),
+                master_key_id: id.clone(),
+                tenants: BTreeMap::new(),
+            };
+            write_private(
+                path,
+                serde_json::to_string_pretty(&file)
+                    .expect("serializable")
+                    .as_bytes(),
+            )?;
+            file
+        } else {
+            return Err(KeyError::NoKeyring { path: path.into() });
+        };
+        Ok(Keyring {
+            path: path.to_path_buf(),
+            master: key,
+            master_key_id: id,
+            file,
+        })
+    }
+
+    pub fn master_key_id(&self) -> &str {
+        &self.master_key_id
+    }
+
+    pub fn tenants(&self) -> impl Iterator<Item = &str> {
+        self.file.tenants.keys().map(String::as_str)
+    }
+
+    /// The tenant's data key, unwrapped.
+    pub fn data_key(&self, tenant: &str) -> Result<DataKey, KeyError> {
+        let entry = self
+            .file
+            .tenants
+            .get(tenant)
+            .ok_or_else(|| KeyError::NoKey {
+                keyring: self.path.clone(),
+                tenant: tenant.into(),
+            })?;
+        let failed = || KeyError::UnwrapFailed {
+            keyring: self.path.clone(),
+            tenant: tenant.into(),
+            key_id: entry.key_id.clone(),
+        };
+        let key = self.unwrap_dek(&entry.wrapped_dek).ok_or_else(failed)?;
+        Ok(DataKey {
+            tenant: tenant.into(),
+            key_id: entry.key_id.clone(),
+            key,
+            footer_key_metadata: key_material(&self.master_key_id, &entry.wrapped_dek, true),
+        })
+    }
+
+    /// The tenant's data key, created (and the keyring saved) if the tenant has none yet.
+    pub fn data_key_or_create(&mut self, tenant: &str) -> Result<DataKey, KeyError> {
+        if !self.file.tenants.contains_key(tenant) {
+            let dek = random::<32>()?;
+            let wrapped = self.wrap(&dek)?;
+            let key_id = format!("dek-{tenant}-{}", &hex(&random::<4>()?));
+            self.file.tenants.insert(
+                tenant.into(),
+                TenantKeyEntry {
+                    key_id,
+                    wrapped_dek: wrapped,
+                    created_at: rfc3339(chrono::Utc::now()),
+                },
+            );
+            write_private(
+                &self.path,
+                serde_json::to_string_pretty(&self.file)
+                    .expect("serializable")
+                    .as_bytes(),
+            )?;
+        }
+        self.data_key(tenant)
+    }
+
+    fn wrap(&self, dek: &[u8]) -> Result<String, KeyError> {
+        let nonce = random::<12>()?;
+        let mut buf = dek.to_vec();
+        self.master
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.master_key_id.as_bytes()),
+                &mut buf,
+            )
+            .map_err(|_| KeyError::Rng)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(B64.encode(out))
+    }
+
+    fn unwrap_dek(&self, wrapped: &str) -> Option<Vec<u8>> {
+        let bytes = B64.decode(wrapped).ok()?;
+        if bytes.len() < 12 + 16 {
+            return None;
+        }
+        let (nonce, ct) = bytes.split_at(12);
+        let mut ct = ct.to_vec();
+        let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+        let plain = self
+            .master
+            .open_in_place(nonce, Aad::from(self.master_key_id.as_bytes()), &mut ct)
+            .ok()?;
+        Some(plain.to_vec())
+    }
+}
+
+/// PKMT1 key material as parquet-mr / pyarrow "key tools" write it (internal storage).
+pub fn key_material(master_key_id: &str, wrapped_dek: &str, footer: bool) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    m.insert("keyMaterialType".into(), "PKMT1".into());
+    m.insert("internalStorage".into(), true.into());
+    m.insert("isFooterKey".into(), footer.into());
+    if footer {
+        m.insert("kmsInstanceID".into(), "DEFAULT".into());
+        m.insert("kmsInstanceURL".into(), "DEFAULT".into());
+    }
+    m.insert("masterKeyID".into(), master_key_id.into());
+    m.insert("wrappedDEK".into(), wrapped_dek.into());
+    m.insert("doubleWrapping".into(), false.into());
+    serde_json::to_vec(&m).expect("serializable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyring_round_trip_and_wrong_master() {
+        let dir = tempfile::tempdir().unwrap();
+        let kr = dir.path().join("keys/keyring.json");
+        let mk = SecretRef::File(dir.path().join("keys/master.key"));
+        let mut ring = Keyring::open(&kr, &mk, true).unwrap();
+        let a = ring.data_key_or_create("acme").unwrap();
+        let b = ring.data_key_or_create("globex").unwrap();
+        assert_ne!(a.key, b.key);
+        assert_eq!(a.key.len(), 32);
+        let mode = std::fs::metadata(&kr).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+
+        let again = Keyring::open(&kr, &mk, false).unwrap();
+        assert_eq!(again.data_key("acme").unwrap().key, a.key);
+
+        let other = dir.path().join("other.key");
+        std::fs::write(&other, hex(&[7u8; 32])).unwrap();
+        let e = Keyring::open(&kr, &SecretRef::File(other), false).unwrap_err();
+        assert!(matches!(e, KeyError::WrongMasterKey { .. }), "{e}");
+    }
+
+    #[test]
+    fn missing_master_next_to_keyring_is_not_recreated() {
+        let dir = tempfile::tempdir().unwrap();
+        let kr = dir.path().join("keyring.json");
+        let mk = dir.path().join("master.key");
+        Keyring::open(&kr, &SecretRef::File(mk.clone()), true).unwrap();
+        std::fs::remove_file(&mk).unwrap();
+        let e = Keyring::open(&kr, &SecretRef::File(mk.clone()), true).unwrap_err();
+        assert!(matches!(e, KeyError::MasterKeyMissing { .. }), "{e}");
+        assert!(!mk.exists());
+    }
+}

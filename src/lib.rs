@@ -1,0 +1,34 @@
+//! lethe keeps a multi-tenant SaaS's personal data inside the promises its privacy policy makes.
+//!
+//! The crate is a library with a thin binary (`src/main.rs`). Modules are domain nouns:
+//!
+//! - [`config`]: `lethe.toml`, where things are (source, store, keys, data map, policy, jobs);
+//! - [`datamap`]: `schemas/*.toml`, what each table holds and which columns are personal data;
+//! - [`policy`]: `jobs/retention.toml`, how long each category is kept;
+//! - [`jobs`]: `jobs/*.toml`, job definitions (name, schedule, steps);
+//! - [`keys`]: the keyring (master key, per-tenant data keys) and Parquet key material;
+//! - [`source`]: the primary database (SQLite now), streamed into Arrow record batches;
+//! - [`store`]: object stores by URL;
+//! - [`snapshot`]: encrypted Parquet snapshots, their manifests, `ls`, `verify` and `restore`;
+//! - [`check`]: validation of every configuration file at once;
+//! - [`demo`]: the embedded demo (synthetic tenants in SQLite, a local store);
+//! - [`pipeline`]: the one module that orders the stages.
+//!
+//! Invariant held everywhere: personal data (cell values) never reaches a log line, an error
+//! message or an object in plaintext. Errors name tables, columns, files and keys, never values.
+
+pub mod check;
+pub mod config;
+pub mod datamap;
+pub mod demo;
+pub mod error;
+pub mod jobs;
+pub mod keys;
+pub mod pipeline;
+pub mod policy;
+pub mod snapshot;
+pub mod source;
+pub mod store;
+pub mod util;
+
+pub use error::{Error, Result};

@@ -1,0 +1,595 @@
+//! The retention policy (`jobs/retention.toml`): how long each category of personal data is
+//! kept, measured from which column, and what happens after (delete, anonymize, flag); backup
+//! retention; tenant termination deadlines; statutory exceptions; legal holds.
+//!
+//! This module only parses and validates. Durations are calendar-aware: `12mo` from 31 March is
+//! 31 March next year, and from 29 February a year later is 28 February (chrono's
+//! `checked_add_months` semantics, clamped to the month's last day), all in UTC. The policy's
+//! content hash (sha256 of the file's bytes) is recorded with every snapshot, audit record and
+//! certificate, so a reader can tell which rules were in force.
+//!
+//! Danger: a policy that fails to parse must delete nothing. Loading returns every problem and
+//! no policy at all; there is no partially-valid policy.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Months, TimeDelta, Utc};
+use serde::Deserialize;
+
+use crate::check::{Problem, Problems};
+use crate::datamap::DataMap;
+use crate::util::sha256_hex;
+
+/// A retention period as written: `30m`, `1h`, `90d`, `12mo`, `1y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Span {
+    Minutes(u32),
+    Hours(u32),
+    Days(u32),
+    Months(u32),
+    Years(u32),
+}
+
+impl Span {
+    pub fn parse(s: &str) -> Result<Span, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: u32 = n
+            .parse()
+            .map_err(|_| format!("{s:?} does not start with a number"))?;
+        if n == 0 {
+            return Err(format!(
+                "{s:?} is zero; a zero retention would delete data as soon as it is written"
+            ));
+        }
+        Ok(match unit {
+            "m" => Span::Minutes(n),
+            "h" => Span::Hours(n),
+            "d" => Span::Days(n),
+            "mo" => Span::Months(n),
+            "y" => Span::Years(n),
+            _ => {
+                return Err(format!(
+                    "{s:?} has unknown unit {unit:?} (use m, h, d, mo or y)"
+                ));
+            }
+        })
+    }
+
+    /// `t + self`, calendar-aware for months and years (clamped to the month's end).
+    pub fn after(self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        match self {
+            Span::Minutes(n) => t.checked_add_signed(TimeDelta::minutes(n.into())),
+            Span::Hours(n) => t.checked_add_signed(TimeDelta::hours(n.into())),
+            Span::Days(n) => t.checked_add_signed(TimeDelta::days(n.into())),
+            Span::Months(n) => t.checked_add_months(Months::new(n)),
+            Span::Years(n) => t.checked_add_months(Months::new(n.checked_mul(12)?)),
+        }
+    }
+}
+
+impl fmt::Display for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Span::Minutes(n) => write!(f, "{n}m"),
+            Span::Hours(n) => write!(f, "{n}h"),
+            Span::Days(n) => write!(f, "{n}d"),
+            Span::Months(n) => write!(f, "{n}mo"),
+            Span::Years(n) => write!(f, "{n}y"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    version: String,
+    #[serde(default)]
+    categories: BTreeMap<String, CategoryConfig>,
+    backups: Option<BackupsConfig>,
+    termination: Option<TerminationConfig>,
+    #[serde(default)]
+    tenants: BTreeMap<String, TenantOverrideConfig>,
+    #[serde(default)]
+    legal_holds: Vec<LegalHold>,
+    legal_holds_source: Option<LegalHoldsSource>,
+}
+
+/// A category as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryConfig {
+    /// A duration, or `"forever"` (kept until erased or the tenant is terminated).
+    pub retain: String,
+    /// Column the retention is measured from (defaults to the table's `time_column`).
+    #[serde(default)]
+    pub anchor: Option<String>,
+    /// `delete` (default), `anonymize` or `flag`.
+    #[serde(default)]
+    pub action: Option<String>,
+    /// For `anonymize`: the columns to clear.
+    #[serde(default)]
+    pub columns: Vec<String>,
+    /// For `anonymize`: `null` (default) or `hash` (keyed hash).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// For `flag`: the timestamp column set when a row is flagged.
+    #[serde(default)]
+    pub flag_column: Option<String>,
+    /// A statutory exception: the rows are kept for `retain` whatever else asks, and
+    /// certificates list them with this legal basis.
+    #[serde(default)]
+    pub exception: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupsConfig {
+    retain: String,
+    #[serde(default = "one")]
+    min_keep: u32,
+    after_termination: String,
+    #[serde(default)]
+    crypto_shred_on_termination: bool,
+}
+fn one() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TerminationConfig {
+    primary_data_after: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantOverrideConfig {
+    #[serde(default)]
+    categories: BTreeMap<String, OverrideConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideConfig {
+    retain: String,
+}
+
+/// A legal hold: data matching it is never deleted while the hold stands.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHold {
+    pub tenant: String,
+    #[serde(default)]
+    pub table: Option<String>,
+    #[serde(default)]
+    pub category: Option<String>,
+    /// The data subject, as stored in the table's subject column.
+    #[serde(default)]
+    pub subject: Option<String>,
+    pub reason: String,
+    pub placed_by: String,
+    #[serde(default)]
+    pub placed_at: Option<String>,
+}
+
+/// A source table holding further legal holds (same fields as `[[legal_holds]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHoldsSource {
+    pub table: String,
+}
+
+/// How long a category is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retain {
+    For(Span),
+    Forever,
+}
+
+/// What happens to a row past its retention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Delete,
+    Anonymize { columns: Vec<String>, hash: bool },
+    Flag { column: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Category {
+    pub name: String,
+    pub retain: Retain,
+    pub anchor: Option<String>,
+    pub action: Action,
+    pub exception: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Backups {
+    pub retain: Span,
+    pub min_keep: u32,
+    pub after_termination: Span,
+    pub crypto_shred_on_termination: bool,
+}
+
+/// The validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub path: PathBuf,
+    pub version: String,
+    /// `sha256:<hex>` of the file's bytes.
+    pub hash: String,
+    pub categories: BTreeMap<String, Category>,
+    pub backups: Backups,
+    pub termination_after: Span,
+    /// Per-tenant retention overrides: tenant → category → retention.
+    pub overrides: BTreeMap<String, BTreeMap<String, Retain>>,
+    pub legal_holds: Vec<LegalHold>,
+    pub legal_holds_source: Option<LegalHoldsSource>,
+}
+
+fn parse_retain(s: &str) -> Result<Retain, String> {
+    if s == "forever" {
+        Ok(Retain::Forever)
+    } else {
+        Span::parse(s).map(Retain::For)
+    }
+}
+
+impl Policy {
+    pub fn load(path: &Path) -> Result<Policy, Problems> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Problems(vec![Problem::new(path, "", format!("cannot read the policy: {e}"),
+                "set paths.policy in lethe.toml to the retention policy (jobs/retention.toml); without a policy nothing is deleted")])
+        })?;
+        Self::from_str(path, &text)
+    }
+
+    pub fn from_str(path: &Path, text: &str) -> Result<Policy, Problems> {
+        let p = |loc: &str, msg: String, fix: &str| Problem::new(path, loc, msg, fix);
+        if text.trim().is_empty() {
+            return Err(Problems(vec![p(
+                "",
+                "the policy is empty".into(),
+                "write the policy (see jobs/retention.toml in the repository); an empty policy deletes nothing",
+            )]));
+        }
+        let file: PolicyFile = toml::from_str(text).map_err(|e| {
+            Problems(vec![p(
+                "",
+                e.to_string().trim_end().to_string(),
+                "fix the TOML; nothing is deleted until the policy parses",
+            )])
+        })?;
+        let mut problems = Vec::new();
+        if file.version.trim().is_empty() {
+            problems.push(p(
+                "version",
+                "empty".into(),
+                "give the policy a version, e.g. version = \"2026-11-01\"",
+            ));
+        }
+        if file.categories.is_empty() {
+            problems.push(p(
+                "categories",
+                "no categories".into(),
+                "define [categories.<name>] for every category the data map uses",
+            ));
+        }
+        let mut categories = BTreeMap::new();
+        for (name, c) in &file.categories {
+            let key = format!("categories.{name}");
+            let retain = match parse_retain(&c.retain) {
+                Ok(r) => r,
+                Err(m) => {
+                    problems.push(p(
+                        &format!("{key}.retain"),
+                        m,
+                        "write a duration like 30m, 1h, 90d, 12mo, 1y, or \"forever\"",
+                    ));
+                    continue;
+                }
+            };
+            let action = match c.action.as_deref().unwrap_or("delete") {
+                "delete" => Action::Delete,
+                "anonymize" => {
+                    if c.columns.is_empty() {
+                        problems.push(p(
+                            &format!("{key}.columns"),
+                            "anonymize needs the columns to clear".into(),
+                            "list them: columns = [\"customer_name\"]",
+                        ));
+                    }
+                    let hash = match c.method.as_deref().unwrap_or("null") {
+                        "null" => false,
+                        "hash" => true,
+                        m => {
+                            problems.push(p(
+                                &format!("{key}.method"),
+                                format!("unknown method {m:?}"),
+                                "use \"null\" or \"hash\"",
+                            ));
+                            false
+                        }
+                    };
+                    Action::Anonymize {
+                        columns: c.columns.clone(),
+                        hash,
+                    }
+                }
+                "flag" => match &c.flag_column {
+                    Some(col) => Action::Flag {
+                        column: col.clone(),
+                    },
+                    None => {
+                        problems.push(p(&format!("{key}.flag_column"), "flag needs the column to set".into(),
+                            "name a nullable timestamp column: flag_column = \"flagged_inactive_at\""));
+                        continue;
+                    }
+                },
+                a => {
+                    problems.push(p(
+                        &format!("{key}.action"),
+                        format!("unknown action {a:?}"),
+                        "use delete, anonymize or flag",
+                    ));
+                    continue;
+                }
+            };
+            categories.insert(
+                name.clone(),
+                Category {
+                    name: name.clone(),
+                    retain,
+                    anchor: c.anchor.clone(),
+                    action,
+                    exception: c.exception.clone(),
+                },
+            );
+        }
+        let backups = match &file.backups {
+            None => {
+                problems.push(p("backups", "missing".into(),
+                    "add [backups] with retain = \"30d\", min_keep = 1, after_termination = \"90d\""));
+                None
+            }
+            Some(b) => {
+                let retain = Span::parse(&b.retain)
+                    .map_err(|m| problems.push(p("backups.retain", m, "write a duration like 30d")))
+                    .ok();
+                let after = Span::parse(&b.after_termination)
+                    .map_err(|m| {
+                        problems.push(p(
+                            "backups.after_termination",
+                            m,
+                            "write a duration like 90d",
+                        ))
+                    })
+                    .ok();
+                if b.min_keep == 0 {
+                    problems.push(p(
+                        "backups.min_keep",
+                        "0 would allow deleting every backup of an active tenant".into(),
+                        "use 1 or more",
+                    ));
+                }
+                match (retain, after) {
+                    (Some(retain), Some(after_termination)) => Some(Backups {
+                        retain,
+                        min_keep: b.min_keep,
+                        after_termination,
+                        crypto_shred_on_termination: b.crypto_shred_on_termination,
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        let termination_after = match &file.termination {
+            None => {
+                problems.push(p(
+                    "termination",
+                    "missing".into(),
+                    "add [termination] with primary_data_after = \"30d\"",
+                ));
+                None
+            }
+            Some(t) => Span::parse(&t.primary_data_after)
+                .map_err(|m| {
+                    problems.push(p(
+                        "termination.primary_data_after",
+                        m,
+                        "write a duration like 30d",
+                    ))
+                })
+                .ok(),
+        };
+        let mut overrides = BTreeMap::new();
+        for (tenant, o) in &file.tenants {
+            let mut m = BTreeMap::new();
+            for (cat, oc) in &o.categories {
+                let key = format!("tenants.{tenant}.categories.{cat}");
+                if !file.categories.contains_key(cat) {
+                    problems.push(p(
+                        &key,
+                        format!("category {cat:?} is not defined"),
+                        "override only categories defined under [categories]",
+                    ));
+                }
+                match parse_retain(&oc.retain) {
+                    Ok(r) => {
+                        m.insert(cat.clone(), r);
+                    }
+                    Err(msg) => problems.push(p(
+                        &format!("{key}.retain"),
+                        msg,
+                        "write a duration like 365d or \"forever\"",
+                    )),
+                }
+            }
+            overrides.insert(tenant.clone(), m);
+        }
+        for (i, h) in file.legal_holds.iter().enumerate() {
+            if h.reason.trim().is_empty() || h.placed_by.trim().is_empty() {
+                problems.push(p(
+                    &format!("legal_holds[{i}]"),
+                    "a legal hold needs a reason and who placed it".into(),
+                    "fill in reason = \"…\" and placed_by = \"…\"",
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(Problems(problems));
+        }
+        Ok(Policy {
+            path: path.to_path_buf(),
+            version: file.version,
+            hash: format!("sha256:{}", sha256_hex(text.as_bytes())),
+            categories,
+            backups: backups.expect("checked above"),
+            termination_after: termination_after.expect("checked above"),
+            overrides,
+            legal_holds: file.legal_holds,
+            legal_holds_source: file.legal_holds_source,
+        })
+    }
+
+    /// Cross-check with the data map: every category a table names is defined, and every
+    /// category defined is used (an unused one is usually a typo that exempts data).
+    pub fn check_against(&self, dm: &DataMap) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for t in &dm.tables {
+            for c in &t.config.categories {
+                if !self.categories.contains_key(c) {
+                    problems.push(Problem::new(
+                        &t.file,
+                        format!("tables.{}.categories", t.name),
+                        format!(
+                            "category {c:?} is not defined in the policy {}",
+                            self.path.display()
+                        ),
+                        format!("add [categories.{c}] to the policy or fix the name"),
+                    ));
+                }
+            }
+        }
+        for (name, c) in &self.categories {
+            let tables: Vec<_> = dm
+                .tables
+                .iter()
+                .filter(|t| t.config.categories.contains(name))
+                .collect();
+            if tables.is_empty() {
+                problems.push(Problem::new(
+                    &self.path,
+                    format!("categories.{name}"),
+                    "no table of the data map has this category",
+                    "add it to a table's categories in schemas/ or remove it",
+                ));
+            }
+            for t in tables {
+                if c.anchor.is_none()
+                    && t.config.time_column.is_none()
+                    && c.retain != Retain::Forever
+                {
+                    problems.push(Problem::new(
+                        &self.path,
+                        format!("categories.{name}.anchor"),
+                        format!(
+                            "table {} has no time_column and the category names no anchor",
+                            t.name
+                        ),
+                        "set anchor = \"<timestamp column>\" here or time_column in the data map",
+                    ));
+                }
+            }
+        }
+        for (i, h) in self.legal_holds.iter().enumerate() {
+            if let Some(t) = &h.table
+                && dm.table(t).is_none()
+            {
+                problems.push(Problem::new(
+                    &self.path,
+                    format!("legal_holds[{i}].table"),
+                    format!("no table {t:?} in the data map"),
+                    "name a table of the data map",
+                ));
+            }
+            if let Some(c) = &h.category
+                && !self.categories.contains_key(c)
+            {
+                problems.push(Problem::new(
+                    &self.path,
+                    format!("legal_holds[{i}].category"),
+                    format!("no category {c:?}"),
+                    "name a category of the policy",
+                ));
+            }
+        }
+        problems
+    }
+
+    /// Columns of `table` this policy names (anchors, anonymized and flag columns), with their keys.
+    pub fn columns_for(&self, dm: &DataMap, table: &str) -> Vec<(String, String)> {
+        let Some(t) = dm.table(table) else {
+            return vec![];
+        };
+        let mut v = Vec::new();
+        for c in t
+            .config
+            .categories
+            .iter()
+            .filter_map(|c| self.categories.get(c))
+        {
+            let key = format!("categories.{}", c.name);
+            if let Some(a) = &c.anchor {
+                v.push((format!("{key}.anchor"), a.clone()));
+            }
+            match &c.action {
+                Action::Anonymize { columns, .. } => v.extend(
+                    columns
+                        .iter()
+                        .map(|col| (format!("{key}.columns"), col.clone())),
+                ),
+                Action::Flag { column } => v.push((format!("{key}.flag_column"), column.clone())),
+                Action::Delete => {}
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn spans_parse_and_display() {
+        for s in ["30m", "1h", "90d", "12mo", "1y"] {
+            assert_eq!(Span::parse(s).unwrap().to_string(), s);
+        }
+        for bad in ["", "90", "d", "0d", "9w", "-1d", "1.5d"] {
+            assert!(Span::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn months_are_calendar_months() {
+        let t = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
+        assert_eq!(Span::Months(12).after(t(2025, 3, 31)), Some(t(2026, 3, 31)));
+        assert_eq!(Span::Months(1).after(t(2026, 1, 31)), Some(t(2026, 2, 28)));
+        assert_eq!(Span::Years(1).after(t(2024, 2, 29)), Some(t(2025, 2, 28)));
+        assert_eq!(Span::Days(90).after(t(2026, 1, 1)), Some(t(2026, 4, 1)));
+    }
+
+    #[test]
+    fn empty_and_garbled_policies_are_refused() {
+        assert!(Policy::from_str(Path::new("p.toml"), "  \n").is_err());
+        let e =
+            Policy::from_str(Path::new("p.toml"), "version = \"1\"\n[categories.x\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+}

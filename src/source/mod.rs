@@ -1,0 +1,253 @@
+//! The primary database, read-only: the tenants, the live schema of each mapped table, and each
+//! tenant's rows streamed as Arrow record batches.
+//!
+//! A tenant is read inside one read transaction so its snapshot is consistent across tables.
+//! Batches go out through a bounded channel as they are built: memory is bounded by the batch
+//! size times the channel depth, never by the table.
+//!
+//! Errors name tables, columns and row ordinals, never cell values (they are personal data).
+
+pub mod sqlite;
+
+use std::sync::mpsc::SyncSender;
+
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+use crate::check::Problem;
+use crate::config::SourceUrl;
+use crate::datamap::DataMap;
+use crate::policy::Policy;
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error("cannot open source {url}: {message}\n  fix: {fix}")]
+    Open {
+        url: String,
+        message: String,
+        fix: String,
+    },
+    #[error("source query failed on table {table}: {message}")]
+    Query { table: String, message: String },
+    #[error(
+        "table {table}, column {column}: declared type {declared:?} is not supported\n  fix: declare it INTEGER, REAL, TEXT, BLOB, BOOLEAN, DATE or TIMESTAMP"
+    )]
+    UnsupportedType {
+        table: String,
+        column: String,
+        declared: String,
+    },
+    #[error(
+        "table {table}, column {column}, row {row} of tenant {tenant}: expected {expected}, found {found}\n  fix: correct the value or the column's declared type"
+    )]
+    BadValue {
+        table: String,
+        column: String,
+        tenant: String,
+        row: u64,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error(
+        "table {table} does not exist in the source\n  fix: correct the data map or migrate the database"
+    )]
+    NoTable { table: String },
+    #[error(
+        "tenant id {ordinal} in {table} is not a plain slug (letters, digits, - and _, at most 64)\n  fix: tenant ids end up in object keys; give the tenant a slug id"
+    )]
+    BadTenantId { table: String, ordinal: usize },
+    #[error("the snapshot consumer went away")]
+    Disconnected,
+}
+
+impl SourceError {
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Open { .. }
+                | SourceError::UnsupportedType { .. }
+                | SourceError::NoTable { .. }
+        )
+    }
+}
+
+/// The Arrow type lethe gives a source column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColType {
+    Int64,
+    Float64,
+    Utf8,
+    Binary,
+    Bool,
+    /// Microseconds since the epoch, UTC.
+    Timestamp,
+    Date,
+}
+
+impl ColType {
+    pub fn arrow(self) -> DataType {
+        match self {
+            ColType::Int64 => DataType::Int64,
+            ColType::Float64 => DataType::Float64,
+            ColType::Utf8 => DataType::Utf8,
+            ColType::Binary => DataType::Binary,
+            ColType::Bool => DataType::Boolean,
+            ColType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColType::Date => DataType::Date32,
+        }
+    }
+}
+
+/// A column of a source table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Column {
+    pub name: String,
+    pub declared: String,
+    pub nullable: bool,
+}
+
+/// A tenant as the tenants table lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    pub id: String,
+    pub status: String,
+    pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+/// What the reader sends, per tenant, in order: for each table a `Begin`, its batches, an `End`.
+#[derive(Debug)]
+pub enum ReadEvent {
+    Begin { table: String, schema: SchemaRef },
+    Batch(RecordBatch),
+    End { table: String, rows: u64 },
+}
+
+/// The primary database. A closed enum: PostgreSQL joins SQLite as a second variant.
+pub enum Source {
+    Sqlite(sqlite::SqliteSource),
+}
+
+impl Source {
+    pub fn open(url: &SourceUrl) -> Result<Source, SourceError> {
+        match url {
+            SourceUrl::Sqlite(p) => Ok(Source::Sqlite(sqlite::SqliteSource::open(p)?)),
+        }
+    }
+
+    pub fn tenants(&self, dm: &DataMap) -> Result<Vec<Tenant>, SourceError> {
+        match self {
+            Source::Sqlite(s) => s.tenants(dm),
+        }
+    }
+
+    /// The columns of `table`, or `None` if it does not exist.
+    pub fn columns(&self, table: &str) -> Result<Option<Vec<Column>>, SourceError> {
+        match self {
+            Source::Sqlite(s) => s.columns(table),
+        }
+    }
+
+    /// Stream `tables` of `tenant` to `tx` inside one read transaction. Blocking.
+    pub fn read_tenant(
+        &self,
+        tenant: &str,
+        dm: &DataMap,
+        tables: &[String],
+        batch_rows: usize,
+        tx: &SyncSender<ReadEvent>,
+    ) -> Result<(), SourceError> {
+        match self {
+            Source::Sqlite(s) => s.read_tenant(tenant, dm, tables, batch_rows, tx),
+        }
+    }
+
+    /// Compare the data map (and the policy's column references) with the live schema.
+    pub fn schema_problems(
+        &self,
+        dm: &DataMap,
+        policy: Option<&Policy>,
+    ) -> Result<Vec<Problem>, SourceError> {
+        let mut problems = Vec::new();
+        let missing_col =
+            |file: &std::path::Path, key: String, table: &str, col: &str, cols: &[Column]| {
+                let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
+                Problem::new(
+                    file,
+                    key,
+                    format!(
+                        "column {col:?} does not exist in table {table} (it has: {})",
+                        names.join(", ")
+                    ),
+                    "name an existing column or migrate the database",
+                )
+            };
+        let t = &dm.tenants;
+        match self.columns(&t.table)? {
+            None => problems.push(Problem::new(
+                &dm.tenants_file,
+                "tenants.table",
+                format!("table {:?} does not exist in the source", t.table),
+                "name the table that lists the tenants",
+            )),
+            Some(cols) => {
+                for (key, col) in [
+                    ("id_column", &t.id_column),
+                    ("status_column", &t.status_column),
+                    ("cancelled_at_column", &t.cancelled_at_column),
+                ] {
+                    if !cols.iter().any(|c| &c.name == col) {
+                        problems.push(missing_col(
+                            &dm.tenants_file,
+                            format!("tenants.{key}"),
+                            &t.table,
+                            col,
+                            &cols,
+                        ));
+                    }
+                }
+            }
+        }
+        for table in &dm.tables {
+            let Some(cols) = self.columns(&table.name)? else {
+                problems.push(Problem::new(
+                    &table.file,
+                    format!("tables.{}", table.name),
+                    format!("table {:?} does not exist in the source", table.name),
+                    "remove the entry or correct the table name",
+                ));
+                continue;
+            };
+            for (key, col) in table.config.named_columns() {
+                if !cols.iter().any(|c| c.name == col) {
+                    problems.push(missing_col(
+                        &table.file,
+                        format!("tables.{}.{key}", table.name),
+                        &table.name,
+                        col,
+                        &cols,
+                    ));
+                }
+            }
+            for c in &cols {
+                if let Err(e) = sqlite::col_type(&table.name, c) {
+                    problems.push(Problem::new(
+                        &table.file,
+                        format!("tables.{}", table.name),
+                        e.to_string(),
+                        "change the column's declared type",
+                    ));
+                }
+            }
+            if let Some(policy) = policy {
+                for (key, col) in policy.columns_for(dm, &table.name) {
+                    if !cols.iter().any(|c| c.name == col) {
+                        problems.push(missing_col(&policy.path, key, &table.name, &col, &cols));
+                    }
+                }
+            }
+        }
+        Ok(problems)
+    }
+}
