@@ -152,9 +152,6 @@ pub struct SnapshotSection {
     /// zstd level, 1..=22 (default 1: the writer is CPU-bound; higher levels trade speed for size).
     #[serde(default = "default_zstd_level")]
     pub zstd_level: i32,
-    /// Tenants snapshotted at once (default 2).
-    #[serde(default = "default_parallel_tenants")]
-    pub parallel_tenants: usize,
 }
 
 impl Default for SnapshotSection {
@@ -164,7 +161,6 @@ impl Default for SnapshotSection {
             batch_rows: default_batch_rows(),
             file_rows: default_file_rows(),
             zstd_level: default_zstd_level(),
-            parallel_tenants: default_parallel_tenants(),
         }
     }
 }
@@ -179,9 +175,6 @@ fn default_file_rows() -> usize {
 }
 fn default_zstd_level() -> i32 {
     1
-}
-fn default_parallel_tenants() -> usize {
-    2
 }
 
 /// Where the primary database is.
@@ -328,11 +321,10 @@ impl Config {
         };
 
         let s = &f.snapshot;
-        if s.row_group_rows == 0 || s.batch_rows == 0 || s.file_rows == 0 || s.parallel_tenants == 0
-        {
+        if s.row_group_rows == 0 || s.batch_rows == 0 || s.file_rows == 0 {
             return Err(invalid(
                 "snapshot",
-                "row_group_rows, batch_rows, file_rows and parallel_tenants must be > 0".into(),
+                "row_group_rows, batch_rows and file_rows must be > 0".into(),
                 "remove the key to use the default",
             ));
         }

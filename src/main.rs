@@ -147,11 +147,8 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            let code = e
-                .downcast_ref::<lethe::Error>()
-                .map_or(1, lethe::Error::exit_code);
-            ExitCode::from(code)
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }
@@ -197,7 +194,7 @@ fn print_snapshot_summary(run: &lethe::pipeline::SnapshotRun) {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli) -> lethe::Result<ExitCode> {
     match cli.command {
         Command::Demo(a) => {
             let opts = lethe::demo::DemoOptions {
@@ -284,7 +281,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         all.extend(read::committed(&store, t).await?);
                     }
                     if json {
-                        println!("{}", serde_json::to_string_pretty(&all)?);
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&all).expect("manifests serialize")
+                        );
                     } else {
                         println!(
                             "{:<20} {:<24} {:<21} {:>6} {:>10} {:>11}",

@@ -4,14 +4,12 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
-
-use futures::StreamExt;
 
 use crate::check::{Checked, check};
 use crate::keys::Keyring;
-use crate::snapshot::write::{TenantJob, snapshot_tenant};
-use crate::snapshot::{Manifest, SnapshotError, new_run_id};
+use crate::snapshot::Manifest;
+use crate::snapshot::new_run_id;
+use crate::snapshot::write::{RunSpec, TenantJob, snapshot_run};
 use crate::source::Source;
 use crate::store::Store;
 
@@ -20,6 +18,8 @@ use crate::store::Store;
 pub struct TenantSnapshot {
     pub tenant: String,
     pub manifest: Manifest,
+    /// Seconds from the start of the run until this tenant's run committed (tenants are read
+    /// in one pass, so they finish close together).
     pub seconds: f64,
 }
 
@@ -55,39 +55,24 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
     // Keys for every tenant first: the keyring is written by one task only.
     let mut keyring = Keyring::open(&cfg.keyring, &cfg.master_key, true)?;
     let mut jobs = Vec::new();
-    let data_map = Arc::new(c.data_map.clone());
     for t in &tenants {
         let key = keyring.data_key_or_create(&t.id)?;
         jobs.push(TenantJob {
             tenant: t.id.clone(),
             run_id: new_run_id(chrono::Utc::now()),
-            source: cfg.source.clone(),
-            data_map: data_map.clone(),
             key,
-            master_key_id: keyring.master_key_id().to_string(),
-            policy_version: c.policy.version.clone(),
-            policy_hash: c.policy.hash.clone(),
-            settings: cfg.snapshot.clone(),
         });
     }
-    let total = jobs.len();
-    tracing::info!(tenants = total, store = %cfg.store_url, "snapshot started");
-    let results: Vec<(String, Result<(Manifest, f64), SnapshotError>)> =
-        futures::stream::iter(jobs)
-            .map(|job| {
-                let store = store.clone();
-                async move {
-                    let tenant = job.tenant.clone();
-                    let start = Instant::now();
-                    let r = snapshot_tenant(&store, job)
-                        .await
-                        .map(|m| (m, start.elapsed().as_secs_f64()));
-                    (tenant, r)
-                }
-            })
-            .buffer_unordered(cfg.snapshot.parallel_tenants)
-            .collect()
-            .await;
+    let spec = RunSpec {
+        source: cfg.source.clone(),
+        data_map: Arc::new(c.data_map.clone()),
+        master_key_id: keyring.master_key_id().to_string(),
+        policy_version: c.policy.version.clone(),
+        policy_hash: c.policy.hash.clone(),
+        settings: cfg.snapshot.clone(),
+    };
+    tracing::info!(tenants = jobs.len(), store = %cfg.store_url, "snapshot started");
+    let results = snapshot_run(&store, spec, jobs).await;
     let mut run = SnapshotRun {
         done: Vec::new(),
         failed: Vec::new(),

@@ -25,6 +25,10 @@ pub struct Manifest {
     /// Per table, in data-map order.
     pub tables: Vec<TableEntry>,
     pub files: Vec<FileEntry>,
+    /// sha256 of this manifest serialized with `checksum` empty: catches an edited or damaged
+    /// manifest. (Not a signature: the audit chain anchors manifests against deliberate edits.)
+    #[serde(default)]
+    pub checksum: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -49,6 +53,30 @@ pub struct FileEntry {
 }
 
 impl Manifest {
+    fn digest(&self) -> String {
+        let mut m = self.clone();
+        m.checksum = String::new();
+        crate::util::sha256_hex(&serde_json::to_vec_pretty(&m).expect("serializable"))
+    }
+
+    /// Serialize with the checksum filled in.
+    pub fn to_bytes(&mut self) -> Vec<u8> {
+        self.checksum = self.digest();
+        serde_json::to_vec_pretty(self).expect("serializable")
+    }
+
+    /// Parse and check the format and checksum.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Manifest, String> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if m.format != FORMAT {
+            return Err(format!("format {:?}, expected {FORMAT:?}", m.format));
+        }
+        if m.checksum != m.digest() {
+            return Err("checksum mismatch: the manifest was edited or damaged".into());
+        }
+        Ok(m)
+    }
+
     pub fn rows(&self) -> u64 {
         self.files.iter().map(|f| f.rows).sum()
     }

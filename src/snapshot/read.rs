@@ -73,14 +73,7 @@ pub async fn runs(store: &Store, tenant: &str) -> Result<Vec<RunListing>, StoreE
 }
 
 fn parse_manifest(bytes: &[u8], tenant: &str, run: &str) -> Result<Manifest, String> {
-    let m: Manifest = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    if m.format != super::manifest::FORMAT {
-        return Err(format!(
-            "format {:?}, expected {:?}",
-            m.format,
-            super::manifest::FORMAT
-        ));
-    }
+    let m = Manifest::from_bytes(bytes)?;
     if m.tenant != tenant || m.run_id != run {
         return Err(format!(
             "manifest names tenant {} run {}, but sits under tenant {tenant} run {run}",

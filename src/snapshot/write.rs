@@ -1,21 +1,26 @@
-//! Writing one tenant's snapshot run: three stages overlap so that reading, encoding and
-//! uploading proceed at once, each bounded:
+//! Writing snapshot runs. Three stages overlap, each bounded:
 //!
 //! ```text
-//! [reader thread]  source rows → Arrow batches ─(bounded channel, 4 batches)─▶
-//! [encoder thread] ArrowWriter (zstd + AES-GCM) → 8 MiB chunks, sha256 on the fly ─(bounded, 4 chunks)─▶
-//! [upload task]    object_store multipart upload, one object per part file
+//! [reader thread]   one pass per table, rows → per-tenant Arrow batches ─(bounded channel)─▶
+//! [encoder thread]  one ArrowWriter per tenant (zstd + AES-GCM) → private spill file, sha256 on the fly ─▶
+//! [upload task]     each finished file → object store (multipart above 8 MiB), 2 at a time
 //! ```
-//! Memory is bounded by one row group in the encoder plus the channel depths, never by the
-//! table. The manifest is written only after every part file has been uploaded: a crash or an
-//! error at any earlier point leaves an uncommitted run that readers ignore and `verify` reports.
+//! Memory: the reader's builders (≈32 MiB over all tenants), the channel (8 batches), and the
+//! encoders' in-progress row groups, capped at [`ENCODER_BUDGET`] by flushing the largest row
+//! group early; never the table. Finished files wait on local disk (the spill directory,
+//! `$TMPDIR`), not in memory, until they are uploaded.
+//!
+//! Commit: a tenant's `_manifest.json` is written only after every one of its files has been
+//! uploaded. A crash or an error at any earlier point leaves an uncommitted run that readers
+//! ignore and `verify` reports. A tenant whose rows cannot be read fails alone; the others commit.
 
-use std::io::Write;
+use std::io::{BufWriter as IoBufWriter, Read, Write};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
+use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjPath;
 use parquet::arrow::ArrowWriter;
@@ -31,83 +36,33 @@ use super::{SnapshotError, manifest_key, part_key};
 use crate::config::{SnapshotSection, SourceUrl};
 use crate::datamap::DataMap;
 use crate::keys::DataKey;
-use crate::source::{ReadEvent, Source};
+use crate::source::{ScanEvent, ScanPlan, Source};
 use crate::store::Store;
 use crate::util::{hex, rfc3339};
 
-const CHUNK: usize = 8 << 20;
+/// Multipart part size (S3 needs at least 5 MiB) and parts in flight per upload.
+const PART: usize = 8 << 20;
+const UPLOAD_CONCURRENCY: usize = 2;
+/// Files uploaded at once.
+const FILES_IN_FLIGHT: usize = 2;
+/// Cap on the encoded, not yet written row groups of all tenants' writers together.
+pub const ENCODER_BUDGET: usize = 64 << 20;
 
-/// What one tenant's run needs.
+/// One tenant's part of a run.
 pub struct TenantJob {
     pub tenant: String,
     pub run_id: String,
+    pub key: DataKey,
+}
+
+/// What every tenant of a run shares.
+pub struct RunSpec {
     pub source: SourceUrl,
     pub data_map: Arc<DataMap>,
-    pub key: DataKey,
     pub master_key_id: String,
     pub policy_version: String,
     pub policy_hash: String,
     pub settings: SnapshotSection,
-}
-
-/// Messages from the encoder to the uploader.
-enum Upload {
-    Start(ObjPath),
-    Chunk(Bytes),
-    Finish,
-}
-
-/// A `Write` that hands full chunks to the uploader and hashes everything it passes on.
-struct ChunkSink {
-    buf: Vec<u8>,
-    tx: mpsc::Sender<Upload>,
-    sha: digest::Context,
-    bytes: u64,
-}
-
-impl ChunkSink {
-    fn new(tx: mpsc::Sender<Upload>) -> Self {
-        ChunkSink {
-            buf: Vec::with_capacity(CHUNK),
-            tx,
-            sha: digest::Context::new(&digest::SHA256),
-            bytes: 0,
-        }
-    }
-
-    fn send_buf(&mut self) -> std::io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
-        self.sha.update(&chunk);
-        self.bytes += chunk.len() as u64;
-        self.tx
-            .blocking_send(Upload::Chunk(Bytes::from(chunk)))
-            .map_err(|_| std::io::Error::other("upload stopped"))
-    }
-
-    /// Send what is left; return (bytes, sha256 hex).
-    fn finish(mut self) -> std::io::Result<(u64, String)> {
-        self.send_buf()?;
-        self.tx
-            .blocking_send(Upload::Finish)
-            .map_err(|_| std::io::Error::other("upload stopped"))?;
-        Ok((self.bytes, hex(self.sha.finish().as_ref())))
-    }
-}
-
-impl Write for ChunkSink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
-            self.send_buf()?;
-        }
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Writer properties of a snapshot file: zstd, bounded row groups, AES-GCM with the footer and
@@ -128,217 +83,406 @@ pub fn writer_properties(
         .build())
 }
 
-/// Snapshot one tenant: stream every table of the data map into encrypted Parquet, upload,
-/// then commit with the manifest. Returns the manifest.
-pub async fn snapshot_tenant(store: &Store, job: TenantJob) -> Result<Manifest, SnapshotError> {
-    let created_at = rfc3339(chrono::Utc::now());
-    let failed = |tenant: &str, message: String| SnapshotError::Failed {
-        tenant: tenant.into(),
-        message,
-    };
-    let tables: Vec<String> = job.data_map.tables.iter().map(|t| t.name.clone()).collect();
-
-    let (read_tx, read_rx) = sync_channel::<ReadEvent>(4);
-    let (up_tx, up_rx) = mpsc::channel::<Upload>(4);
-
-    let reader = {
-        let (src, dm, tenant, tables, batch) = (
-            job.source.clone(),
-            job.data_map.clone(),
-            job.tenant.clone(),
-            tables.clone(),
-            job.settings.batch_rows,
-        );
-        tokio::task::spawn_blocking(move || {
-            let source = Source::open(&src)?;
-            source.read_tenant(&tenant, &dm, &tables, batch, &read_tx)
-        })
-    };
-    let encoder = {
-        let props =
-            writer_properties(&job.key, &job.settings).map_err(|e| SnapshotError::Encode {
-                tenant: job.tenant.clone(),
-                table: String::new(),
-                message: e.to_string(),
-            })?;
-        let (tenant, run, file_rows) = (
-            job.tenant.clone(),
-            job.run_id.clone(),
-            job.settings.file_rows,
-        );
-        tokio::task::spawn_blocking(move || encode(read_rx, up_tx, props, &tenant, &run, file_rows))
-    };
-    let upload = upload(store.clone(), up_rx);
-
-    let (up_res, enc_res, read_res) = tokio::join!(upload, encoder, reader);
-    // Report the root cause: a reader error explains an encoder "disconnected", and so on.
-    let read_res = read_res.map_err(|e| failed(&job.tenant, e.to_string()))?;
-    if let Err(e) = read_res
-        && !matches!(e, crate::source::SourceError::Disconnected)
-    {
-        return Err(failed(&job.tenant, e.to_string()));
-    }
-    up_res?;
-    let (tables, files) = enc_res.map_err(|e| failed(&job.tenant, e.to_string()))??;
-
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        run_id: job.run_id.clone(),
-        tenant: job.tenant.clone(),
-        created_at,
-        committed_at: rfc3339(chrono::Utc::now()),
-        tool_version: format!("lethe {}", env!("CARGO_PKG_VERSION")),
-        policy_version: job.policy_version,
-        policy_hash: job.policy_hash,
-        key_id: job.key.key_id.clone(),
-        master_key_id: job.master_key_id,
-        tables,
-        files,
-    };
-    let body = serde_json::to_vec_pretty(&manifest).expect("serializable");
-    store
-        .put(&manifest_key(&job.tenant, &job.run_id), Bytes::from(body))
-        .await?;
-    Ok(manifest)
+/// A `Write` into a private spill file that hashes and counts what passes.
+struct HashingFile {
+    inner: IoBufWriter<tempfile::NamedTempFile>,
+    sha: digest::Context,
+    bytes: u64,
 }
 
-async fn upload(store: Store, mut rx: mpsc::Receiver<Upload>) -> Result<(), SnapshotError> {
-    let mut current: Option<(ObjPath, BufWriter)> = None;
-    let err = |key: &ObjPath, e: std::io::Error| SnapshotError::Failed {
-        tenant: String::new(),
-        message: format!("upload of {key} failed: {e}"),
+impl Write for HashingFile {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.sha.update(&data[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A finished part file waiting for upload.
+struct Finished {
+    tenant: usize,
+    file: tempfile::NamedTempFile,
+    entry: FileEntry,
+}
+
+/// The file a tenant's rows of the current table are going into.
+struct Part {
+    no: usize,
+    key: ObjPath,
+    writer: ArrowWriter<HashingFile>,
+    rows: u64,
+    /// Last measured memory of the writer (for the budget).
+    mem: usize,
+}
+
+/// The outcome per tenant: its manifest and the seconds from the start of the run to its
+/// commit, or why it failed.
+pub type TenantResult = (String, Result<(Manifest, f64), SnapshotError>);
+
+/// Snapshot `jobs` (one per tenant) in one pass over the source, then commit each tenant that
+/// succeeded with its manifest.
+pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) -> Vec<TenantResult> {
+    let created_at = rfc3339(chrono::Utc::now());
+    let started = std::time::Instant::now();
+    let n = jobs.len();
+    let plan = ScanPlan {
+        tables: spec
+            .data_map
+            .tables
+            .iter()
+            .map(|t| t.name.clone())
+            .collect(),
+        tenants: jobs.iter().map(|j| j.tenant.clone()).collect(),
+        batch_rows: spec.settings.batch_rows,
     };
-    while let Some(msg) = rx.recv().await {
-        match msg {
-            Upload::Start(key) => {
-                current = Some((
-                    key.clone(),
-                    BufWriter::with_capacity(store.inner.clone(), key, CHUNK),
-                ));
-            }
-            Upload::Chunk(b) => {
-                let (key, w) = current.as_mut().expect("Start precedes Chunk");
-                w.write_all(&b).await.map_err(|e| err(key, e))?;
-            }
-            Upload::Finish => {
-                let (key, mut w) = current.take().expect("Start precedes Finish");
-                w.shutdown().await.map_err(|e| err(&key, e))?;
+    let mut errors: Vec<Option<String>> = vec![None; n];
+    let props: Vec<Result<WriterProperties, String>> = jobs
+        .iter()
+        .map(|j| writer_properties(&j.key, &spec.settings).map_err(|e| e.to_string()))
+        .collect();
+
+    let (scan_tx, scan_rx) = sync_channel::<ScanEvent>(8);
+    let (up_tx, up_rx) = mpsc::channel::<Finished>(FILES_IN_FLIGHT * 2);
+
+    let reader = {
+        let (src, dm, plan) = (spec.source.clone(), spec.data_map.clone(), plan.clone());
+        tokio::task::spawn_blocking(move || Source::open(&src)?.scan(&dm, &plan, &scan_tx))
+    };
+    let encoder = {
+        let ids: Vec<(String, String)> = jobs
+            .iter()
+            .map(|j| (j.tenant.clone(), j.run_id.clone()))
+            .collect();
+        let file_rows = spec.settings.file_rows as u64;
+        tokio::task::spawn_blocking(move || encode(scan_rx, up_tx, props, ids, file_rows))
+    };
+    let uploader = {
+        let store = store.clone();
+        async move {
+            tokio_stream_of(up_rx)
+                .map(|f| {
+                    let store = store.clone();
+                    async move {
+                        let r = upload_file(&store, &f.file, &f.entry.path).await;
+                        (f.tenant, f.entry, r)
+                    }
+                })
+                .buffer_unordered(FILES_IN_FLIGHT)
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+    let (uploads, encoded, read) = tokio::join!(uploader, encoder, reader);
+
+    // Root causes first: a failed read explains everything downstream of it.
+    let fatal = match read {
+        Err(join) => Some(format!("the reader stopped: {join}")),
+        Ok(Err(crate::source::SourceError::Disconnected)) | Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+    };
+    let (tables, tenant_errors) = match encoded {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => (Vec::new(), vec![Some(e); n]),
+        Err(join) => (
+            Vec::new(),
+            vec![Some(format!("the encoder stopped: {join}")); n],
+        ),
+    };
+    for (t, e) in tenant_errors.into_iter().enumerate() {
+        if let Some(e) = fatal.clone().or(e) {
+            errors[t].get_or_insert(e);
+        }
+    }
+    let mut files: Vec<Vec<FileEntry>> = vec![Vec::new(); n];
+    for (t, entry, r) in uploads {
+        match r {
+            Ok(()) => files[t].push(entry),
+            Err(e) => {
+                errors[t].get_or_insert(e);
             }
         }
     }
-    if let Some((_, mut w)) = current {
-        // The encoder stopped mid-file: abandon the multipart upload.
+
+    let mut out = Vec::with_capacity(n);
+    for (t, job) in jobs.into_iter().enumerate() {
+        if let Some(message) = errors[t].take() {
+            out.push((
+                job.tenant.clone(),
+                Err(SnapshotError::Failed {
+                    tenant: job.tenant,
+                    message,
+                }),
+            ));
+            continue;
+        }
+        let mut files = std::mem::take(&mut files[t]);
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        let tables: Vec<TableEntry> = tables
+            .iter()
+            .map(|(table, rows, fp)| TableEntry {
+                table: table.clone(),
+                rows: rows[t],
+                schema_fingerprint: fp.clone(),
+            })
+            .collect();
+        let mut manifest = Manifest {
+            format: FORMAT.into(),
+            run_id: job.run_id.clone(),
+            tenant: job.tenant.clone(),
+            created_at: created_at.clone(),
+            committed_at: rfc3339(chrono::Utc::now()),
+            tool_version: format!("lethe {}", env!("CARGO_PKG_VERSION")),
+            policy_version: spec.policy_version.clone(),
+            policy_hash: spec.policy_hash.clone(),
+            key_id: job.key.key_id.clone(),
+            master_key_id: spec.master_key_id.clone(),
+            tables,
+            files,
+            checksum: String::new(),
+        };
+        let body = manifest.to_bytes();
+        let r = store
+            .put(&manifest_key(&job.tenant, &job.run_id), Bytes::from(body))
+            .await;
+        out.push((
+            job.tenant,
+            r.map(|()| (manifest, started.elapsed().as_secs_f64()))
+                .map_err(SnapshotError::from),
+        ));
+    }
+    out
+}
+
+fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Stream a spill file into the store; errors name the object key.
+async fn upload_file(
+    store: &Store,
+    file: &tempfile::NamedTempFile,
+    key: &str,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("upload of {key} failed: {e}");
+    let mut f = file.reopen().map_err(|e| err(&e))?;
+    let mut w = BufWriter::with_capacity(store.inner.clone(), ObjPath::from(key), PART)
+        .with_max_concurrency(UPLOAD_CONCURRENCY);
+    loop {
+        let mut buf = vec![0u8; PART];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match f.read(&mut buf[filled..]).map_err(|e| err(&e))? {
+                0 => break,
+                k => filled += k,
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        buf.truncate(filled);
+        if let Err(e) = w.put(Bytes::from(buf)).await {
+            let _ = w.abort().await;
+            return Err(err(&e));
+        }
+    }
+    if let Err(e) = w.shutdown().await {
         let _ = w.abort().await;
+        return Err(err(&e));
     }
     Ok(())
 }
 
-type Encoded = (Vec<TableEntry>, Vec<FileEntry>);
-
-/// One part file being written.
-struct Part {
-    key: ObjPath,
-    writer: ArrowWriter<ChunkSink>,
-    rows: u64,
-}
+/// Per table: name, rows per tenant, schema fingerprint.
+type TableRows = (String, Vec<u64>, String);
+/// Tables read, and per tenant the error that stopped it.
+type Encoded = (Vec<TableRows>, Vec<Option<String>>);
 
 fn encode(
-    rx: Receiver<ReadEvent>,
-    tx: mpsc::Sender<Upload>,
-    props: WriterProperties,
-    tenant: &str,
-    run: &str,
-    file_rows: usize,
-) -> Result<Encoded, SnapshotError> {
+    rx: Receiver<ScanEvent>,
+    tx: mpsc::Sender<Finished>,
+    props: Vec<Result<WriterProperties, String>>,
+    ids: Vec<(String, String)>,
+    file_rows: u64,
+) -> Result<Encoded, String> {
+    let n = ids.len();
+    let mut errors: Vec<Option<String>> = props.iter().map(|p| p.as_ref().err().cloned()).collect();
     let mut tables = Vec::new();
-    let mut files = Vec::new();
+    let mut parts: Vec<Option<Part>> = (0..n).map(|_| None).collect();
     let mut table = String::new();
     let mut schema: Option<SchemaRef> = None;
-    let mut part: Option<Part> = None;
-    let mut part_no = 0usize;
-    let enc_err = |table: &str, e: &dyn std::fmt::Display| SnapshotError::Encode {
-        tenant: tenant.into(),
-        table: table.into(),
-        message: e.to_string(),
-    };
+    let mut mem_total = 0usize;
+    // Rows written per tenant for the current table, checked against the reader's count.
+    let mut written = vec![0u64; n];
 
-    let start = |table: &str, n: usize, schema: &SchemaRef| -> Result<Part, SnapshotError> {
-        let key = part_key(tenant, run, table, n);
-        tx.blocking_send(Upload::Start(key.clone()))
-            .map_err(|_| enc_err(table, &"upload stopped"))?;
-        let writer = ArrowWriter::try_new(
-            ChunkSink::new(tx.clone()),
-            schema.clone(),
-            Some(props.clone()),
-        )
-        .map_err(|e| enc_err(table, &e))?;
+    let start = |t: usize, no: usize, table: &str, schema: &SchemaRef| -> Result<Part, String> {
+        let key = part_key(&ids[t].0, &ids[t].1, table, no);
+        let props = props[t].as_ref().map_err(Clone::clone)?.clone();
+        let file = tempfile::NamedTempFile::new().map_err(|e| {
+            format!(
+                "cannot create a spill file in {}: {e}",
+                std::env::temp_dir().display()
+            )
+        })?;
+        let sink = HashingFile {
+            inner: IoBufWriter::with_capacity(1 << 20, file),
+            sha: digest::Context::new(&digest::SHA256),
+            bytes: 0,
+        };
+        let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
+            .map_err(|e| format!("table {table}: {e}"))?;
         Ok(Part {
+            no,
             key,
             writer,
             rows: 0,
+            mem: 0,
         })
     };
-    let close = |table: &str, p: Part, schema: &SchemaRef| -> Result<FileEntry, SnapshotError> {
-        let sink = p.writer.into_inner().map_err(|e| enc_err(table, &e))?;
-        let (bytes, sha256) = sink.finish().map_err(|e| enc_err(table, &e))?;
-        Ok(FileEntry {
+    let close = |t: usize, p: Part, table: &str, schema: &SchemaRef| -> Result<Finished, String> {
+        let sink = p
+            .writer
+            .into_inner()
+            .map_err(|e| format!("table {table}: {e}"))?;
+        let HashingFile { inner, sha, bytes } = sink;
+        let file = inner.into_inner().map_err(|e| format!("spill file: {e}"))?;
+        let entry = FileEntry {
             table: table.into(),
             path: p.key.to_string(),
             rows: p.rows,
             bytes,
-            sha256,
+            sha256: hex(sha.finish().as_ref()),
             schema_fingerprint: schema_fingerprint(schema),
+        };
+        Ok(Finished {
+            tenant: t,
+            file,
+            entry,
         })
+    };
+    let ship = |f: Finished| {
+        tx.blocking_send(f)
+            .map_err(|_| "the uploader stopped".to_string())
     };
 
     for ev in rx {
         match ev {
-            ReadEvent::Begin {
+            ScanEvent::Begin {
                 table: t,
                 schema: s,
             } => {
                 table = t;
-                part_no = 0;
-                part = Some(start(&table, part_no, &s)?);
                 schema = Some(s);
+                written.iter_mut().for_each(|w| *w = 0);
             }
-            ReadEvent::Batch(b) => {
+            ScanEvent::Failed { tenant, error } => {
+                if let Some(p) = parts[tenant].take() {
+                    mem_total -= p.mem;
+                }
+                errors[tenant].get_or_insert(error.to_string());
+            }
+            ScanEvent::Batch { tenant: t, batch } => {
+                if errors[t].is_some() {
+                    continue;
+                }
                 let s = schema.as_ref().expect("Begin precedes Batch");
-                if part
-                    .as_ref()
-                    .is_some_and(|p| p.rows > 0 && p.rows + b.num_rows() as u64 > file_rows as u64)
-                {
-                    files.push(close(&table, part.take().unwrap(), s)?);
-                    part_no += 1;
-                    part = Some(start(&table, part_no, s)?);
+                let result = (|| -> Result<(), String> {
+                    if parts[t]
+                        .as_ref()
+                        .is_some_and(|p| p.rows > 0 && p.rows + batch.num_rows() as u64 > file_rows)
+                    {
+                        let p = parts[t].take().expect("checked");
+                        mem_total -= p.mem;
+                        let no = p.no + 1;
+                        ship(close(t, p, &table, s)?)?;
+                        parts[t] = Some(start(t, no, &table, s)?);
+                    }
+                    if parts[t].is_none() {
+                        parts[t] = Some(start(t, 0, &table, s)?);
+                    }
+                    let p = parts[t].as_mut().expect("opened above");
+                    p.writer
+                        .write(&batch)
+                        .map_err(|e| format!("table {table}: {e}"))?;
+                    p.rows += batch.num_rows() as u64;
+                    written[t] += batch.num_rows() as u64;
+                    let mem = p.writer.memory_size();
+                    mem_total = mem_total + mem - p.mem;
+                    p.mem = mem;
+                    Ok(())
+                })();
+                if let Err(e) = result {
+                    if let Some(p) = parts[t].take() {
+                        mem_total -= p.mem;
+                    }
+                    errors[t].get_or_insert(e);
                 }
-                let p = part.as_mut().expect("a part is open");
-                p.writer.write(&b).map_err(|e| enc_err(&table, &e))?;
-                p.rows += b.num_rows() as u64;
+                // Over budget: close the biggest in-progress row groups early.
+                while mem_total > ENCODER_BUDGET {
+                    let Some((big, _)) = parts
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.mem)))
+                        .max_by_key(|x| x.1)
+                    else {
+                        break;
+                    };
+                    let p = parts[big].as_mut().expect("found above");
+                    let flushed = p.writer.flush().map_err(|e| format!("table {table}: {e}"));
+                    let mem = p.writer.memory_size();
+                    mem_total = mem_total + mem - p.mem;
+                    p.mem = mem;
+                    if let Err(e) = flushed {
+                        errors[big].get_or_insert(e);
+                    }
+                    if mem >= ENCODER_BUDGET / 2 {
+                        break;
+                    }
+                }
             }
-            ReadEvent::End { table: t, rows } => {
+            ScanEvent::End { table: t, rows } => {
                 let s = schema.take().expect("Begin precedes End");
-                files.push(close(&t, part.take().expect("a part is open"), &s)?);
-                let written: u64 = files.iter().filter(|f| f.table == t).map(|f| f.rows).sum();
-                if written != rows {
-                    return Err(enc_err(
-                        &t,
-                        &format!("read {rows} rows but wrote {written}"),
-                    ));
+                for tenant in 0..n {
+                    if errors[tenant].is_none() && written[tenant] != rows[tenant] {
+                        errors[tenant] = Some(format!(
+                            "table {t}: read {} rows but wrote {}",
+                            rows[tenant], written[tenant]
+                        ));
+                    }
+                    if errors[tenant].is_some() {
+                        if let Some(p) = parts[tenant].take() {
+                            mem_total -= p.mem;
+                        }
+                        continue;
+                    }
+                    // A tenant with no rows still gets a file: restore then recreates the table.
+                    let p = match parts[tenant].take() {
+                        Some(p) => p,
+                        None => match start(tenant, 0, &t, &s) {
+                            Ok(p) => p,
+                            Err(e) => {
+                                errors[tenant].get_or_insert(e);
+                                continue;
+                            }
+                        },
+                    };
+                    mem_total -= p.mem;
+                    match close(tenant, p, &t, &s) {
+                        Ok(f) => ship(f)?,
+                        Err(e) => {
+                            errors[tenant].get_or_insert(e);
+                        }
+                    }
                 }
-                tables.push(TableEntry {
-                    table: t,
-                    rows,
-                    schema_fingerprint: schema_fingerprint(&s),
-                });
+                tables.push((t, rows, schema_fingerprint(&s)));
             }
         }
     }
-    if part.is_some() {
-        return Err(enc_err(
-            &table,
-            &"the source stopped in the middle of the table",
-        ));
+    if schema.is_some() {
+        return Err(format!("the source stopped in the middle of table {table}"));
     }
-    Ok((tables, files))
+    Ok((tables, errors))
 }

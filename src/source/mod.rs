@@ -1,9 +1,9 @@
 //! The primary database, read-only: the tenants, the live schema of each mapped table, and each
 //! tenant's rows streamed as Arrow record batches.
 //!
-//! A tenant is read inside one read transaction so its snapshot is consistent across tables.
-//! Batches go out through a bounded channel as they are built: memory is bounded by the batch
-//! size times the channel depth, never by the table.
+//! All tables are read inside one read transaction, so each tenant's snapshot is consistent
+//! across tables. Batches go out through a bounded channel as they are built: memory is bounded
+//! by the batch size times the channel depth, never by the table.
 //!
 //! Errors name tables, columns and row ordinals, never cell values (they are personal data).
 
@@ -116,12 +116,34 @@ pub struct Tenant {
     pub cancelled_at: Option<DateTime<Utc>>,
 }
 
-/// What the reader sends, per tenant, in order: for each table a `Begin`, its batches, an `End`.
+/// What to read: tables (in order) and the tenants wanted, by index.
+#[derive(Debug, Clone)]
+pub struct ScanPlan {
+    pub tables: Vec<String>,
+    /// Tenant ids; events refer to tenants by their index here.
+    pub tenants: Vec<String>,
+    /// Upper bound of rows per batch.
+    pub batch_rows: usize,
+}
+
+impl ScanPlan {
+    /// Rows per batch for each tenant: with many tenants interleaved in one pass, a tenant's
+    /// batch is smaller so that all open builders together stay within about 32 MiB.
+    pub fn rows_per_batch(&self) -> usize {
+        let budget_rows = (32 << 20) / 256 / self.tenants.len().max(1);
+        self.batch_rows.min(budget_rows).max(256)
+    }
+}
+
+/// What the reader sends: for each table a `Begin`, batches tagged with their tenant's index,
+/// an `End` with every tenant's row count. A tenant whose rows cannot be read gets `Failed`
+/// and no further events; the others go on.
 #[derive(Debug)]
-pub enum ReadEvent {
+pub enum ScanEvent {
     Begin { table: String, schema: SchemaRef },
-    Batch(RecordBatch),
-    End { table: String, rows: u64 },
+    Batch { tenant: usize, batch: RecordBatch },
+    End { table: String, rows: Vec<u64> },
+    Failed { tenant: usize, error: SourceError },
 }
 
 /// The primary database. A closed enum: PostgreSQL joins SQLite as a second variant.
@@ -149,17 +171,16 @@ impl Source {
         }
     }
 
-    /// Stream `tables` of `tenant` to `tx` inside one read transaction. Blocking.
-    pub fn read_tenant(
+    /// Stream the plan's tables for the plan's tenants to `tx`, all inside one read
+    /// transaction (so every tenant's snapshot is consistent across its tables). Blocking.
+    pub fn scan(
         &self,
-        tenant: &str,
         dm: &DataMap,
-        tables: &[String],
-        batch_rows: usize,
-        tx: &SyncSender<ReadEvent>,
+        plan: &ScanPlan,
+        tx: &SyncSender<ScanEvent>,
     ) -> Result<(), SourceError> {
         match self {
-            Source::Sqlite(s) => s.read_tenant(tenant, dm, tables, batch_rows, tx),
+            Source::Sqlite(s) => s.scan(dm, plan, tx),
         }
     }
 

@@ -3,6 +3,7 @@
 //! Timestamps may be stored as text (`YYYY-MM-DD HH:MM:SS[.ffffff][Z|±HH:MM]`, `T` or space)
 //! or as integer Unix seconds; they become UTC microseconds.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
@@ -17,7 +18,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
-use super::{ColType, Column, ReadEvent, SourceError, Tenant};
+use super::{ColType, Column, ScanEvent, ScanPlan, SourceError, Tenant};
 use crate::datamap::DataMap;
 use crate::util::{days_from_civil, is_safe_ident, quote_ident};
 
@@ -131,33 +132,35 @@ impl SqliteSource {
         Ok(out)
     }
 
-    pub fn read_tenant(
+    /// One sequential pass per table, fanning rows out to their tenants. On a table where
+    /// tenants' rows interleave (the usual case), this is several times faster than one
+    /// index-driven query per tenant, which reads most pages once per tenant.
+    pub fn scan(
         &self,
-        tenant: &str,
         dm: &DataMap,
-        tables: &[String],
-        batch_rows: usize,
-        tx: &SyncSender<ReadEvent>,
+        plan: &ScanPlan,
+        tx: &SyncSender<ScanEvent>,
     ) -> Result<(), SourceError> {
-        // A fresh connection per tenant: tenants are read in parallel, and the read
-        // transaction below pins one consistent view of every table for this tenant.
         let conn = open_ro(&self.path)?;
-        conn.execute_batch("BEGIN")
-            .map_err(|e| SourceError::Query {
-                table: String::new(),
-                message: e.to_string(),
-            })?;
-        for table in tables {
+        let q = |e: rusqlite::Error| SourceError::Query {
+            table: String::new(),
+            message: e.to_string(),
+        };
+        conn.execute_batch("BEGIN").map_err(q)?;
+        // The read snapshot starts at the first read; take it now, for every table at once.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+            .map_err(q)?;
+        let mut failed = vec![false; plan.tenants.len()];
+        for table in &plan.tables {
             let tcfg = dm.table(table).ok_or_else(|| SourceError::NoTable {
                 table: table.clone(),
             })?;
-            read_table(
+            scan_table(
                 &conn,
-                tenant,
                 table,
                 &tcfg.config.tenant_column,
-                &tcfg.config.primary_key,
-                batch_rows,
+                plan,
+                &mut failed,
                 tx,
             )?;
         }
@@ -307,77 +310,118 @@ pub fn arrow_schema(
     Ok((Arc::new(Schema::new(fields)), types))
 }
 
-fn read_table(
+fn scan_table(
     conn: &Connection,
-    tenant: &str,
     table: &str,
     tenant_col: &str,
-    pk: &str,
-    batch_rows: usize,
-    tx: &SyncSender<ReadEvent>,
+    plan: &ScanPlan,
+    failed: &mut [bool],
+    tx: &SyncSender<ScanEvent>,
 ) -> Result<(), SourceError> {
     let q = |e: rusqlite::Error| SourceError::Query {
         table: table.into(),
         message: e.to_string(),
     };
+    let send = |ev: ScanEvent| tx.send(ev).map_err(|_| SourceError::Disconnected);
     let cols = columns(conn, table)?.ok_or_else(|| SourceError::NoTable {
         table: table.into(),
     })?;
     let (schema, types) = arrow_schema(table, &cols)?;
-    tx.send(ReadEvent::Begin {
+    let tcol = cols
+        .iter()
+        .position(|c| c.name == tenant_col)
+        .ok_or_else(|| SourceError::Query {
+            table: table.into(),
+            message: format!("tenant column {tenant_col} does not exist"),
+        })?;
+    send(ScanEvent::Begin {
         table: table.into(),
         schema: schema.clone(),
-    })
-    .map_err(|_| SourceError::Disconnected)?;
+    })?;
+    let index: HashMap<&[u8], usize> = plan
+        .tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_bytes(), i))
+        .collect();
+    let per_batch = plan.rows_per_batch();
     let select: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} = ?1 ORDER BY {}",
-        select.join(", "),
-        quote_ident(table),
-        quote_ident(tenant_col),
-        quote_ident(pk)
-    );
+    let sql = format!("SELECT {} FROM {}", select.join(", "), quote_ident(table));
     let mut stmt = conn.prepare(&sql).map_err(q)?;
-    let mut rows = stmt.query([tenant]).map_err(q)?;
-    let mut builders: Vec<Builder> = types.iter().map(|t| Builder::new(*t, batch_rows)).collect();
-    let mut total: u64 = 0;
-    let flush = |builders: &mut Vec<Builder>| -> Result<(), SourceError> {
-        let arrays: Vec<ArrayRef> = builders.iter_mut().map(Builder::finish).collect();
-        let batch =
-            RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SourceError::Query {
-                table: table.into(),
-                message: e.to_string(),
-            })?;
-        tx.send(ReadEvent::Batch(batch))
-            .map_err(|_| SourceError::Disconnected)
+    let mut rows = stmt.query([]).map_err(q)?;
+    let mut builders: Vec<Option<Vec<Builder>>> = (0..plan.tenants.len()).map(|_| None).collect();
+    let mut counts = vec![0u64; plan.tenants.len()];
+    let mut orphans = 0u64;
+    let finish = |b: &mut Vec<Builder>| -> Result<RecordBatch, SourceError> {
+        let arrays: Vec<ArrayRef> = b.iter_mut().map(Builder::finish).collect();
+        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SourceError::Query {
+            table: table.into(),
+            message: e.to_string(),
+        })
     };
     while let Some(r) = rows.next().map_err(q)? {
-        total += 1;
-        for (i, b) in builders.iter_mut().enumerate() {
+        let t = match r.get_ref(tcol).map_err(q)? {
+            ValueRef::Text(b) => index.get(b).copied(),
+            ValueRef::Integer(i) => index.get(i.to_string().as_bytes()).copied(),
+            _ => None,
+        };
+        let Some(t) = t else {
+            orphans += 1;
+            continue;
+        };
+        if failed[t] {
+            continue;
+        }
+        counts[t] += 1;
+        let b = builders[t].get_or_insert_with(|| {
+            types
+                .iter()
+                .map(|ty| Builder::new(*ty, per_batch))
+                .collect()
+        });
+        for (i, bi) in b.iter_mut().enumerate() {
             let v = r.get_ref(i).map_err(q)?;
-            if let Err(found) = b.append(v) {
-                return Err(SourceError::BadValue {
+            if let Err(found) = bi.append(v) {
+                let error = SourceError::BadValue {
                     table: table.into(),
                     column: cols[i].name.clone(),
-                    tenant: tenant.into(),
-                    row: total,
-                    expected: b.expected(),
+                    tenant: plan.tenants[t].clone(),
+                    row: counts[t],
+                    expected: bi.expected(),
                     found,
-                });
+                };
+                failed[t] = true;
+                builders[t] = None;
+                send(ScanEvent::Failed { tenant: t, error })?;
+                break;
             }
         }
-        if builders[0].len() >= batch_rows {
-            flush(&mut builders)?;
+        if let Some(b) = builders[t].as_mut()
+            && b[0].len() >= per_batch
+        {
+            let batch = finish(b)?;
+            send(ScanEvent::Batch { tenant: t, batch })?;
         }
     }
-    if builders[0].len() > 0 {
-        flush(&mut builders)?;
+    for (t, b) in builders.iter_mut().enumerate() {
+        if let Some(b) = b
+            && b[0].len() > 0
+        {
+            let batch = finish(b)?;
+            send(ScanEvent::Batch { tenant: t, batch })?;
+        }
     }
-    tx.send(ReadEvent::End {
+    if orphans > 0 {
+        tracing::warn!(
+            table,
+            rows = orphans,
+            "rows whose tenant is not being snapshotted (not in the tenants table, or not selected with --tenant)"
+        );
+    }
+    send(ScanEvent::End {
         table: table.into(),
-        rows: total,
+        rows: counts,
     })
-    .map_err(|_| SourceError::Disconnected)
 }
 
 /// A timestamp value as UTC microseconds: `Some(None)` for NULL, `None` if it is not a timestamp.

@@ -1,0 +1,217 @@
+//! Bad input gets a clear error (exit 2) that names the file and the fix, and changes nothing:
+//! no file in the store appears, disappears or changes, and the keyring is left as it was.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use common::{demo, files, lethe};
+
+/// State that must not change: every store object and the keyring.
+fn state(d: &common::Demo) -> (BTreeMap<PathBuf, Vec<u8>>, Vec<u8>) {
+    (
+        files(&d.store()),
+        std::fs::read(d.dir.join("keys/keyring.json")).unwrap_or_default(),
+    )
+}
+
+/// Run `run snapshot` and `check` on a broken setup: both exit 2 with every `needle` in stderr,
+/// and nothing changes.
+fn refused(d: &common::Demo, config: &Path, needles: &[&str]) {
+    let before = state(d);
+    for args in [&["run", "snapshot"][..], &["check"][..]] {
+        let mut all = vec!["--config", config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (code, _, err) = lethe(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{args:?}: expected {n:?} in:\n{err}");
+        }
+        assert!(err.contains("fix"), "{args:?}: no fix hint in:\n{err}");
+    }
+    assert!(before == state(d), "the store or keyring changed");
+}
+
+fn snapshotted() -> common::Demo {
+    let d = demo(2, 30);
+    let (code, _, err) = lethe(&["--config", d.config.to_str().unwrap(), "run", "snapshot"]);
+    assert_eq!(code, 0, "{err}");
+    d
+}
+
+fn edit(path: &Path, f: impl FnOnce(String) -> String) {
+    let t = std::fs::read_to_string(path).unwrap();
+    std::fs::write(path, f(t)).unwrap();
+}
+
+#[test]
+fn missing_config() {
+    let d = snapshotted();
+    let missing = d.dir.join("nope.toml");
+    refused(&d, &missing, &["nope.toml", "cannot read"]);
+}
+
+#[test]
+fn garbled_config() {
+    let d = snapshotted();
+    edit(&d.config, |t| t.replace("[store]", "[store"));
+    refused(&d, &d.config, &["lethe.toml", "line"]);
+}
+
+#[test]
+fn unknown_key_in_config() {
+    let d = snapshotted();
+    edit(&d.config, |t| {
+        t.replace("[store]\n", "[store]\nbucket = \"x\"\n")
+    });
+    refused(&d, &d.config, &["lethe.toml", "bucket"]);
+}
+
+#[test]
+fn data_map_naming_a_missing_table() {
+    let d = snapshotted();
+    edit(&d.dir.join("schemas/app.toml"), |t| {
+        t + "\n[tables.selfies]\ntenant_column = \"tenant_id\"\nprimary_key = \"id\"\ncategories = [\"selfie_photos\"]\n"
+    });
+    refused(
+        &d,
+        &d.config,
+        &["schemas/app.toml", "tables.selfies", "does not exist"],
+    );
+}
+
+#[test]
+fn data_map_naming_a_missing_column() {
+    let d = snapshotted();
+    edit(&d.dir.join("schemas/app.toml"), |t| {
+        t.replacen(
+            "subject_columns = [\"customer_phone\"]",
+            "subject_columns = [\"customer_msisdn\"]",
+            1,
+        )
+    });
+    refused(
+        &d,
+        &d.config,
+        &[
+            "schemas/app.toml",
+            "tables.messages.subject_columns",
+            "customer_msisdn",
+            "customer_phone",
+        ],
+    );
+}
+
+#[test]
+fn unknown_key_in_data_map() {
+    let d = snapshotted();
+    edit(&d.dir.join("schemas/app.toml"), |t| {
+        t.replacen(
+            "categories = [\"messages\"]",
+            "categories = [\"messages\"]\nretention = \"90d\"",
+            1,
+        )
+    });
+    refused(&d, &d.config, &["schemas/app.toml", "retention", "line"]);
+}
+
+#[test]
+fn policy_anchor_naming_a_missing_column() {
+    let d = snapshotted();
+    edit(&d.dir.join("jobs/retention.toml"), |t| {
+        t.replace("anchor = \"checked_in_at\"", "anchor = \"captured_at\"")
+    });
+    refused(
+        &d,
+        &d.config,
+        &[
+            "retention.toml",
+            "categories.selfie_photos.anchor",
+            "captured_at",
+        ],
+    );
+}
+
+#[test]
+fn empty_policy() {
+    let d = snapshotted();
+    std::fs::write(d.dir.join("jobs/retention.toml"), "").unwrap();
+    refused(&d, &d.config, &["retention.toml", "empty"]);
+}
+
+#[test]
+fn bad_cron_and_time_zone() {
+    let d = snapshotted();
+    edit(&d.dir.join("jobs/nightly.toml"), |t| {
+        t.replace("30 2 * * *", "30 25 * * *")
+            .replace("Asia/Jakarta", "Asia/Djakarta")
+    });
+    refused(
+        &d,
+        &d.config,
+        &["nightly.toml", "schedule", "timezone", "Asia/Djakarta"],
+    );
+}
+
+#[test]
+fn unreadable_keyring() {
+    let d = snapshotted();
+    std::fs::write(
+        d.dir.join("keys/keyring.json"),
+        b"{\"format\": \"lethe-keyring/1\", \"tenants\": [",
+    )
+    .unwrap();
+    let (code, _, err) = lethe(&["--config", d.config.to_str().unwrap(), "run", "snapshot"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("keyring.json") && err.contains("unreadable") && err.contains("fix"),
+        "{err}"
+    );
+    let before = state(&d);
+    let (code, _, _) = lethe(&["--config", d.config.to_str().unwrap(), "snapshot", "verify"]);
+    assert_eq!(code, 2);
+    assert!(before == state(&d));
+}
+
+#[test]
+fn wrong_master_key() {
+    let d = snapshotted();
+    std::fs::write(d.dir.join("keys/master.key"), "11".repeat(32)).unwrap();
+    let before = state(&d);
+    for args in [
+        &["run", "snapshot"][..],
+        &["snapshot", "verify"][..],
+        &[
+            "snapshot",
+            "restore",
+            "--tenant",
+            "kopi-senja",
+            "--out",
+            "/tmp/lethe-never",
+        ][..],
+    ] {
+        let mut all = vec!["--config", d.config.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let (code, _, err) = lethe(&all);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("wrong master key") && err.contains("fix"),
+            "{err}"
+        );
+    }
+    assert!(before == state(&d));
+    assert!(!Path::new("/tmp/lethe-never").exists());
+}
+
+#[test]
+fn malformed_master_key() {
+    let d = snapshotted();
+    std::fs::write(d.dir.join("keys/master.key"), "not hex at all").unwrap();
+    let (code, _, err) = lethe(&["--config", d.config.to_str().unwrap(), "run", "snapshot"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("master.key") && err.contains("64 hex"),
+        "{err}"
+    );
+}

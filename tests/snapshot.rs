@@ -1,0 +1,482 @@
+//! Snapshot guarantees, end to end on the embedded default (SQLite + local store):
+//! confidentiality in the store, tenant isolation, commit semantics, tamper detection,
+//! faithful restore.
+
+mod common;
+
+use std::collections::HashSet;
+use std::fs::File;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, TimeUnit};
+use common::{demo, files};
+use lethe::config::Config;
+use lethe::keys::Keyring;
+use lethe::snapshot::read::{self, RestoreFormat};
+use lethe::store::Store;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+async fn snapshot(d: &common::Demo) -> lethe::pipeline::SnapshotRun {
+    let run = lethe::pipeline::run_snapshot(&d.config, &[]).await.unwrap();
+    assert!(run.failed.is_empty(), "{:?}", run.failed);
+    run
+}
+
+fn open(d: &common::Demo) -> (Config, Store, Keyring) {
+    let c = Config::load(&d.config).unwrap();
+    let store = Store::open(&c.store_url).unwrap();
+    let kr = Keyring::open(&c.keyring, &c.master_key, false).unwrap();
+    (c, store, kr)
+}
+
+/// Needles of personal data taken from the source: phones, names, emails, message bodies
+/// (their first 24 bytes), transcripts, coordinates are numbers and are left out.
+fn personal_needles(db: &std::path::Path) -> Vec<Vec<u8>> {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let mut needles = HashSet::new();
+    for sql in [
+        "SELECT phone FROM customers",
+        "SELECT name FROM customers",
+        "SELECT email FROM customers WHERE email IS NOT NULL",
+        "SELECT display_name FROM accounts",
+        "SELECT email FROM accounts",
+        "SELECT substr(body, 1, 24) FROM messages",
+        "SELECT substr(transcript, 1, 24) FROM calls",
+        "SELECT billing_email FROM billing_records",
+        "SELECT employee_no FROM attendance_checkins",
+    ] {
+        let mut st = conn.prepare(sql).unwrap();
+        let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
+        for r in rows {
+            needles.insert(r.unwrap().into_bytes());
+        }
+    }
+    needles.into_iter().collect()
+}
+
+/// Which needles occur in `hay`: one pass per distinct needle length.
+fn found_in(hay: &[u8], needles: &[Vec<u8>]) -> Vec<String> {
+    let mut by_len: std::collections::BTreeMap<usize, HashSet<&[u8]>> = Default::default();
+    for n in needles {
+        by_len.entry(n.len()).or_default().insert(n);
+    }
+    let mut hits = Vec::new();
+    for (len, set) in by_len {
+        if hay.len() < len {
+            continue;
+        }
+        for w in hay.windows(len) {
+            if set.contains(w) {
+                hits.push(String::from_utf8_lossy(w).into_owned());
+            }
+        }
+    }
+    hits
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_personal_data_in_plaintext_anywhere_in_the_store() {
+    let d = demo(3, 120);
+    snapshot(&d).await;
+    let needles = personal_needles(&d.db());
+    assert!(needles.len() > 500, "too few needles: {}", needles.len());
+
+    // Positive control: the same scan finds them in a plaintext restore.
+    let (_, store, kr) = open(&d);
+    let out = d.dir.join("plain");
+    read::restore(
+        &store,
+        &kr,
+        "kopi-senja",
+        None,
+        &out,
+        RestoreFormat::Csv,
+        &["customers".into()],
+    )
+    .await
+    .unwrap();
+    let plain: Vec<u8> = files(&out).into_values().flatten().collect();
+    assert!(
+        !found_in(&plain, &needles).is_empty(),
+        "the scan cannot see plaintext; the test would prove nothing"
+    );
+
+    let objects = files(&d.store());
+    assert!(objects.len() > 40, "{} objects", objects.len());
+    for (path, bytes) in objects {
+        let hits = found_in(&bytes, &needles);
+        assert!(
+            hits.is_empty(),
+            "{} holds personal data in plaintext ({} hits)",
+            path.display(),
+            hits.len()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_file_cannot_be_read_with_another_tenants_key_or_without_keys() {
+    let d = demo(2, 60);
+    let run = snapshot(&d).await;
+    let (_, _, kr) = open(&d);
+    let (a, b) = (&run.done[0].manifest, &run.done[1].manifest);
+    let file_of_a = d
+        .store()
+        .join(&a.files.iter().find(|f| f.table == "messages").unwrap().path);
+    let key_a = kr.data_key(&a.tenant).unwrap();
+    let key_b = kr.data_key(&b.tenant).unwrap();
+
+    let ok = read::open_reader(File::open(&file_of_a).unwrap(), Some(&key_a), "a").unwrap();
+    assert!(ok.metadata().file_metadata().num_rows() > 0);
+
+    let e = read::open_reader(File::open(&file_of_a).unwrap(), Some(&key_b), "a")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("does not decrypt with this tenant's data key"),
+        "{e}"
+    );
+    let e = read::open_reader(File::open(&file_of_a).unwrap(), None, "a")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("encrypted and no key was given"), "{e}");
+
+    // And with the plain parquet API, no options at all: refused too.
+    assert!(ParquetRecordBatchReaderBuilder::try_new(File::open(&file_of_a).unwrap()).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_that_crashed_before_commit_is_invisible_to_ls_and_restore_and_reported_by_verify() {
+    let d = demo(2, 60);
+    snapshot(&d).await;
+    // Break one tenant's data so its next run fails in the middle: earlier tables are already
+    // uploaded when the reader stops, and no manifest is written.
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    conn.execute("UPDATE messages SET created_at = 'not a time' WHERE id = (SELECT min(id) FROM messages WHERE tenant_id = 'kopi-senja')", []).unwrap();
+    drop(conn);
+    let run = lethe::pipeline::run_snapshot(&d.config, &[]).await.unwrap();
+    assert_eq!(run.failed.len(), 1, "{:?}", run.failed);
+    let (tenant, err) = &run.failed[0];
+    assert_eq!(tenant, "kopi-senja");
+    assert!(
+        err.contains("messages") && err.contains("created_at") && !err.contains("not a time"),
+        "{err}"
+    );
+
+    let (_, store, kr) = open(&d);
+    let runs = read::runs(&store, "kopi-senja").await.unwrap();
+    assert_eq!(runs.len(), 2);
+    let crashed = runs
+        .iter()
+        .find(|r| r.manifest.is_none())
+        .expect("an uncommitted run");
+    assert!(
+        !files(&d.store().join(format!(
+            "snapshots/tenant=kopi-senja/run={}",
+            crashed.run_id
+        )))
+        .is_empty(),
+        "the crashed run left files"
+    );
+
+    let committed = read::committed(&store, "kopi-senja").await.unwrap();
+    assert_eq!(committed.len(), 1);
+    assert_ne!(committed[0].run_id, crashed.run_id);
+    let (code, out, _) = common::lethe(&[
+        "--config",
+        d.config.to_str().unwrap(),
+        "snapshot",
+        "ls",
+        "--tenant",
+        "kopi-senja",
+    ]);
+    assert_eq!(code, 0);
+    assert!(
+        !out.contains(&crashed.run_id) && out.contains(&committed[0].run_id),
+        "{out}"
+    );
+
+    let e = read::restore(
+        &store,
+        &kr,
+        "kopi-senja",
+        Some(&crashed.run_id),
+        &d.dir.join("r"),
+        RestoreFormat::Parquet,
+        &[],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("no committed snapshot run"), "{e}");
+    let o = read::restore(
+        &store,
+        &kr,
+        "kopi-senja",
+        None,
+        &d.dir.join("r2"),
+        RestoreFormat::Parquet,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.run_id, committed[0].run_id);
+
+    let report = read::verify(&store, &kr, &[]).await.unwrap();
+    assert_eq!(report.findings.len(), 1, "{:?}", report.findings);
+    assert!(
+        report.findings[0].message.contains("uncommitted")
+            && report.findings[0].key.contains(&crashed.run_id)
+    );
+    let (code, out, _) =
+        common::lethe(&["--config", d.config.to_str().unwrap(), "snapshot", "verify"]);
+    assert_eq!(code, 1);
+    assert!(out.contains(&crashed.run_id), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_flipped_byte_in_any_snapshot_file_fails_verify_naming_the_file() {
+    let d = demo(1, 60);
+    let run = snapshot(&d).await;
+    let (_, store, kr) = open(&d);
+    assert!(
+        read::verify(&store, &kr, &[])
+            .await
+            .unwrap()
+            .findings
+            .is_empty()
+    );
+    let m = &run.done[0].manifest;
+    let mut keys: Vec<String> = m.files.iter().map(|f| f.path.clone()).collect();
+    keys.push(format!(
+        "snapshots/tenant={}/run={}/_manifest.json",
+        m.tenant, m.run_id
+    ));
+    for (i, key) in keys.iter().enumerate() {
+        let path = d.store().join(key);
+        let original = std::fs::read(&path).unwrap();
+        let mut bytes = original.clone();
+        let at = (i * 7919 + 13) % bytes.len();
+        bytes[at] ^= 0x20;
+        std::fs::write(&path, &bytes).unwrap();
+        let report = read::verify(&store, &kr, &[]).await.unwrap();
+        assert!(
+            !report.findings.is_empty() && report.findings.iter().all(|f| f.key == *key),
+            "flip at {at} of {key}: {:?}",
+            report.findings
+        );
+        if i == 0 {
+            let (code, out, _) =
+                common::lethe(&["--config", d.config.to_str().unwrap(), "snapshot", "verify"]);
+            assert_eq!(code, 1);
+            assert!(out.contains(key.as_str()), "{out}");
+        }
+        std::fs::write(&path, &original).unwrap();
+    }
+    // A missing file is named too.
+    let key = &keys[0];
+    std::fs::remove_file(d.store().join(key)).unwrap();
+    let report = read::verify(&store, &kr, &[]).await.unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| f.key == *key && f.message.contains("missing")),
+        "{:?}",
+        report.findings
+    );
+}
+
+/// Render a restored Arrow cell and an SQLite value the same way, independently.
+fn arrow_cell(col: &dyn Array, i: usize) -> String {
+    if col.is_null(i) {
+        return "NULL".into();
+    }
+    match col.data_type() {
+        DataType::Int64 => col
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(i)
+            .to_string(),
+        DataType::Float64 => format!(
+            "{:.9}",
+            col.as_primitive::<arrow::datatypes::Float64Type>().value(i)
+        ),
+        DataType::Utf8 => col.as_string::<i32>().value(i).to_string(),
+        DataType::Boolean => col.as_boolean().value(i).to_string(),
+        DataType::Date32 => {
+            let days = col.as_primitive::<arrow::datatypes::Date32Type>().value(i);
+            (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Days::new(days as u64))
+                .to_string()
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
+            let us = col
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(i);
+            chrono::DateTime::from_timestamp_micros(us)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        }
+        other => panic!("unexpected restored type {other}"),
+    }
+}
+
+fn sqlite_cell(v: rusqlite::types::ValueRef<'_>, declared: &str) -> String {
+    use rusqlite::types::ValueRef::*;
+    match v {
+        Null => "NULL".into(),
+        Integer(x) if declared == "BOOLEAN" => (x == 1).to_string(),
+        Integer(x) => x.to_string(),
+        Real(x) => format!("{x:.9}"),
+        Text(t) => String::from_utf8(t.to_vec()).unwrap(),
+        Blob(_) => panic!("no blobs in the demo tables"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_round_trips_rows_and_types() {
+    let d = demo(2, 90);
+    snapshot(&d).await;
+    let (_, store, kr) = open(&d);
+    let out = d.dir.join("restored");
+    let o = read::restore(
+        &store,
+        &kr,
+        "klinik-sehat",
+        None,
+        &out,
+        RestoreFormat::Parquet,
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(o.files.len(), 15);
+    let conn = rusqlite::Connection::open(d.db()).unwrap();
+    for (table, path, rows) in &o.files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+        let schema = reader.schema().clone();
+        // Types: declared SQL type → Arrow type, column by column.
+        let decl: Vec<(String, String)> = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .unwrap()
+            .query_map([], |r| Ok((r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(schema.fields().len(), decl.len(), "{table}");
+        for (f, (name, ty)) in schema.fields().iter().zip(&decl) {
+            assert_eq!(f.name(), name);
+            let want = match ty.as_str() {
+                "INTEGER" => DataType::Int64,
+                "REAL" => DataType::Float64,
+                "TEXT" => DataType::Utf8,
+                "BOOLEAN" => DataType::Boolean,
+                "DATE" => DataType::Date32,
+                "TIMESTAMP" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                other => panic!("{other}"),
+            };
+            assert_eq!(f.data_type(), &want, "{table}.{name}");
+        }
+        let mut restored = Vec::new();
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            for i in 0..b.num_rows() {
+                restored.push(
+                    b.columns()
+                        .iter()
+                        .map(|c| arrow_cell(c, i))
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        let tcol = if table == "tenants" {
+            "id"
+        } else {
+            "tenant_id"
+        };
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT * FROM {table} WHERE {tcol} = 'klinik-sehat' ORDER BY 1"
+            ))
+            .unwrap();
+        let mut q = st.query([]).unwrap();
+        let mut source = Vec::new();
+        while let Some(r) = q.next().unwrap() {
+            source.push(
+                (0..decl.len())
+                    .map(|i| sqlite_cell(r.get_ref(i).unwrap(), &decl[i].1))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert!(
+            !source.is_empty(),
+            "{table} has no rows for the tenant; the comparison would be empty"
+        );
+        assert_eq!(restored.len() as u64, *rows);
+        assert_eq!(restored, source, "table {table}");
+    }
+
+    // CSV restore: one header line plus one line per row (bodies have no newlines).
+    let csv = d.dir.join("csv");
+    let o = read::restore(
+        &store,
+        &kr,
+        "klinik-sehat",
+        None,
+        &csv,
+        RestoreFormat::Csv,
+        &["messages".into()],
+    )
+    .await
+    .unwrap();
+    let (_, path, rows) = &o.files[0];
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.starts_with("id,tenant_id,customer_phone,"));
+    assert_eq!(text.lines().count() as u64, rows + 1);
+    // Restoring into the same place again overwrites nothing.
+    let e = read::restore(
+        &store,
+        &kr,
+        "klinik-sehat",
+        None,
+        &csv,
+        RestoreFormat::Csv,
+        &["messages".into()],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("already exists"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn running_the_demo_twice_keeps_data_and_keys_and_adds_a_run() {
+    let d = demo(2, 30);
+    snapshot(&d).await;
+    let keyring = std::fs::read(d.dir.join("keys/keyring.json")).unwrap();
+    let db = std::fs::read(d.db()).unwrap();
+    let opts = lethe::demo::DemoOptions {
+        dir: d.dir.clone(),
+        tenants: 2,
+        days: 30,
+        seed: 7,
+    };
+    let (_, generated) = lethe::demo::prepare(&opts).unwrap();
+    assert!(generated.is_none());
+    snapshot(&d).await;
+    assert_eq!(
+        std::fs::read(d.dir.join("keys/keyring.json")).unwrap(),
+        keyring
+    );
+    assert_eq!(std::fs::read(d.db()).unwrap(), db);
+    let (_, store, kr) = open(&d);
+    assert_eq!(
+        read::committed(&store, "kopi-senja").await.unwrap().len(),
+        2
+    );
+    assert!(
+        read::verify(&store, &kr, &[])
+            .await
+            .unwrap()
+            .findings
+            .is_empty()
+    );
+}
