@@ -99,7 +99,7 @@ fn peak_for(rows: usize) -> (usize, usize) {
 #[test]
 fn snapshot_memory_is_bounded_by_row_group_not_table_size() {
     let (small, small_text) = peak_for(25_000);
-    let (large, large_text) = peak_for(300_000);
+    let (large, large_text) = peak_for(400_000);
     eprintln!(
         "peak heap: {small} B for {small_text} B of text, {large} B for {large_text} B of text"
     );
@@ -107,14 +107,14 @@ fn snapshot_memory_is_bounded_by_row_group_not_table_size() {
         large_text > 50 << 20,
         "the large table must be big enough to matter"
     );
-    // Twelve times the data; the peak may grow by the upload pipeline filling up (parts in
-    // flight), a bounded amount, but not with the table.
+    // Sixteen times the data; the peak may grow by the upload pipeline filling up (two 8 MiB
+    // parts in flight), a bounded amount, but not with the table.
     assert!(
-        large < small + (24 << 20),
+        large < small + (32 << 20),
         "peak grew from {small} to {large}"
     );
     assert!(
-        large < large_text / 2,
+        large < large_text / 3,
         "peak {large} is not small next to the table's {large_text} bytes"
     );
 }

@@ -3,22 +3,29 @@
 //! ```text
 //! [reader thread]   one pass per table, rows → per-tenant Arrow batches ─(bounded channel)─▶
 //! [encoder thread]  one ArrowWriter per tenant (zstd + AES-GCM) → private spill file, sha256 on the fly ─▶
-//! [upload task]     each finished file → object store (multipart above 8 MiB), 2 at a time
+//! [upload tasks]    each spill file → object store, following the file as it grows: every
+//!                   8 MiB written is uploaded as a multipart part while encoding goes on
 //! ```
-//! Memory: the reader's builders (≈32 MiB over all tenants), the channel (8 batches), and the
-//! encoders' in-progress row groups, capped at [`ENCODER_BUDGET`] by flushing the largest row
-//! group early; never the table. Finished files wait on local disk (the spill directory,
-//! `$TMPDIR`), not in memory, until they are uploaded.
+//! Each tenant's batches wait in memory until they make a row group (`row_group_rows`), which
+//! is then encoded in one go, so only one row group is being encoded at any time however many
+//! tenants a table interleaves. When the waiting batches of all tenants pass
+//! [`PENDING_BUDGET`], the tenant with the most waiting becomes a (smaller) row group early.
+//! Memory: the reader's builders (≈32 MiB over all tenants), the channel (8 batches), the
+//! waiting batches (≤ [`PENDING_BUDGET`]), one row group being encoded, and the parts being
+//! uploaded (a few × 8 MiB); never the table. What is encoded
+//! but not yet uploaded waits on local disk (the spill directory, `$TMPDIR`), not in memory.
 //!
 //! Commit: a tenant's `_manifest.json` is written only after every one of its files has been
 //! uploaded. A crash or an error at any earlier point leaves an uncommitted run that readers
 //! ignore and `verify` reports. A tenant whose rows cannot be read fails alone; the others commit.
 
-use std::io::{BufWriter as IoBufWriter, Read, Write};
+use std::io::{BufWriter as IoBufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::StreamExt;
 use object_store::buffered::BufWriter;
@@ -27,9 +34,10 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::encryption::encrypt::FileEncryptionProperties;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
 use ring::digest;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::manifest::{FORMAT, FileEntry, Manifest, TableEntry, schema_fingerprint};
 use super::{SnapshotError, manifest_key, part_key};
@@ -43,10 +51,10 @@ use crate::util::{hex, rfc3339};
 /// Multipart part size (S3 needs at least 5 MiB) and parts in flight per upload.
 const PART: usize = 8 << 20;
 const UPLOAD_CONCURRENCY: usize = 2;
-/// Files uploaded at once.
-const FILES_IN_FLIGHT: usize = 2;
-/// Cap on the encoded, not yet written row groups of all tenants' writers together.
-pub const ENCODER_BUDGET: usize = 64 << 20;
+/// Parts being read and handed to the store at once, over all files.
+const PARTS_IN_FLIGHT: usize = 2;
+/// Cap on the Arrow batches waiting, over all tenants, to be encoded as row groups.
+pub const PENDING_BUDGET: usize = 96 << 20;
 
 /// One tenant's part of a run.
 pub struct TenantJob {
@@ -67,20 +75,30 @@ pub struct RunSpec {
 
 /// Writer properties of a snapshot file: zstd, bounded row groups, AES-GCM with the footer and
 /// every column encrypted under the tenant's data key.
+///
+/// Statistics are kept (inside the encrypted footer) only for the columns readers filter on:
+/// the primary key and the event time. Dictionary pages are capped at 128 KiB: low-cardinality
+/// columns (channel, status) fit, free text falls back to plain encoding early, which is both
+/// faster and, after zstd, smaller than a 1 MiB dictionary that overflows.
 pub fn writer_properties(
     key: &DataKey,
     s: &SnapshotSection,
+    stats_columns: &[&str],
 ) -> parquet::errors::Result<WriterProperties> {
     let enc = FileEncryptionProperties::builder(key.key.clone())
         .with_footer_key_metadata(key.footer_key_metadata.clone())
         .build()?;
-    Ok(WriterProperties::builder()
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(s.zstd_level)?))
         .set_max_row_group_row_count(Some(s.row_group_rows))
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        .set_dictionary_page_size_limit(128 << 10)
+        .set_statistics_enabled(EnabledStatistics::None)
         .set_created_by(format!("lethe {}", env!("CARGO_PKG_VERSION")))
-        .with_file_encryption_properties(enc)
-        .build())
+        .with_file_encryption_properties(enc);
+    for c in stats_columns {
+        b = b.set_column_statistics_enabled(ColumnPath::from(*c), EnabledStatistics::Chunk);
+    }
+    Ok(b.build())
 }
 
 /// A `Write` into a private spill file that hashes and counts what passes.
@@ -102,11 +120,22 @@ impl Write for HashingFile {
     }
 }
 
-/// A finished part file waiting for upload.
-struct Finished {
+/// How far a spill file has been written, published by the encoder to its upload task.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    /// Bytes flushed to the file (final: Parquet is written append-only).
+    flushed: u64,
+    /// Set when the file is complete.
+    done: Option<FileEntry>,
+}
+
+/// A spill file announced to the uploader when it is opened. If the encoder drops the
+/// progress sender without `done`, the file was abandoned and its upload is aborted.
+struct Spill {
     tenant: usize,
-    file: tempfile::NamedTempFile,
-    entry: FileEntry,
+    key: ObjPath,
+    file: std::fs::File,
+    progress: watch::Receiver<Progress>,
 }
 
 /// The file a tenant's rows of the current table are going into.
@@ -115,8 +144,21 @@ struct Part {
     key: ObjPath,
     writer: ArrowWriter<HashingFile>,
     rows: u64,
-    /// Last measured memory of the writer (for the budget).
-    mem: usize,
+    progress: watch::Sender<Progress>,
+}
+
+impl Part {
+    /// Publish progress once another part's worth of bytes is in the file.
+    fn publish(&mut self) -> std::io::Result<()> {
+        let reported = self.progress.borrow().flushed;
+        let sink = self.writer.inner_mut();
+        if sink.bytes >= reported + PART as u64 {
+            sink.inner.flush()?;
+            let flushed = sink.bytes;
+            self.progress.send_modify(|p| p.flushed = flushed);
+        }
+        Ok(())
+    }
 }
 
 /// The outcome per tenant: its manifest and the seconds from the start of the run to its
@@ -140,38 +182,70 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
         batch_rows: spec.settings.batch_rows,
     };
     let mut errors: Vec<Option<String>> = vec![None; n];
-    let props: Vec<Result<WriterProperties, String>> = jobs
+    // Per table, the columns that keep statistics: primary key and event time.
+    let stats: Vec<Vec<&str>> = spec
+        .data_map
+        .tables
         .iter()
-        .map(|j| writer_properties(&j.key, &spec.settings).map_err(|e| e.to_string()))
+        .map(|t| {
+            let c = &t.config;
+            std::iter::once(c.primary_key.as_str())
+                .chain(c.time_column.as_deref())
+                .collect()
+        })
+        .collect();
+    let props: Vec<Vec<Result<WriterProperties, String>>> = jobs
+        .iter()
+        .map(|j| {
+            stats
+                .iter()
+                .map(|cols| {
+                    writer_properties(&j.key, &spec.settings, cols).map_err(|e| e.to_string())
+                })
+                .collect()
+        })
         .collect();
 
-    let (scan_tx, scan_rx) = sync_channel::<ScanEvent>(8);
-    let (up_tx, up_rx) = mpsc::channel::<Finished>(FILES_IN_FLIGHT * 2);
+    // Deep enough to hold a row group's worth of full batches: while the encoder turns one row
+    // group into Parquet, the reader keeps reading instead of waiting. (Counted in batches of
+    // up to `batch_rows`, so the depth also bounds the channel's memory.)
+    let depth = (spec.settings.row_group_rows / spec.settings.batch_rows).clamp(8, 64) + 8;
+    let (scan_tx, scan_rx) = sync_channel::<ScanEvent>(depth);
+    let (up_tx, up_rx) = mpsc::unbounded_channel::<Spill>();
 
     let reader = {
         let (src, dm, plan) = (spec.source.clone(), spec.data_map.clone(), plan.clone());
-        tokio::task::spawn_blocking(move || Source::open(&src)?.scan(&dm, &plan, &scan_tx))
+        tokio::task::spawn_blocking(move || {
+            let t0 = std::time::Instant::now();
+            let r = Source::open(&src)?.scan(&dm, &plan, &scan_tx);
+            tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "reader finished");
+            r
+        })
     };
     let encoder = {
         let ids: Vec<(String, String)> = jobs
             .iter()
             .map(|j| (j.tenant.clone(), j.run_id.clone()))
             .collect();
-        let file_rows = spec.settings.file_rows as u64;
-        tokio::task::spawn_blocking(move || encode(scan_rx, up_tx, props, ids, file_rows))
+        let sizes = (
+            spec.settings.row_group_rows as u64,
+            spec.settings.file_rows as u64,
+        );
+        tokio::task::spawn_blocking(move || encode(scan_rx, up_tx, props, ids, sizes))
     };
     let uploader = {
         let store = store.clone();
+        let permits = Arc::new(Semaphore::new(PARTS_IN_FLIGHT));
         async move {
-            tokio_stream_of(up_rx)
-                .map(|f| {
-                    let store = store.clone();
-                    async move {
-                        let r = upload_file(&store, &f.file, &f.entry.path).await;
-                        (f.tenant, f.entry, r)
-                    }
+            unbounded_stream(up_rx)
+                .map(|spill| {
+                    let (store, permits) = (store.clone(), permits.clone());
+                    tokio::spawn(async move {
+                        let tenant = spill.tenant;
+                        (tenant, upload_spill(&store, spill, &permits).await)
+                    })
                 })
-                .buffer_unordered(FILES_IN_FLIGHT)
+                .buffer_unordered(usize::MAX)
                 .collect::<Vec<_>>()
                 .await
         }
@@ -198,11 +272,17 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
         }
     }
     let mut files: Vec<Vec<FileEntry>> = vec![Vec::new(); n];
-    for (t, entry, r) in uploads {
+    for r in uploads {
         match r {
-            Ok(()) => files[t].push(entry),
-            Err(e) => {
+            Ok((t, Ok(entry))) => files[t].push(entry),
+            Ok((t, Err(e))) => {
                 errors[t].get_or_insert(e);
+            }
+            Err(join) => {
+                // An upload task panicked: no tenant can be sure its files are all there.
+                for e in errors.iter_mut() {
+                    e.get_or_insert(format!("an upload task stopped: {join}"));
+                }
             }
         }
     }
@@ -257,43 +337,61 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
     out
 }
 
-fn tokio_stream_of<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+fn unbounded_stream<T: Send + 'static>(
+    mut rx: mpsc::UnboundedReceiver<T>,
+) -> impl futures::Stream<Item = T> {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Stream a spill file into the store; errors name the object key.
-async fn upload_file(
+/// Follow a spill file as the encoder writes it and stream it into the store: each 8 MiB
+/// that is final goes up as a part while encoding continues; the rest when the file is done.
+/// Errors name the object key; an abandoned file's upload is aborted.
+async fn upload_spill(
     store: &Store,
-    file: &tempfile::NamedTempFile,
-    key: &str,
-) -> Result<(), String> {
+    spill: Spill,
+    permits: &Semaphore,
+) -> Result<FileEntry, String> {
+    let key = spill.key.to_string();
     let err = |e: &dyn std::fmt::Display| format!("upload of {key} failed: {e}");
-    let mut f = file.reopen().map_err(|e| err(&e))?;
-    let mut w = BufWriter::with_capacity(store.inner.clone(), ObjPath::from(key), PART)
+    let mut rx = spill.progress;
+    let mut w = BufWriter::with_capacity(store.inner.clone(), spill.key.clone(), PART)
         .with_max_concurrency(UPLOAD_CONCURRENCY);
-    loop {
-        let mut buf = vec![0u8; PART];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match f.read(&mut buf[filled..]).map_err(|e| err(&e))? {
-                0 => break,
-                k => filled += k,
+    let mut sent = 0u64;
+    let result: Result<FileEntry, String> = async {
+        loop {
+            let p = match rx
+                .wait_for(|p| p.done.is_some() || p.flushed >= sent + PART as u64)
+                .await
+            {
+                Ok(p) => p.clone(),
+                Err(_) => return Err(format!("{key}: abandoned by the encoder")),
+            };
+            let target = p
+                .done
+                .as_ref()
+                .map_or(p.flushed - p.flushed % PART as u64, |e| e.bytes);
+            while sent < target {
+                let len = (target - sent).min(PART as u64) as usize;
+                let _permit = permits.acquire().await.expect("semaphore open");
+                let mut buf = vec![0u8; len];
+                spill
+                    .file
+                    .read_exact_at(&mut buf, sent)
+                    .map_err(|e| err(&e))?;
+                w.put(Bytes::from(buf)).await.map_err(|e| err(&e))?;
+                sent += len as u64;
+            }
+            if let Some(entry) = p.done {
+                w.shutdown().await.map_err(|e| err(&e))?;
+                return Ok(entry);
             }
         }
-        if filled == 0 {
-            break;
-        }
-        buf.truncate(filled);
-        if let Err(e) = w.put(Bytes::from(buf)).await {
-            let _ = w.abort().await;
-            return Err(err(&e));
-        }
     }
-    if let Err(e) = w.shutdown().await {
+    .await;
+    if result.is_err() {
         let _ = w.abort().await;
-        return Err(err(&e));
     }
-    Ok(())
+    result
 }
 
 /// Per table: name, rows per tenant, schema fingerprint.
@@ -301,74 +399,149 @@ type TableRows = (String, Vec<u64>, String);
 /// Tables read, and per tenant the error that stopped it.
 type Encoded = (Vec<TableRows>, Vec<Option<String>>);
 
+/// A tenant's state for the current table.
+#[derive(Default)]
+struct TenantTable {
+    part: Option<Part>,
+    pending: Vec<RecordBatch>,
+    pending_rows: u64,
+    pending_bytes: usize,
+    /// Rows written, checked against the reader's count at the end of the table.
+    written: u64,
+}
+
 fn encode(
     rx: Receiver<ScanEvent>,
-    tx: mpsc::Sender<Finished>,
-    props: Vec<Result<WriterProperties, String>>,
+    tx: mpsc::UnboundedSender<Spill>,
+    props: Vec<Vec<Result<WriterProperties, String>>>,
     ids: Vec<(String, String)>,
-    file_rows: u64,
+    settings: (u64, u64),
 ) -> Result<Encoded, String> {
+    let (row_group_rows, file_rows) = settings;
     let n = ids.len();
-    let mut errors: Vec<Option<String>> = props.iter().map(|p| p.as_ref().err().cloned()).collect();
+    let mut errors: Vec<Option<String>> = props
+        .iter()
+        .map(|p| p.iter().find_map(|r| r.as_ref().err().cloned()))
+        .collect();
     let mut tables = Vec::new();
-    let mut parts: Vec<Option<Part>> = (0..n).map(|_| None).collect();
+    let mut state: Vec<TenantTable> = (0..n).map(|_| TenantTable::default()).collect();
     let mut table = String::new();
+    let mut table_no = 0usize;
     let mut schema: Option<SchemaRef> = None;
-    let mut mem_total = 0usize;
-    // Rows written per tenant for the current table, checked against the reader's count.
-    let mut written = vec![0u64; n];
+    let mut pending_total = 0usize;
 
-    let start = |t: usize, no: usize, table: &str, schema: &SchemaRef| -> Result<Part, String> {
+    let start = |t: usize,
+                 no: usize,
+                 table_no: usize,
+                 table: &str,
+                 schema: &SchemaRef|
+     -> Result<Part, String> {
         let key = part_key(&ids[t].0, &ids[t].1, table, no);
-        let props = props[t].as_ref().map_err(Clone::clone)?.clone();
-        let file = tempfile::NamedTempFile::new().map_err(|e| {
+        let props = props[t][table_no].as_ref().map_err(Clone::clone)?.clone();
+        let spill_err = |e: std::io::Error| {
             format!(
                 "cannot create a spill file in {}: {e}",
                 std::env::temp_dir().display()
             )
-        })?;
+        };
+        let file = tempfile::NamedTempFile::new().map_err(spill_err)?;
+        let read_handle = file.reopen().map_err(spill_err)?;
         let sink = HashingFile {
-            inner: IoBufWriter::with_capacity(1 << 20, file),
+            inner: IoBufWriter::with_capacity(64 << 10, file),
             sha: digest::Context::new(&digest::SHA256),
             bytes: 0,
         };
         let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
             .map_err(|e| format!("table {table}: {e}"))?;
+        let (progress, rx) = watch::channel(Progress::default());
+        tx.send(Spill {
+            tenant: t,
+            key: key.clone(),
+            file: read_handle,
+            progress: rx,
+        })
+        .map_err(|_| "the uploader stopped".to_string())?;
         Ok(Part {
             no,
             key,
             writer,
             rows: 0,
-            mem: 0,
+            progress,
         })
     };
-    let close = |t: usize, p: Part, table: &str, schema: &SchemaRef| -> Result<Finished, String> {
-        let sink = p
-            .writer
+    // Finish the file and tell its upload task; the spill file is unlinked here, the upload
+    // task reads on through its own handle.
+    let close = |p: Part, table: &str, schema: &SchemaRef| -> Result<(), String> {
+        let Part {
+            key,
+            writer,
+            rows,
+            progress,
+            ..
+        } = p;
+        let HashingFile { inner, sha, bytes } = writer
             .into_inner()
             .map_err(|e| format!("table {table}: {e}"))?;
-        let HashingFile { inner, sha, bytes } = sink;
-        let file = inner.into_inner().map_err(|e| format!("spill file: {e}"))?;
+        inner.into_inner().map_err(|e| format!("spill file: {e}"))?;
         let entry = FileEntry {
             table: table.into(),
-            path: p.key.to_string(),
-            rows: p.rows,
+            path: key.to_string(),
+            rows,
             bytes,
             sha256: hex(sha.finish().as_ref()),
             schema_fingerprint: schema_fingerprint(schema),
         };
-        Ok(Finished {
-            tenant: t,
-            file,
-            entry,
-        })
+        progress.send_modify(|p| {
+            p.flushed = bytes;
+            p.done = Some(entry);
+        });
+        Ok(())
     };
-    let ship = |f: Finished| {
-        tx.blocking_send(f)
-            .map_err(|_| "the uploader stopped".to_string())
+    // Encode a tenant's waiting batches as one row group (starting the next file if this one is full).
+    let flush = |t: usize,
+                 st: &mut TenantTable,
+                 table_no: usize,
+                 table: &str,
+                 schema: &SchemaRef|
+     -> Result<(), String> {
+        if st.pending.is_empty() {
+            return Ok(());
+        }
+        if st
+            .part
+            .as_ref()
+            .is_some_and(|p| p.rows > 0 && p.rows + st.pending_rows > file_rows)
+        {
+            let p = st.part.take().expect("checked");
+            let no = p.no + 1;
+            close(p, table, schema)?;
+            st.part = Some(start(t, no, table_no, table, schema)?);
+        }
+        if st.part.is_none() {
+            st.part = Some(start(t, 0, table_no, table, schema)?);
+        }
+        let p = st.part.as_mut().expect("opened above");
+        for b in st.pending.drain(..) {
+            p.writer
+                .write(&b)
+                .map_err(|e| format!("table {table}: {e}"))?;
+        }
+        p.writer
+            .flush()
+            .map_err(|e| format!("table {table}: {e}"))?;
+        p.rows += st.pending_rows;
+        st.written += st.pending_rows;
+        st.pending_rows = 0;
+        st.pending_bytes = 0;
+        p.publish().map_err(|e| format!("spill file: {e}"))
     };
 
-    for ev in rx {
+    let t0 = std::time::Instant::now();
+    let mut idle = std::time::Duration::ZERO;
+    loop {
+        let wait = std::time::Instant::now();
+        let Ok(ev) = rx.recv() else { break };
+        idle += wait.elapsed();
         match ev {
             ScanEvent::Begin {
                 table: t,
@@ -376,12 +549,10 @@ fn encode(
             } => {
                 table = t;
                 schema = Some(s);
-                written.iter_mut().for_each(|w| *w = 0);
             }
             ScanEvent::Failed { tenant, error } => {
-                if let Some(p) = parts[tenant].take() {
-                    mem_total -= p.mem;
-                }
+                let st = std::mem::take(&mut state[tenant]);
+                pending_total -= st.pending_bytes;
                 errors[tenant].get_or_insert(error.to_string());
             }
             ScanEvent::Batch { tenant: t, batch } => {
@@ -389,98 +560,70 @@ fn encode(
                     continue;
                 }
                 let s = schema.as_ref().expect("Begin precedes Batch");
-                let result = (|| -> Result<(), String> {
-                    if parts[t]
-                        .as_ref()
-                        .is_some_and(|p| p.rows > 0 && p.rows + batch.num_rows() as u64 > file_rows)
-                    {
-                        let p = parts[t].take().expect("checked");
-                        mem_total -= p.mem;
-                        let no = p.no + 1;
-                        ship(close(t, p, &table, s)?)?;
-                        parts[t] = Some(start(t, no, &table, s)?);
-                    }
-                    if parts[t].is_none() {
-                        parts[t] = Some(start(t, 0, &table, s)?);
-                    }
-                    let p = parts[t].as_mut().expect("opened above");
-                    p.writer
-                        .write(&batch)
-                        .map_err(|e| format!("table {table}: {e}"))?;
-                    p.rows += batch.num_rows() as u64;
-                    written[t] += batch.num_rows() as u64;
-                    let mem = p.writer.memory_size();
-                    mem_total = mem_total + mem - p.mem;
-                    p.mem = mem;
-                    Ok(())
-                })();
-                if let Err(e) = result {
-                    if let Some(p) = parts[t].take() {
-                        mem_total -= p.mem;
-                    }
-                    errors[t].get_or_insert(e);
-                }
-                // Over budget: close the biggest in-progress row groups early.
-                while mem_total > ENCODER_BUDGET {
-                    let Some((big, _)) = parts
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, p)| p.as_ref().map(|p| (i, p.mem)))
-                        .max_by_key(|x| x.1)
-                    else {
-                        break;
+                let st = &mut state[t];
+                let bytes = batch.get_array_memory_size();
+                st.pending_rows += batch.num_rows() as u64;
+                st.pending_bytes += bytes;
+                st.pending.push(batch);
+                pending_total += bytes;
+                let mut full = (st.pending_rows >= row_group_rows).then_some(t);
+                loop {
+                    // Over budget: the tenant with the most waiting goes first.
+                    let t = match full.take() {
+                        Some(t) => t,
+                        None if pending_total > PENDING_BUDGET => state
+                            .iter()
+                            .enumerate()
+                            .max_by_key(|(_, st)| st.pending_bytes)
+                            .map(|(i, _)| i)
+                            .expect("n > 0"),
+                        None => break,
                     };
-                    let p = parts[big].as_mut().expect("found above");
-                    let flushed = p.writer.flush().map_err(|e| format!("table {table}: {e}"));
-                    let mem = p.writer.memory_size();
-                    mem_total = mem_total + mem - p.mem;
-                    p.mem = mem;
-                    if let Err(e) = flushed {
-                        errors[big].get_or_insert(e);
-                    }
-                    if mem >= ENCODER_BUDGET / 2 {
-                        break;
+                    let st = &mut state[t];
+                    pending_total -= st.pending_bytes;
+                    if let Err(e) = flush(t, st, table_no, &table, s) {
+                        *st = TenantTable::default();
+                        errors[t].get_or_insert(e);
                     }
                 }
             }
             ScanEvent::End { table: t, rows } => {
                 let s = schema.take().expect("Begin precedes End");
                 for tenant in 0..n {
-                    if errors[tenant].is_none() && written[tenant] != rows[tenant] {
-                        errors[tenant] = Some(format!(
-                            "table {t}: read {} rows but wrote {}",
-                            rows[tenant], written[tenant]
-                        ));
-                    }
+                    let mut st = std::mem::take(&mut state[tenant]);
+                    pending_total -= st.pending_bytes;
                     if errors[tenant].is_some() {
-                        if let Some(p) = parts[tenant].take() {
-                            mem_total -= p.mem;
-                        }
                         continue;
                     }
-                    // A tenant with no rows still gets a file: restore then recreates the table.
-                    let p = match parts[tenant].take() {
-                        Some(p) => p,
-                        None => match start(tenant, 0, &t, &s) {
-                            Ok(p) => p,
-                            Err(e) => {
-                                errors[tenant].get_or_insert(e);
-                                continue;
-                            }
-                        },
-                    };
-                    mem_total -= p.mem;
-                    match close(tenant, p, &t, &s) {
-                        Ok(f) => ship(f)?,
-                        Err(e) => {
-                            errors[tenant].get_or_insert(e);
+                    let done = (|| -> Result<(), String> {
+                        flush(tenant, &mut st, table_no, &t, &s)?;
+                        if st.written != rows[tenant] {
+                            return Err(format!(
+                                "table {t}: read {} rows but wrote {}",
+                                rows[tenant], st.written
+                            ));
                         }
+                        // A tenant with no rows still gets a file: restore then recreates the table.
+                        let p = match st.part.take() {
+                            Some(p) => p,
+                            None => start(tenant, 0, table_no, &t, &s)?,
+                        };
+                        close(p, &t, &s)
+                    })();
+                    if let Err(e) = done {
+                        errors[tenant].get_or_insert(e);
                     }
                 }
                 tables.push((t, rows, schema_fingerprint(&s)));
+                table_no += 1;
             }
         }
     }
+    tracing::debug!(
+        seconds = t0.elapsed().as_secs_f64(),
+        idle_seconds = idle.as_secs_f64(),
+        "encoder finished"
+    );
     if schema.is_some() {
         return Err(format!("the source stopped in the middle of table {table}"));
     }

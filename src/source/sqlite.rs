@@ -4,6 +4,7 @@
 //! or as integer Unix seconds; they become UTC microseconds.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
@@ -193,6 +194,28 @@ fn columns(conn: &Connection, table: &str) -> Result<Option<Vec<Column>>, Source
     Ok(if cols.is_empty() { None } else { Some(cols) })
 }
 
+/// FNV-1a: tenant ids are short and trusted (they come from the tenants table), so the
+/// per-row lookup needs speed, not SipHash's flooding resistance.
+#[derive(Default)]
+struct FnvHasher(u64);
+
+impl Hasher for FnvHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for b in bytes {
+            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// An Arrow builder for one column.
 enum Builder {
     Int64(Int64Builder),
@@ -205,12 +228,13 @@ enum Builder {
 }
 
 impl Builder {
-    fn new(t: ColType, rows: usize) -> Self {
+    /// A builder for `rows` values of about `bytes` bytes in all (variable-width columns).
+    fn new(t: ColType, rows: usize, bytes: usize) -> Self {
         match t {
             ColType::Int64 => Builder::Int64(Int64Builder::with_capacity(rows)),
             ColType::Float64 => Builder::Float64(Float64Builder::with_capacity(rows)),
-            ColType::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, rows * 32)),
-            ColType::Binary => Builder::Binary(BinaryBuilder::with_capacity(rows, rows * 32)),
+            ColType::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, bytes)),
+            ColType::Binary => Builder::Binary(BinaryBuilder::with_capacity(rows, bytes)),
             ColType::Bool => Builder::Bool(BooleanBuilder::with_capacity(rows)),
             ColType::Timestamp => Builder::Timestamp(
                 TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
@@ -268,8 +292,8 @@ impl Builder {
         }
     }
 
-    fn finish(&mut self) -> ArrayRef {
-        match self {
+    fn finish(mut self) -> ArrayRef {
+        match &mut self {
             Builder::Int64(b) => Arc::new(b.finish()),
             Builder::Float64(b) => Arc::new(b.finish()),
             Builder::Utf8(b) => Arc::new(b.finish()),
@@ -338,13 +362,21 @@ fn scan_table(
         table: table.into(),
         schema: schema.clone(),
     })?;
-    let index: HashMap<&[u8], usize> = plan
+    let index: HashMap<&[u8], usize, BuildHasherDefault<FnvHasher>> = plan
         .tenants
         .iter()
         .enumerate()
         .map(|(i, t)| (t.as_bytes(), i))
         .collect();
-    let per_batch = plan.rows_per_batch();
+    // Each tenant's batch starts small (many tenants interleave) and doubles, up to
+    // `batch_rows`, each time it fills, as long as all tenants' batches together stay within
+    // the builder budget: big tenants get big batches, small ones do not hold memory.
+    let budget_rows = plan.rows_per_batch() * plan.tenants.len().max(1);
+    let mut caps = vec![plan.rows_per_batch(); plan.tenants.len()];
+    let mut caps_total: usize = caps.iter().sum();
+    // Average bytes per row of each variable-width column so far: builders start at the right size.
+    let mut seen_rows = 0usize;
+    let mut seen_bytes = vec![0usize; types.len()];
     let select: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
     let sql = format!("SELECT {} FROM {}", select.join(", "), quote_ident(table));
     let mut stmt = conn.prepare(&sql).map_err(q)?;
@@ -352,8 +384,16 @@ fn scan_table(
     let mut builders: Vec<Option<Vec<Builder>>> = (0..plan.tenants.len()).map(|_| None).collect();
     let mut counts = vec![0u64; plan.tenants.len()];
     let mut orphans = 0u64;
-    let finish = |b: &mut Vec<Builder>| -> Result<RecordBatch, SourceError> {
-        let arrays: Vec<ArrayRef> = b.iter_mut().map(Builder::finish).collect();
+    let mut last: Option<(&[u8], usize)> = None;
+    let finish = |b: Vec<Builder>,
+                  seen_rows: &mut usize,
+                  seen_bytes: &mut [usize]|
+     -> Result<RecordBatch, SourceError> {
+        let arrays: Vec<ArrayRef> = b.into_iter().map(Builder::finish).collect();
+        *seen_rows += arrays[0].len();
+        for (a, sb) in arrays.iter().zip(seen_bytes.iter_mut()) {
+            *sb += a.get_buffer_memory_size();
+        }
         RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SourceError::Query {
             table: table.into(),
             message: e.to_string(),
@@ -361,7 +401,13 @@ fn scan_table(
     };
     while let Some(r) = rows.next().map_err(q)? {
         let t = match r.get_ref(tcol).map_err(q)? {
-            ValueRef::Text(b) => index.get(b).copied(),
+            // Consecutive rows often belong to the same tenant.
+            ValueRef::Text(b) if last.is_some_and(|(id, _)| id == b) => last.map(|(_, t)| t),
+            ValueRef::Text(b) => {
+                let t = index.get(b).copied();
+                last = t.map(|t| (plan.tenants[t].as_bytes(), t));
+                t
+            }
             ValueRef::Integer(i) => index.get(i.to_string().as_bytes()).copied(),
             _ => None,
         };
@@ -376,7 +422,8 @@ fn scan_table(
         let b = builders[t].get_or_insert_with(|| {
             types
                 .iter()
-                .map(|ty| Builder::new(*ty, per_batch))
+                .zip(&seen_bytes)
+                .map(|(ty, sb)| Builder::new(*ty, caps[t], (sb / seen_rows.max(1) + 1) * caps[t]))
                 .collect()
         });
         for (i, bi) in b.iter_mut().enumerate() {
@@ -396,18 +443,25 @@ fn scan_table(
                 break;
             }
         }
-        if let Some(b) = builders[t].as_mut()
-            && b[0].len() >= per_batch
-        {
-            let batch = finish(b)?;
+        if builders[t].as_ref().is_some_and(|b| b[0].len() >= caps[t]) {
+            let batch = finish(
+                builders[t].take().expect("checked"),
+                &mut seen_rows,
+                &mut seen_bytes,
+            )?;
             send(ScanEvent::Batch { tenant: t, batch })?;
+            let grown = (caps[t] * 2).min(plan.batch_rows);
+            if caps_total - caps[t] + grown <= budget_rows.max(plan.batch_rows) {
+                caps_total = caps_total - caps[t] + grown;
+                caps[t] = grown;
+            }
         }
     }
-    for (t, b) in builders.iter_mut().enumerate() {
-        if let Some(b) = b
+    for t in 0..builders.len() {
+        if let Some(b) = builders[t].take()
             && b[0].len() > 0
         {
-            let batch = finish(b)?;
+            let batch = finish(b, &mut seen_rows, &mut seen_bytes)?;
             send(ScanEvent::Batch { tenant: t, batch })?;
         }
     }
