@@ -261,7 +261,7 @@ impl Builder {
             (Builder::Float64(b), ValueRef::Integer(i)) => b.append_value(i as f64),
             (Builder::Utf8(b), ValueRef::Null) => b.append_null(),
             (Builder::Utf8(b), ValueRef::Text(t)) => {
-                b.append_value(std::str::from_utf8(t).map_err(|_| "invalid UTF-8 text")?)
+                b.append_value(simdutf8::basic::from_utf8(t).map_err(|_| "invalid UTF-8 text")?)
             }
             (Builder::Binary(b), ValueRef::Null) => b.append_null(),
             (Builder::Binary(b), ValueRef::Blob(x) | ValueRef::Text(x)) => b.append_value(x),
