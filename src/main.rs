@@ -138,6 +138,12 @@ fn init_logging(cli: &Cli) {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`lethe snapshot ls | head`), as command-line tools do,
+    // instead of panicking on the next println.
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(&cli);
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -614,6 +614,8 @@ fn encode(
                         errors[tenant].get_or_insert(e);
                     }
                 }
+                let total: u64 = rows.iter().sum();
+                tracing::info!(table = %t, rows = total, tenants = n, seconds = t0.elapsed().as_secs_f64(), "table read and encoded");
                 tables.push((t, rows, schema_fingerprint(&s)));
                 table_no += 1;
             }
