@@ -67,8 +67,21 @@ pub struct SourceSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// `file:///absolute/dir`, or a directory relative to lethe.toml.
+    /// `s3://bucket/prefix`, `file:///absolute/dir`, or a directory relative to lethe.toml.
     pub url: String,
+    /// S3-compatible endpoint (R2, MinIO, a test server), e.g. `https://<account>.r2.cloudflarestorage.com`.
+    /// Default: `AWS_ENDPOINT_URL`, else AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Region (`auto` for R2). Default: `AWS_REGION`, else `us-east-1`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Allow plain-HTTP endpoints (test servers only). Default: `AWS_ALLOW_HTTP`, else false.
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted style. Default false.
+    #[serde(default)]
+    pub path_style: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,6 +196,27 @@ pub enum SourceUrl {
     Sqlite(PathBuf),
 }
 
+/// A validated object-store location and its settings. Credentials are never here: they come
+/// from the standard `AWS_*` environment (or the instance's role).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StoreSpec {
+    /// `file:///abs/dir` or `s3://bucket[/prefix]`.
+    pub url: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub allow_http: Option<bool>,
+    pub path_style: Option<bool>,
+}
+
+impl StoreSpec {
+    pub fn local(url: impl Into<String>) -> StoreSpec {
+        StoreSpec {
+            url: url.into(),
+            ..StoreSpec::default()
+        }
+    }
+}
+
 /// Where a secret comes from.
 #[derive(Debug, Clone, PartialEq)]
 pub enum SecretRef {
@@ -195,9 +229,10 @@ pub enum SecretRef {
 pub struct Config {
     pub path: PathBuf,
     pub source: SourceUrl,
-    /// Resolved store URL (`file:///…` for local directories).
-    pub store_url: String,
-    pub blobs_url: Option<String>,
+    /// Where snapshots and everything else lethe keeps go.
+    pub store: StoreSpec,
+    /// Where the application's blobs are.
+    pub blobs: Option<StoreSpec>,
     pub keyring: PathBuf,
     pub master_key: SecretRef,
     pub data_map: PathBuf,
@@ -233,7 +268,18 @@ impl Config {
             file.store.url = v;
         }
         if let Some(v) = env("LETHE_BLOBS_URL") {
-            file.blobs = Some(StoreSection { url: v });
+            match &mut file.blobs {
+                Some(b) => b.url = v,
+                None => {
+                    file.blobs = Some(StoreSection {
+                        url: v,
+                        endpoint: None,
+                        region: None,
+                        allow_http: None,
+                        path_style: None,
+                    })
+                }
+            }
         }
         if let Some(v) = env("LETHE_KEYS_KEYRING") {
             file.keys.keyring = v;
@@ -283,21 +329,25 @@ impl Config {
             ));
         };
 
-        let store_url = store_url_of(&base, &f.store.url).map_err(|m| {
-            invalid(
-                "store.url",
-                m,
-                "write a directory path, file:///absolute/dir",
-            )
-        })?;
-        let blobs_url = match f.blobs {
-            Some(b) => Some(store_url_of(&base, &b.url).map_err(|m| {
+        let spec = |key: &str, sec: &StoreSection| -> Result<StoreSpec, ConfigError> {
+            let url = store_url_of(&base, &sec.url).map_err(|m| {
                 invalid(
-                    "blobs.url",
+                    key,
                     m,
-                    "write a directory path, file:///absolute/dir",
+                    "write s3://bucket/prefix, file:///absolute/dir or a directory path",
                 )
-            })?),
+            })?;
+            Ok(StoreSpec {
+                url,
+                endpoint: sec.endpoint.clone(),
+                region: sec.region.clone(),
+                allow_http: sec.allow_http,
+                path_style: sec.path_style,
+            })
+        };
+        let store = spec("store.url", &f.store)?;
+        let blobs = match &f.blobs {
+            Some(b) => Some(spec("blobs.url", b)?),
             None => None,
         };
 
@@ -339,8 +389,8 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             source,
-            store_url,
-            blobs_url,
+            store,
+            blobs,
             keyring: resolve(&base, &f.keys.keyring),
             master_key,
             data_map: resolve(&base, &f.paths.data_map),
@@ -356,6 +406,13 @@ impl Config {
 fn store_url_of(base: &Path, url: &str) -> Result<String, String> {
     if url.starts_with("file://") {
         return Ok(url.to_string());
+    }
+    if let Some(rest) = url.strip_prefix("s3://") {
+        let bucket = rest.split('/').next().unwrap_or_default();
+        if bucket.is_empty() {
+            return Err("no bucket after s3://".into());
+        }
+        return Ok(url.trim_end_matches('/').to_string());
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(format!(
@@ -381,7 +438,7 @@ mod tests {
         let c =
             parse("[source]\nurl = \"sqlite://db.sqlite\"\n[store]\nurl = \"store\"\n").unwrap();
         assert_eq!(c.source, SourceUrl::Sqlite("/etc/lethe/db.sqlite".into()));
-        assert_eq!(c.store_url, "file:///etc/lethe/store");
+        assert_eq!(c.store.url, "file:///etc/lethe/store");
         assert_eq!(
             c.master_key,
             SecretRef::File("/etc/lethe/keys/master.key".into())
@@ -414,6 +471,6 @@ mod tests {
             |k| (k == "LETHE_STORE_URL").then(|| "file:///elsewhere".to_string()),
         )
         .unwrap();
-        assert_eq!(c.store_url, "file:///elsewhere");
+        assert_eq!(c.store.url, "file:///elsewhere");
     }
 }

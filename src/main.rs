@@ -275,7 +275,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
         },
         Command::Snapshot(s) => {
             let config = lethe::config::Config::load(&cli.config)?;
-            let store = Store::open(&config.store_url)?;
+            let store = Store::open(&config.store)?;
             match s {
                 SnapshotCommand::Ls { tenant, json } => {
                     let tenants = match tenant {

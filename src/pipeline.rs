@@ -51,7 +51,7 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
         }
         tenants.retain(|t| only.contains(&t.id));
     }
-    let store = Store::open(&cfg.store_url)?;
+    let store = Store::open(&cfg.store)?;
     // Keys for every tenant first: the keyring is written by one task only.
     let mut keyring = Keyring::open(&cfg.keyring, &cfg.master_key, true)?;
     let mut jobs = Vec::new();
@@ -71,7 +71,7 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
         policy_hash: c.policy.hash.clone(),
         settings: cfg.snapshot.clone(),
     };
-    tracing::info!(tenants = jobs.len(), store = %cfg.store_url, "snapshot started");
+    tracing::info!(tenants = jobs.len(), store = %cfg.store.url, "snapshot started");
     let results = snapshot_run(&store, spec, jobs).await;
     let mut run = SnapshotRun {
         done: Vec::new(),

@@ -1,15 +1,19 @@
 //! Object stores by URL. Everything lethe keeps — snapshots, manifests, later analytics,
 //! certificates and audit records — goes through [`Store`], so the local directory of the demo
-//! and S3/R2 in production take the same code path.
+//! and S3/R2 in production take the same code path (`file://`, `s3://bucket/prefix`).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
+use object_store::prefix::PrefixStore;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
 use thiserror::Error;
+
+use crate::config::StoreSpec;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -57,8 +61,11 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open `url`; a local directory is created if missing.
-    pub fn open(url: &str) -> Result<Store, StoreError> {
+    /// Open a store; a local directory is created if missing. S3 credentials come from the
+    /// standard `AWS_*` environment; transient failures (5xx, timeouts, throttling) are retried
+    /// with exponential backoff by the client (up to 10 times within 3 minutes).
+    pub fn open(spec: &StoreSpec) -> Result<Store, StoreError> {
+        let url = spec.url.as_str();
         let open_err = |message: String, fix: &str| StoreError::Open {
             url: url.into(),
             message,
@@ -79,9 +86,39 @@ impl Store {
                 inner: Arc::new(fs),
             });
         }
+        if let Some(rest) = url.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            // One TLS provider for the process (ring; parquet's encryption already uses it).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+            if let Some(e) = &spec.endpoint {
+                b = b.with_endpoint(e);
+            }
+            if let Some(r) = &spec.region {
+                b = b.with_region(r);
+            }
+            if let Some(h) = spec.allow_http {
+                b = b.with_allow_http(h);
+            }
+            if let Some(p) = spec.path_style {
+                b = b.with_virtual_hosted_style_request(!p);
+            }
+            let s3 = b.build().map_err(|e| {
+                open_err(e.to_string(), "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and store.endpoint, store.region for R2 or other S3-compatible stores)")
+            })?;
+            let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                Arc::new(s3)
+            } else {
+                Arc::new(PrefixStore::new(s3, prefix))
+            };
+            return Ok(Store {
+                url: url.into(),
+                inner,
+            });
+        }
         Err(open_err(
             "unsupported scheme".into(),
-            "use file:///absolute/dir",
+            "use s3://bucket/prefix or file:///absolute/dir",
         ))
     }
 

@@ -10,6 +10,10 @@ mod common;
 #[tokio::test(flavor = "multi_thread")]
 async fn pyarrow_decrypts_a_lethe_snapshot_with_the_readme_kms_client() {
     let Ok(python) = std::env::var("LETHE_TEST_PYTHON") else {
+        assert!(
+            std::env::var("LETHE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "LETHE_REQUIRE_SERVICES=1 but LETHE_TEST_PYTHON is not set"
+        );
         eprintln!(
             "\n*** SKIPPED pyarrow interop: set LETHE_TEST_PYTHON to a python with pyarrow + cryptography (.ci/run does) ***\n"
         );

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::fs::File;
 
 use arrow::array::{Array, AsArray};
@@ -24,61 +23,16 @@ async fn snapshot(d: &common::Demo) -> lethe::pipeline::SnapshotRun {
 
 fn open(d: &common::Demo) -> (Config, Store, Keyring) {
     let c = Config::load(&d.config).unwrap();
-    let store = Store::open(&c.store_url).unwrap();
+    let store = Store::open(&c.store).unwrap();
     let kr = Keyring::open(&c.keyring, &c.master_key, false).unwrap();
     (c, store, kr)
-}
-
-/// Needles of personal data taken from the source: phones, names, emails, message bodies
-/// (their first 24 bytes), transcripts, coordinates are numbers and are left out.
-fn personal_needles(db: &std::path::Path) -> Vec<Vec<u8>> {
-    let conn = rusqlite::Connection::open(db).unwrap();
-    let mut needles = HashSet::new();
-    for sql in [
-        "SELECT phone FROM customers",
-        "SELECT name FROM customers",
-        "SELECT email FROM customers WHERE email IS NOT NULL",
-        "SELECT display_name FROM accounts",
-        "SELECT email FROM accounts",
-        "SELECT substr(body, 1, 24) FROM messages",
-        "SELECT substr(transcript, 1, 24) FROM calls",
-        "SELECT billing_email FROM billing_records",
-        "SELECT employee_no FROM attendance_checkins",
-    ] {
-        let mut st = conn.prepare(sql).unwrap();
-        let rows = st.query_map([], |r| r.get::<_, String>(0)).unwrap();
-        for r in rows {
-            needles.insert(r.unwrap().into_bytes());
-        }
-    }
-    needles.into_iter().collect()
-}
-
-/// Which needles occur in `hay`: one pass per distinct needle length.
-fn found_in(hay: &[u8], needles: &[Vec<u8>]) -> Vec<String> {
-    let mut by_len: std::collections::BTreeMap<usize, HashSet<&[u8]>> = Default::default();
-    for n in needles {
-        by_len.entry(n.len()).or_default().insert(n);
-    }
-    let mut hits = Vec::new();
-    for (len, set) in by_len {
-        if hay.len() < len {
-            continue;
-        }
-        for w in hay.windows(len) {
-            if set.contains(w) {
-                hits.push(String::from_utf8_lossy(w).into_owned());
-            }
-        }
-    }
-    hits
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn no_personal_data_in_plaintext_anywhere_in_the_store() {
     let d = demo(3, 120);
     snapshot(&d).await;
-    let needles = personal_needles(&d.db());
+    let needles = common::personal_needles(&d.db());
     assert!(needles.len() > 500, "too few needles: {}", needles.len());
 
     // Positive control: the same scan finds them in a plaintext restore.
@@ -97,14 +51,14 @@ async fn no_personal_data_in_plaintext_anywhere_in_the_store() {
     .unwrap();
     let plain: Vec<u8> = files(&out).into_values().flatten().collect();
     assert!(
-        !found_in(&plain, &needles).is_empty(),
+        !common::found_in(&plain, &needles).is_empty(),
         "the scan cannot see plaintext; the test would prove nothing"
     );
 
     let objects = files(&d.store());
     assert!(objects.len() > 40, "{} objects", objects.len());
     for (path, bytes) in objects {
-        let hits = found_in(&bytes, &needles);
+        let hits = common::found_in(&bytes, &needles);
         assert!(
             hits.is_empty(),
             "{} holds personal data in plaintext ({} hits)",

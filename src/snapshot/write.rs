@@ -357,6 +357,9 @@ async fn upload_spill(
     let mut w = BufWriter::with_capacity(store.inner.clone(), spill.key.clone(), PART)
         .with_max_concurrency(UPLOAD_CONCURRENCY);
     let mut sent = 0u64;
+    // After `shutdown` (successful or not) the writer must not be aborted: it has completed or
+    // cleaned up its multipart upload itself.
+    let mut shut_down = false;
     let result: Result<FileEntry, String> = async {
         loop {
             let p = match rx
@@ -382,13 +385,14 @@ async fn upload_spill(
                 sent += len as u64;
             }
             if let Some(entry) = p.done {
+                shut_down = true;
                 w.shutdown().await.map_err(|e| err(&e))?;
                 return Ok(entry);
             }
         }
     }
     .await;
-    if result.is_err() {
+    if result.is_err() && !shut_down {
         let _ = w.abort().await;
     }
     result

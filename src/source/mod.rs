@@ -7,6 +7,7 @@
 //!
 //! Errors name tables, columns and row ordinals, never cell values (they are personal data).
 
+pub mod fanout;
 pub mod sqlite;
 
 use std::sync::mpsc::SyncSender;
@@ -76,26 +77,41 @@ impl SourceError {
 /// The Arrow type lethe gives a source column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColType {
+    Int16,
+    Int32,
     Int64,
+    Float32,
     Float64,
     Utf8,
     Binary,
     Bool,
-    /// Microseconds since the epoch, UTC.
+    /// Microseconds since the epoch, UTC (`timestamptz`, SQLite timestamps).
     Timestamp,
+    /// Microseconds, no time zone (PostgreSQL `timestamp`).
+    TimestampNaive,
     Date,
+    /// Decimal128(precision, scale).
+    Decimal(u8, i8),
+    /// 16 bytes.
+    Uuid,
 }
 
 impl ColType {
     pub fn arrow(self) -> DataType {
         match self {
+            ColType::Int16 => DataType::Int16,
+            ColType::Int32 => DataType::Int32,
             ColType::Int64 => DataType::Int64,
+            ColType::Float32 => DataType::Float32,
             ColType::Float64 => DataType::Float64,
             ColType::Utf8 => DataType::Utf8,
             ColType::Binary => DataType::Binary,
             ColType::Bool => DataType::Boolean,
             ColType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+            ColType::TimestampNaive => DataType::Timestamp(TimeUnit::Microsecond, None),
             ColType::Date => DataType::Date32,
+            ColType::Decimal(p, s) => DataType::Decimal128(p, s),
+            ColType::Uuid => DataType::FixedSizeBinary(16),
         }
     }
 }

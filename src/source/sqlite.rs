@@ -3,22 +3,16 @@
 //! Timestamps may be stored as text (`YYYY-MM-DD HH:MM:SS[.ffffff][Z|±HH:MM]`, `T` or space)
 //! or as integer Unix seconds; they become UTC microseconds.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
-use arrow::array::{
-    ArrayBuilder, ArrayRef, BinaryBuilder, BooleanBuilder, Date32Builder, Float64Builder,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
-};
 use arrow::datatypes::{Field, Schema, SchemaRef};
-use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
+use super::fanout::{Builder, FanOut};
 use super::{ColType, Column, ScanEvent, ScanPlan, SourceError, Tenant};
 use crate::datamap::DataMap;
 use crate::util::{days_from_civil, is_safe_ident, quote_ident};
@@ -194,127 +188,36 @@ fn columns(conn: &Connection, table: &str) -> Result<Option<Vec<Column>>, Source
     Ok(if cols.is_empty() { None } else { Some(cols) })
 }
 
-/// FNV-1a: tenant ids are short and trusted (they come from the tenants table), so the
-/// per-row lookup needs speed, not SipHash's flooding resistance.
-#[derive(Default)]
-struct FnvHasher(u64);
-
-impl Hasher for FnvHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 {
-            0xcbf2_9ce4_8422_2325
-        } else {
-            self.0
-        };
-        for b in bytes {
-            h = (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3);
+/// Append one SQLite value; `Err(found)` names the storage class that did not fit.
+#[inline]
+fn append(b: &mut Builder, v: ValueRef<'_>) -> Result<(), &'static str> {
+    let found = |v: ValueRef<'_>| match v {
+        ValueRef::Null => "NULL",
+        ValueRef::Integer(_) => "an integer",
+        ValueRef::Real(_) => "a real",
+        ValueRef::Text(_) => "text",
+        ValueRef::Blob(_) => "a blob",
+    };
+    match (b, v) {
+        (Builder::Timestamp(b), v) => match ts_micros(v) {
+            Some(x) => b.append_option(x),
+            None => return Err(found(v)),
+        },
+        (b, ValueRef::Null) => b.append_null(),
+        (Builder::Int64(b), ValueRef::Integer(i)) => b.append_value(i),
+        (Builder::Float64(b), ValueRef::Real(f)) => b.append_value(f),
+        (Builder::Float64(b), ValueRef::Integer(i)) => b.append_value(i as f64),
+        (Builder::Utf8(b), ValueRef::Text(t)) => {
+            b.append_value(simdutf8::basic::from_utf8(t).map_err(|_| "invalid UTF-8 text")?)
         }
-        self.0 = h;
-    }
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// An Arrow builder for one column.
-enum Builder {
-    Int64(Int64Builder),
-    Float64(Float64Builder),
-    Utf8(StringBuilder),
-    Binary(BinaryBuilder),
-    Bool(BooleanBuilder),
-    Timestamp(TimestampMicrosecondBuilder),
-    Date(Date32Builder),
-}
-
-impl Builder {
-    /// A builder for `rows` values of about `bytes` bytes in all (variable-width columns).
-    fn new(t: ColType, rows: usize, bytes: usize) -> Self {
-        match t {
-            ColType::Int64 => Builder::Int64(Int64Builder::with_capacity(rows)),
-            ColType::Float64 => Builder::Float64(Float64Builder::with_capacity(rows)),
-            ColType::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, bytes)),
-            ColType::Binary => Builder::Binary(BinaryBuilder::with_capacity(rows, bytes)),
-            ColType::Bool => Builder::Bool(BooleanBuilder::with_capacity(rows)),
-            ColType::Timestamp => Builder::Timestamp(
-                TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC"),
-            ),
-            ColType::Date => Builder::Date(Date32Builder::with_capacity(rows)),
+        (Builder::Binary(b), ValueRef::Blob(x) | ValueRef::Text(x)) => b.append_value(x),
+        (Builder::Bool(b), ValueRef::Integer(i @ (0 | 1))) => b.append_value(i == 1),
+        (Builder::Date(b), ValueRef::Text(t)) => {
+            b.append_value(parse_date(t).ok_or("text that is not YYYY-MM-DD")? as i32)
         }
+        (_, v) => return Err(found(v)),
     }
-
-    /// Append one value; `Err(found)` names the storage class that did not fit.
-    #[inline]
-    fn append(&mut self, v: ValueRef<'_>) -> Result<(), &'static str> {
-        let found = |v: ValueRef<'_>| match v {
-            ValueRef::Null => "NULL",
-            ValueRef::Integer(_) => "an integer",
-            ValueRef::Real(_) => "a real",
-            ValueRef::Text(_) => "text",
-            ValueRef::Blob(_) => "a blob",
-        };
-        match (self, v) {
-            (Builder::Int64(b), ValueRef::Null) => b.append_null(),
-            (Builder::Int64(b), ValueRef::Integer(i)) => b.append_value(i),
-            (Builder::Float64(b), ValueRef::Null) => b.append_null(),
-            (Builder::Float64(b), ValueRef::Real(f)) => b.append_value(f),
-            (Builder::Float64(b), ValueRef::Integer(i)) => b.append_value(i as f64),
-            (Builder::Utf8(b), ValueRef::Null) => b.append_null(),
-            (Builder::Utf8(b), ValueRef::Text(t)) => {
-                b.append_value(simdutf8::basic::from_utf8(t).map_err(|_| "invalid UTF-8 text")?)
-            }
-            (Builder::Binary(b), ValueRef::Null) => b.append_null(),
-            (Builder::Binary(b), ValueRef::Blob(x) | ValueRef::Text(x)) => b.append_value(x),
-            (Builder::Bool(b), ValueRef::Null) => b.append_null(),
-            (Builder::Bool(b), ValueRef::Integer(i @ (0 | 1))) => b.append_value(i == 1),
-            (Builder::Timestamp(b), v) => match ts_micros(v) {
-                Some(x) => b.append_option(x),
-                None => return Err(found(v)),
-            },
-            (Builder::Date(b), ValueRef::Null) => b.append_null(),
-            (Builder::Date(b), ValueRef::Text(t)) => {
-                b.append_value(parse_date(t).ok_or("text that is not YYYY-MM-DD")? as i32)
-            }
-            (_, v) => return Err(found(v)),
-        }
-        Ok(())
-    }
-
-    fn expected(&self) -> &'static str {
-        match self {
-            Builder::Int64(_) => "an integer",
-            Builder::Float64(_) => "a number",
-            Builder::Utf8(_) => "text",
-            Builder::Binary(_) => "a blob",
-            Builder::Bool(_) => "0 or 1",
-            Builder::Timestamp(_) => "a timestamp",
-            Builder::Date(_) => "a date",
-        }
-    }
-
-    fn finish(mut self) -> ArrayRef {
-        match &mut self {
-            Builder::Int64(b) => Arc::new(b.finish()),
-            Builder::Float64(b) => Arc::new(b.finish()),
-            Builder::Utf8(b) => Arc::new(b.finish()),
-            Builder::Binary(b) => Arc::new(b.finish()),
-            Builder::Bool(b) => Arc::new(b.finish()),
-            Builder::Timestamp(b) => Arc::new(b.finish()),
-            Builder::Date(b) => Arc::new(b.finish()),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Builder::Int64(b) => b.len(),
-            Builder::Float64(b) => b.len(),
-            Builder::Utf8(b) => b.len(),
-            Builder::Binary(b) => b.len(),
-            Builder::Bool(b) => b.len(),
-            Builder::Timestamp(b) => b.len(),
-            Builder::Date(b) => b.len(),
-        }
-    }
+    Ok(())
 }
 
 /// The Arrow schema of a source table.
@@ -346,7 +249,6 @@ fn scan_table(
         table: table.into(),
         message: e.to_string(),
     };
-    let send = |ev: ScanEvent| tx.send(ev).map_err(|_| SourceError::Disconnected);
     let cols = columns(conn, table)?.ok_or_else(|| SourceError::NoTable {
         table: table.into(),
     })?;
@@ -358,124 +260,36 @@ fn scan_table(
             table: table.into(),
             message: format!("tenant column {tenant_col} does not exist"),
         })?;
-    send(ScanEvent::Begin {
-        table: table.into(),
-        schema: schema.clone(),
-    })?;
-    let index: HashMap<&[u8], usize, BuildHasherDefault<FnvHasher>> = plan
-        .tenants
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_bytes(), i))
-        .collect();
-    // Each tenant's batch starts small (many tenants interleave) and doubles, up to
-    // `batch_rows`, each time it fills, as long as all tenants' batches together stay within
-    // the builder budget: big tenants get big batches, small ones do not hold memory.
-    let budget_rows = plan.rows_per_batch() * plan.tenants.len().max(1);
-    let mut caps = vec![plan.rows_per_batch(); plan.tenants.len()];
-    let mut caps_total: usize = caps.iter().sum();
-    // Average bytes per row of each variable-width column so far: builders start at the right size.
-    let mut seen_rows = 0usize;
-    let mut seen_bytes = vec![0usize; types.len()];
+    let mut fan = FanOut::begin(table, &cols, schema, types, plan, failed, tx)?;
     let select: Vec<String> = cols.iter().map(|c| quote_ident(&c.name)).collect();
     let sql = format!("SELECT {} FROM {}", select.join(", "), quote_ident(table));
     let mut stmt = conn.prepare(&sql).map_err(q)?;
     let mut rows = stmt.query([]).map_err(q)?;
-    let mut builders: Vec<Option<Vec<Builder>>> = (0..plan.tenants.len()).map(|_| None).collect();
-    let mut counts = vec![0u64; plan.tenants.len()];
-    let mut orphans = 0u64;
-    let mut last: Option<(&[u8], usize)> = None;
-    let finish = |b: Vec<Builder>,
-                  seen_rows: &mut usize,
-                  seen_bytes: &mut [usize]|
-     -> Result<RecordBatch, SourceError> {
-        let arrays: Vec<ArrayRef> = b.into_iter().map(Builder::finish).collect();
-        *seen_rows += arrays[0].len();
-        for (a, sb) in arrays.iter().zip(seen_bytes.iter_mut()) {
-            *sb += a.get_buffer_memory_size();
-        }
-        RecordBatch::try_new(schema.clone(), arrays).map_err(|e| SourceError::Query {
-            table: table.into(),
-            message: e.to_string(),
-        })
-    };
+    let mut int_key = String::new();
     while let Some(r) = rows.next().map_err(q)? {
         let t = match r.get_ref(tcol).map_err(q)? {
-            // Consecutive rows often belong to the same tenant.
-            ValueRef::Text(b) if last.is_some_and(|(id, _)| id == b) => last.map(|(_, t)| t),
-            ValueRef::Text(b) => {
-                let t = index.get(b).copied();
-                last = t.map(|t| (plan.tenants[t].as_bytes(), t));
-                t
+            ValueRef::Text(b) => fan.route(b),
+            ValueRef::Integer(i) => {
+                int_key.clear();
+                int_key.push_str(&i.to_string());
+                fan.route(int_key.as_bytes())
             }
-            ValueRef::Integer(i) => index.get(i.to_string().as_bytes()).copied(),
             _ => None,
         };
-        let Some(t) = t else {
-            orphans += 1;
-            continue;
-        };
-        if failed[t] {
-            continue;
-        }
-        counts[t] += 1;
-        let b = builders[t].get_or_insert_with(|| {
-            types
-                .iter()
-                .zip(&seen_bytes)
-                .map(|(ty, sb)| Builder::new(*ty, caps[t], (sb / seen_rows.max(1) + 1) * caps[t]))
-                .collect()
-        });
-        for (i, bi) in b.iter_mut().enumerate() {
-            let v = r.get_ref(i).map_err(q)?;
-            if let Err(found) = bi.append(v) {
-                let error = SourceError::BadValue {
-                    table: table.into(),
-                    column: cols[i].name.clone(),
-                    tenant: plan.tenants[t].clone(),
-                    row: counts[t],
-                    expected: bi.expected(),
-                    found,
-                };
-                failed[t] = true;
-                builders[t] = None;
-                send(ScanEvent::Failed { tenant: t, error })?;
+        let Some(t) = t else { continue };
+        let mut bad = None;
+        for (i, b) in fan.builders(t).iter_mut().enumerate() {
+            if let Err(found) = append(b, r.get_ref(i).map_err(q)?) {
+                bad = Some((i, b.expected(), found));
                 break;
             }
         }
-        if builders[t].as_ref().is_some_and(|b| b[0].len() >= caps[t]) {
-            let batch = finish(
-                builders[t].take().expect("checked"),
-                &mut seen_rows,
-                &mut seen_bytes,
-            )?;
-            send(ScanEvent::Batch { tenant: t, batch })?;
-            let grown = (caps[t] * 2).min(plan.batch_rows);
-            if caps_total - caps[t] + grown <= budget_rows.max(plan.batch_rows) {
-                caps_total = caps_total - caps[t] + grown;
-                caps[t] = grown;
-            }
+        match bad {
+            Some((col, expected, found)) => fan.fail(t, col, expected, found)?,
+            None => fan.row_done(t)?,
         }
     }
-    for t in 0..builders.len() {
-        if let Some(b) = builders[t].take()
-            && b[0].len() > 0
-        {
-            let batch = finish(b, &mut seen_rows, &mut seen_bytes)?;
-            send(ScanEvent::Batch { tenant: t, batch })?;
-        }
-    }
-    if orphans > 0 {
-        tracing::warn!(
-            table,
-            rows = orphans,
-            "rows whose tenant is not being snapshotted (not in the tenants table, or not selected with --tenant)"
-        );
-    }
-    send(ScanEvent::End {
-        table: table.into(),
-        rows: counts,
-    })
+    fan.end()
 }
 
 /// A timestamp value as UTC microseconds: `Some(None)` for NULL, `None` if it is not a timestamp.

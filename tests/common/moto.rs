@@ -1,0 +1,108 @@
+//! A real S3-compatible HTTP server for tests: moto's server mode (`moto[server]==5.1.22`),
+//! started on a free loopback port and stopped when dropped.
+//!
+//! Found through `LETHE_TEST_MOTO` (path to `moto_server`) or `moto_server` on PATH. Without
+//! it the tests that need it say loudly that they were skipped, unless
+//! `LETHE_REQUIRE_SERVICES=1` (set by `.ci/run`), which turns the skip into a failure.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn required() -> bool {
+    std::env::var("LETHE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
+}
+
+impl Moto {
+    /// Start a server, or `None` (after a loud message) when moto is not installed.
+    pub fn start(test: &str) -> Option<Moto> {
+        let bin = std::env::var("LETHE_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = match Command::new(&bin)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if required() {
+                    panic!(
+                        "{test}: LETHE_REQUIRE_SERVICES=1 but moto_server ({bin}) cannot start: {e}"
+                    );
+                }
+                eprintln!(
+                    "\n*** SKIPPED {test}: no S3 test server ({bin}: {e}); pip install 'moto[server]==5.1.22' and set LETHE_TEST_MOTO ***\n"
+                );
+                return None;
+            }
+        };
+        let moto = Moto { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not listen on port {port} within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(moto)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Create a bucket (moto accepts unsigned requests).
+    pub fn create_bucket(&self, bucket: &str) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        assert!(
+            resp.starts_with("HTTP/1.1 200"),
+            "create bucket {bucket}: {resp}"
+        );
+    }
+
+    /// An object_store client of the bucket, for tests that inspect raw objects.
+    pub fn client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(self.endpoint())
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .with_allow_http(true)
+            .with_virtual_hosted_style_request(false)
+            .build()
+            .unwrap()
+    }
+
+    /// Environment for a `lethe` process talking to this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+        ]
+    }
+}
