@@ -60,7 +60,8 @@ pub struct ConfigFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceSection {
-    /// `sqlite://path` (relative to lethe.toml) or `sqlite:///absolute/path`; `postgres://…` comes next.
+    /// `sqlite://path` (relative to lethe.toml), `sqlite:///absolute/path`,
+    /// `postgres://user@host:5432/db` (password from `PGPASSWORD`), or `env:VAR` (e.g. `env:DATABASE_URL`).
     pub url: String,
 }
 
@@ -194,6 +195,8 @@ fn default_zstd_level() -> i32 {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceUrl {
     Sqlite(PathBuf),
+    /// A `postgres://` URL (may hold a password: show it only through `postgres::redact`).
+    Postgres(String),
 }
 
 /// A validated object-store location and its settings. Credentials are never here: they come
@@ -304,7 +307,18 @@ impl Config {
             fix: fix.into(),
         };
 
-        let source = if let Some(rest) = f.source.url.strip_prefix("sqlite://") {
+        // `env:VAR` reads the URL (which may carry a password) from the environment.
+        let url = match f.source.url.strip_prefix("env:") {
+            Some(var) => std::env::var(var).map_err(|_| {
+                invalid(
+                    "source.url",
+                    format!("environment variable {var} is not set"),
+                    "export it, e.g. DATABASE_URL=postgres://user@host/db",
+                )
+            })?,
+            None => f.source.url.clone(),
+        };
+        let source = if let Some(rest) = url.strip_prefix("sqlite://") {
             if rest.is_empty() {
                 return Err(invalid(
                     "source.url",
@@ -313,19 +327,13 @@ impl Config {
                 ));
             }
             SourceUrl::Sqlite(resolve(&base, rest))
-        } else if f.source.url.starts_with("postgres://")
-            || f.source.url.starts_with("postgresql://")
-        {
-            return Err(invalid(
-                "source.url",
-                "PostgreSQL sources are not supported by this build yet".into(),
-                "use sqlite://PATH for now",
-            ));
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            SourceUrl::Postgres(url)
         } else {
             return Err(invalid(
                 "source.url",
-                "unknown scheme (expected sqlite://)".into(),
-                "write sqlite://source.db",
+                "unknown scheme (expected sqlite:// or postgres://)".into(),
+                "write sqlite://source.db or postgres://user@host:5432/database (password in PGPASSWORD)",
             ));
         };
 

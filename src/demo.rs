@@ -43,16 +43,22 @@ jobs = "jobs"
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     pub dir: PathBuf,
+    /// A `postgres://` URL to load the demo into (instead of using the SQLite file as source).
+    pub source: Option<String>,
     pub tenants: usize,
     pub days: u32,
     pub seed: u64,
 }
 
 /// Write the config files that are missing. Returns the paths written.
-pub fn write_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn write_files(dir: &Path, source: Option<&str>) -> std::io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
+    let config = match source {
+        Some(url) => CONFIG.replace("url = \"sqlite://source.db\"", &format!("url = \"{url}\"")),
+        None => CONFIG.to_string(),
+    };
     for (rel, text) in [
-        ("lethe.toml", CONFIG),
+        ("lethe.toml", config.as_str()),
         ("schemas/app.toml", DATA_MAP),
         ("jobs/retention.toml", POLICY),
         ("jobs/nightly.toml", NIGHTLY),
@@ -640,8 +646,15 @@ pub fn prepare(opts: &DemoOptions) -> crate::Result<(PathBuf, Option<Generated>)
     let dir = &opts.dir;
     let io =
         |e: std::io::Error| crate::Error::Usage(format!("cannot prepare {}: {e}", dir.display()));
+    if let Some(url) = &opts.source
+        && url::Url::parse(url).is_ok_and(|u| u.password().is_some())
+    {
+        return Err(crate::Error::Usage(
+            "--source must not carry a password (it would be written to lethe.toml): put it in PGPASSWORD".into(),
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(io)?;
-    write_files(dir).map_err(io)?;
+    write_files(dir, opts.source.as_deref()).map_err(io)?;
     let db = dir.join("source.db");
     if db.exists() {
         return Ok((dir.join("lethe.toml"), None));
@@ -654,4 +667,135 @@ pub fn prepare(opts: &DemoOptions) -> crate::Result<(PathBuf, Option<Generated>)
         .map_err(|e| crate::Error::Usage(format!("cannot generate the demo database: {e}")))?;
     std::fs::rename(&tmp, &db).map_err(io)?;
     Ok((dir.join("lethe.toml"), Some(generated)))
+}
+
+/// The demo schema with PostgreSQL types.
+pub fn postgres_schema() -> String {
+    SCHEMA_SQL
+        .replace(" INTEGER", " bigint")
+        .replace(" REAL", " double precision")
+        .replace(" TIMESTAMP", " timestamptz")
+        .replace(" BOOLEAN", " boolean")
+}
+
+/// One SQLite value in COPY text format.
+fn copy_text(out: &mut String, v: rusqlite::types::ValueRef<'_>, declared: &str) {
+    use rusqlite::types::ValueRef::*;
+    match v {
+        Null => out.push_str("\\N"),
+        Integer(i) if declared == "BOOLEAN" => out.push(if i != 0 { 't' } else { 'f' }),
+        Integer(i) => out.push_str(&i.to_string()),
+        Real(f) => out.push_str(&format!("{f:?}")),
+        Text(t) => {
+            for c in String::from_utf8_lossy(t).chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+            if declared == "TIMESTAMP" {
+                out.push_str("+00");
+            }
+        }
+        Blob(b) => {
+            out.push_str("\\\\x");
+            out.push_str(&crate::util::hex(b));
+        }
+    }
+}
+
+/// Load the demo database into PostgreSQL (tables of `schemas/demo_app.sql` with PostgreSQL
+/// types, rows by `COPY … FROM STDIN`). Existing demo tables are kept: returns `None` then.
+/// An error with its sources (tokio-postgres alone prints only "db error").
+fn pg_err(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(x) = src {
+        s.push_str(": ");
+        s.push_str(&x.to_string());
+        src = x.source();
+    }
+    s
+}
+
+pub async fn load_into_postgres(sqlite: &Path, url: &str) -> Result<Option<u64>, String> {
+    use futures::SinkExt;
+    let redacted = crate::source::postgres::redact(url);
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{redacted}: {e}"))?;
+    if config.get_password().is_none()
+        && let Ok(p) = std::env::var("PGPASSWORD")
+    {
+        config.password(p);
+    }
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("{redacted}: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let exists: bool = client
+        .query_one("SELECT to_regclass('tenants') IS NOT NULL", &[])
+        .await
+        .map_err(|e| pg_err(&e))?
+        .get(0);
+    if exists {
+        return Ok(None);
+    }
+    client
+        .batch_execute(&format!("BEGIN; {}", postgres_schema()))
+        .await
+        .map_err(|e| pg_err(&e))?;
+    let db = Connection::open(sqlite).map_err(|e| pg_err(&e))?;
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")
+        .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+        .map_err(|e| pg_err(&e))?;
+    let mut total = 0u64;
+    for table in tables {
+        let decl: Vec<String> = db
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .and_then(|mut s| s.query_map([], |r| r.get(2))?.collect())
+            .map_err(|e| pg_err(&e))?;
+        let sink = client
+            .copy_in(&format!("COPY {table} FROM STDIN"))
+            .await
+            .map_err(|e| pg_err(&e))?;
+        futures::pin_mut!(sink);
+        let mut stmt = db
+            .prepare(&format!("SELECT * FROM {table}"))
+            .map_err(|e| pg_err(&e))?;
+        let mut rows = stmt.query([]).map_err(|e| pg_err(&e))?;
+        let mut buf = String::new();
+        while let Some(r) = rows.next().map_err(|e| pg_err(&e))? {
+            for (i, d) in decl.iter().enumerate() {
+                if i > 0 {
+                    buf.push('\t');
+                }
+                copy_text(&mut buf, r.get_ref(i).map_err(|e| pg_err(&e))?, d);
+            }
+            buf.push('\n');
+            total += 1;
+            if buf.len() > 1 << 20 {
+                sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+                    .await
+                    .map_err(|e| pg_err(&e))?;
+            }
+        }
+        sink.send(bytes::Bytes::from(buf))
+            .await
+            .map_err(|e| pg_err(&e))?;
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| format!("COPY {table}: {}", pg_err(&e)))?;
+    }
+    client
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| pg_err(&e))?;
+    Ok(Some(total))
 }

@@ -67,6 +67,10 @@ struct DemoArgs {
     /// Seed of the generator: the same seed on the same day gives the same database.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Load the demo into this PostgreSQL database (`postgres://user@host:5432/db`, password
+    /// in PGPASSWORD) and snapshot from there. Existing demo tables there are kept.
+    #[arg(long)]
+    source: Option<String>,
 }
 
 #[derive(Args)]
@@ -205,6 +209,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
         Command::Demo(a) => {
             let opts = lethe::demo::DemoOptions {
                 dir: a.dir.clone(),
+                source: a.source.clone(),
                 tenants: a.tenants,
                 days: a.days,
                 seed: a.seed,
@@ -226,6 +231,18 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                     "reusing the existing demo database in {} (delete the directory to start over)",
                     a.dir.display()
                 ),
+            }
+            if let Some(url) = &a.source {
+                let redacted = lethe::source::postgres::redact(url);
+                match lethe::demo::load_into_postgres(&a.dir.join("source.db"), url).await {
+                    Ok(Some(rows)) => println!("loaded {rows} rows into {redacted} (COPY FROM)"),
+                    Ok(None) => println!("reusing the demo tables already in {redacted}"),
+                    Err(e) => {
+                        return Err(lethe::Error::Usage(format!(
+                            "cannot load the demo into {redacted}: {e}"
+                        )));
+                    }
+                }
             }
             let run = lethe::pipeline::run_snapshot(&config, &[]).await?;
             println!();

@@ -70,6 +70,7 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
         policy_version: c.policy.version.clone(),
         policy_hash: c.policy.hash.clone(),
         settings: cfg.snapshot.clone(),
+        selective: !only.is_empty(),
     };
     tracing::info!(tenants = jobs.len(), store = %cfg.store.url, "snapshot started");
     let results = snapshot_run(&store, spec, jobs).await;

@@ -6,8 +6,6 @@ mod common;
 
 use std::fs::File;
 
-use arrow::array::{Array, AsArray};
-use arrow::datatypes::{DataType, TimeUnit};
 use common::{demo, files};
 use lethe::config::Config;
 use lethe::keys::Keyring;
@@ -240,52 +238,6 @@ async fn one_flipped_byte_in_any_snapshot_file_fails_verify_naming_the_file() {
     );
 }
 
-/// Render a restored Arrow cell and an SQLite value the same way, independently.
-fn arrow_cell(col: &dyn Array, i: usize) -> String {
-    if col.is_null(i) {
-        return "NULL".into();
-    }
-    match col.data_type() {
-        DataType::Int64 => col
-            .as_primitive::<arrow::datatypes::Int64Type>()
-            .value(i)
-            .to_string(),
-        DataType::Float64 => format!(
-            "{:.9}",
-            col.as_primitive::<arrow::datatypes::Float64Type>().value(i)
-        ),
-        DataType::Utf8 => col.as_string::<i32>().value(i).to_string(),
-        DataType::Boolean => col.as_boolean().value(i).to_string(),
-        DataType::Date32 => {
-            let days = col.as_primitive::<arrow::datatypes::Date32Type>().value(i);
-            (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Days::new(days as u64))
-                .to_string()
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
-            let us = col
-                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
-                .value(i);
-            chrono::DateTime::from_timestamp_micros(us)
-                .unwrap()
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        }
-        other => panic!("unexpected restored type {other}"),
-    }
-}
-
-fn sqlite_cell(v: rusqlite::types::ValueRef<'_>, declared: &str) -> String {
-    use rusqlite::types::ValueRef::*;
-    match v {
-        Null => "NULL".into(),
-        Integer(x) if declared == "BOOLEAN" => (x == 1).to_string(),
-        Integer(x) => x.to_string(),
-        Real(x) => format!("{x:.9}"),
-        Text(t) => String::from_utf8(t.to_vec()).unwrap(),
-        Blob(_) => panic!("no blobs in the demo tables"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_round_trips_rows_and_types() {
     let d = demo(2, 90);
@@ -304,70 +256,7 @@ async fn restore_round_trips_rows_and_types() {
     .await
     .unwrap();
     assert_eq!(o.files.len(), 15);
-    let conn = rusqlite::Connection::open(d.db()).unwrap();
-    for (table, path, rows) in &o.files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
-        let schema = reader.schema().clone();
-        // Types: declared SQL type → Arrow type, column by column.
-        let decl: Vec<(String, String)> = conn
-            .prepare(&format!("PRAGMA table_info({table})"))
-            .unwrap()
-            .query_map([], |r| Ok((r.get(1)?, r.get(2)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect();
-        assert_eq!(schema.fields().len(), decl.len(), "{table}");
-        for (f, (name, ty)) in schema.fields().iter().zip(&decl) {
-            assert_eq!(f.name(), name);
-            let want = match ty.as_str() {
-                "INTEGER" => DataType::Int64,
-                "REAL" => DataType::Float64,
-                "TEXT" => DataType::Utf8,
-                "BOOLEAN" => DataType::Boolean,
-                "DATE" => DataType::Date32,
-                "TIMESTAMP" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
-                other => panic!("{other}"),
-            };
-            assert_eq!(f.data_type(), &want, "{table}.{name}");
-        }
-        let mut restored = Vec::new();
-        for b in reader.build().unwrap() {
-            let b = b.unwrap();
-            for i in 0..b.num_rows() {
-                restored.push(
-                    b.columns()
-                        .iter()
-                        .map(|c| arrow_cell(c, i))
-                        .collect::<Vec<_>>(),
-                );
-            }
-        }
-        let tcol = if table == "tenants" {
-            "id"
-        } else {
-            "tenant_id"
-        };
-        let mut st = conn
-            .prepare(&format!(
-                "SELECT * FROM {table} WHERE {tcol} = 'klinik-sehat' ORDER BY 1"
-            ))
-            .unwrap();
-        let mut q = st.query([]).unwrap();
-        let mut source = Vec::new();
-        while let Some(r) = q.next().unwrap() {
-            source.push(
-                (0..decl.len())
-                    .map(|i| sqlite_cell(r.get_ref(i).unwrap(), &decl[i].1))
-                    .collect::<Vec<_>>(),
-            );
-        }
-        assert!(
-            !source.is_empty(),
-            "{table} has no rows for the tenant; the comparison would be empty"
-        );
-        assert_eq!(restored.len() as u64, *rows);
-        assert_eq!(restored, source, "table {table}");
-    }
+    common::assert_restore_equals_sqlite(&o.files, &d.db(), "klinik-sehat");
 
     // CSV restore: one header line plus one line per row (bodies have no newlines).
     let csv = d.dir.join("csv");
@@ -409,6 +298,7 @@ async fn running_the_demo_twice_keeps_data_and_keys_and_adds_a_run() {
     let db = std::fs::read(d.db()).unwrap();
     let opts = lethe::demo::DemoOptions {
         dir: d.dir.clone(),
+        source: None,
         tenants: 2,
         days: 30,
         seed: 7,

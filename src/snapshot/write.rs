@@ -71,6 +71,8 @@ pub struct RunSpec {
     pub policy_version: String,
     pub policy_hash: String,
     pub settings: SnapshotSection,
+    /// Only some tenants are being snapshotted (`--tenant`).
+    pub selective: bool,
 }
 
 /// Writer properties of a snapshot file: zstd, bounded row groups, AES-GCM with the footer and
@@ -180,6 +182,7 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             .collect(),
         tenants: jobs.iter().map(|j| j.tenant.clone()).collect(),
         batch_rows: spec.settings.batch_rows,
+        selective: spec.selective,
     };
     let mut errors: Vec<Option<String>> = vec![None; n];
     // Per table, the columns that keep statistics: primary key and event time.

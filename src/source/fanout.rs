@@ -69,7 +69,9 @@ impl Builder {
             ColType::Int64 => Builder::Int64(Int64Builder::with_capacity(rows)),
             ColType::Float32 => Builder::Float32(Float32Builder::with_capacity(rows)),
             ColType::Float64 => Builder::Float64(Float64Builder::with_capacity(rows)),
-            ColType::Utf8 => Builder::Utf8(StringBuilder::with_capacity(rows, bytes)),
+            ColType::Utf8 | ColType::Jsonb => {
+                Builder::Utf8(StringBuilder::with_capacity(rows, bytes))
+            }
             ColType::Binary => Builder::Binary(BinaryBuilder::with_capacity(rows, bytes)),
             ColType::Bool => Builder::Bool(BooleanBuilder::with_capacity(rows)),
             ColType::Timestamp => Builder::Timestamp(

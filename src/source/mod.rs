@@ -8,6 +8,7 @@
 //! Errors name tables, columns and row ordinals, never cell values (they are personal data).
 
 pub mod fanout;
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::mpsc::SyncSender;
@@ -83,6 +84,8 @@ pub enum ColType {
     Float32,
     Float64,
     Utf8,
+    /// PostgreSQL jsonb: Utf8 in Arrow (the JSON text).
+    Jsonb,
     Binary,
     Bool,
     /// Microseconds since the epoch, UTC (`timestamptz`, SQLite timestamps).
@@ -104,7 +107,7 @@ impl ColType {
             ColType::Int64 => DataType::Int64,
             ColType::Float32 => DataType::Float32,
             ColType::Float64 => DataType::Float64,
-            ColType::Utf8 => DataType::Utf8,
+            ColType::Utf8 | ColType::Jsonb => DataType::Utf8,
             ColType::Binary => DataType::Binary,
             ColType::Bool => DataType::Boolean,
             ColType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
@@ -140,6 +143,8 @@ pub struct ScanPlan {
     pub tenants: Vec<String>,
     /// Upper bound of rows per batch.
     pub batch_rows: usize,
+    /// Only some tenants were asked for: sources may filter rows at the source.
+    pub selective: bool,
 }
 
 impl ScanPlan {
@@ -165,18 +170,21 @@ pub enum ScanEvent {
 /// The primary database. A closed enum: PostgreSQL joins SQLite as a second variant.
 pub enum Source {
     Sqlite(sqlite::SqliteSource),
+    Postgres(postgres::PgSource),
 }
 
 impl Source {
     pub fn open(url: &SourceUrl) -> Result<Source, SourceError> {
         match url {
             SourceUrl::Sqlite(p) => Ok(Source::Sqlite(sqlite::SqliteSource::open(p)?)),
+            SourceUrl::Postgres(u) => Ok(Source::Postgres(postgres::PgSource::open(u)?)),
         }
     }
 
     pub fn tenants(&self, dm: &DataMap) -> Result<Vec<Tenant>, SourceError> {
         match self {
             Source::Sqlite(s) => s.tenants(dm),
+            Source::Postgres(s) => s.tenants(dm),
         }
     }
 
@@ -184,6 +192,7 @@ impl Source {
     pub fn columns(&self, table: &str) -> Result<Option<Vec<Column>>, SourceError> {
         match self {
             Source::Sqlite(s) => s.columns(table),
+            Source::Postgres(s) => s.columns(table),
         }
     }
 
@@ -197,6 +206,15 @@ impl Source {
     ) -> Result<(), SourceError> {
         match self {
             Source::Sqlite(s) => s.scan(dm, plan, tx),
+            Source::Postgres(s) => s.scan(dm, plan, tx),
+        }
+    }
+
+    /// The Arrow type this source gives a column.
+    pub fn col_type(&self, table: &str, c: &Column) -> Result<ColType, SourceError> {
+        match self {
+            Source::Sqlite(_) => sqlite::col_type(table, c),
+            Source::Postgres(_) => postgres::col_type(table, c),
         }
     }
 
@@ -268,7 +286,7 @@ impl Source {
                 }
             }
             for c in &cols {
-                if let Err(e) = sqlite::col_type(&table.name, c) {
+                if let Err(e) = self.col_type(&table.name, c) {
                     problems.push(Problem::new(
                         &table.file,
                         format!("tables.{}", table.name),
@@ -287,4 +305,14 @@ impl Source {
         }
         Ok(problems)
     }
+}
+
+/// The Arrow schema of columns with their types.
+pub fn arrow_schema_of(cols: &[Column], types: &[ColType]) -> SchemaRef {
+    let fields: Vec<arrow::datatypes::Field> = cols
+        .iter()
+        .zip(types)
+        .map(|(c, t)| arrow::datatypes::Field::new(&c.name, t.arrow(), c.nullable))
+        .collect();
+    std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
 }

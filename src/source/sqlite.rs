@@ -4,10 +4,9 @@
 //! or as integer Unix seconds; they become UTC microseconds.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::mpsc::SyncSender;
 
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use chrono::{DateTime, Utc};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
@@ -229,12 +228,7 @@ pub fn arrow_schema(
         .iter()
         .map(|c| col_type(table, c))
         .collect::<Result<Vec<_>, _>>()?;
-    let fields: Vec<Field> = cols
-        .iter()
-        .zip(&types)
-        .map(|(c, t)| Field::new(&c.name, t.arrow(), c.nullable))
-        .collect();
-    Ok((Arc::new(Schema::new(fields)), types))
+    Ok((super::arrow_schema_of(cols, &types), types))
 }
 
 fn scan_table(

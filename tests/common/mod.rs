@@ -2,8 +2,12 @@
 #![allow(dead_code)]
 
 pub mod moto;
+pub mod pg;
 
 use std::collections::HashSet;
+
+use arrow::array::AsArray;
+use arrow::datatypes::{DataType, TimeUnit};
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,6 +33,7 @@ pub fn demo(tenants: usize, days: u32) -> Demo {
     let dir = tmp.path().join("demo");
     let opts = lethe::demo::DemoOptions {
         dir: dir.clone(),
+        source: None,
         tenants,
         days,
         seed: 7,
@@ -134,4 +139,127 @@ pub fn lethe_env(args: &[&str], env: &[(&str, String)]) -> (i32, String, String)
         String::from_utf8_lossy(&out.stdout).into(),
         String::from_utf8_lossy(&out.stderr).into(),
     )
+}
+
+/// Render a restored Arrow cell and an SQLite value the same way, independently.
+pub fn arrow_cell(col: &dyn arrow::array::Array, i: usize) -> String {
+    if col.is_null(i) {
+        return "NULL".into();
+    }
+    match col.data_type() {
+        DataType::Int64 => col
+            .as_primitive::<arrow::datatypes::Int64Type>()
+            .value(i)
+            .to_string(),
+        DataType::Float64 => format!(
+            "{:.9}",
+            col.as_primitive::<arrow::datatypes::Float64Type>().value(i)
+        ),
+        DataType::Utf8 => col.as_string::<i32>().value(i).to_string(),
+        DataType::Boolean => col.as_boolean().value(i).to_string(),
+        DataType::Date32 => {
+            let days = col.as_primitive::<arrow::datatypes::Date32Type>().value(i);
+            (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::Days::new(days as u64))
+                .to_string()
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
+            let us = col
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>()
+                .value(i);
+            chrono::DateTime::from_timestamp_micros(us)
+                .unwrap()
+                .format("%Y-%m-%d %H:%M:%S")
+                .to_string()
+        }
+        other => panic!("unexpected restored type {other}"),
+    }
+}
+
+pub fn sqlite_cell(v: rusqlite::types::ValueRef<'_>, declared: &str) -> String {
+    use rusqlite::types::ValueRef::*;
+    match v {
+        Null => "NULL".into(),
+        Integer(x) if declared == "BOOLEAN" => (x == 1).to_string(),
+        Integer(x) => x.to_string(),
+        Real(x) => format!("{x:.9}"),
+        Text(t) => String::from_utf8(t.to_vec()).unwrap(),
+        Blob(_) => panic!("no blobs in the demo tables"),
+    }
+}
+
+/// Restored Parquet files (from `restore`) equal the tenant's rows in the SQLite source, cell
+/// by cell, with each column's declared type mapped to the expected Arrow type.
+pub fn assert_restore_equals_sqlite(
+    files: &[(String, std::path::PathBuf, u64)],
+    db: &Path,
+    tenant: &str,
+) {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use std::fs::File;
+    let conn = rusqlite::Connection::open(db).unwrap();
+    for (table, path, rows) in files {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap();
+        let schema = reader.schema().clone();
+        // Types: declared SQL type → Arrow type, column by column.
+        let decl: Vec<(String, String)> = conn
+            .prepare(&format!("PRAGMA table_info({table})"))
+            .unwrap()
+            .query_map([], |r| Ok((r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(schema.fields().len(), decl.len(), "{table}");
+        for (f, (name, ty)) in schema.fields().iter().zip(&decl) {
+            assert_eq!(f.name(), name);
+            let want = match ty.as_str() {
+                "INTEGER" => DataType::Int64,
+                "REAL" => DataType::Float64,
+                "TEXT" => DataType::Utf8,
+                "BOOLEAN" => DataType::Boolean,
+                "DATE" => DataType::Date32,
+                "TIMESTAMP" => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+                other => panic!("{other}"),
+            };
+            assert_eq!(f.data_type(), &want, "{table}.{name}");
+        }
+        let mut restored = Vec::new();
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            for i in 0..b.num_rows() {
+                restored.push(
+                    b.columns()
+                        .iter()
+                        .map(|c| arrow_cell(c, i))
+                        .collect::<Vec<_>>(),
+                );
+            }
+        }
+        let tcol = if table == "tenants" {
+            "id"
+        } else {
+            "tenant_id"
+        };
+        let mut st = conn
+            .prepare(&format!(
+                "SELECT * FROM {table} WHERE {tcol} = '{tenant}' ORDER BY 1"
+            ))
+            .unwrap();
+        let mut q = st.query([]).unwrap();
+        let mut source = Vec::new();
+        while let Some(r) = q.next().unwrap() {
+            source.push(
+                (0..decl.len())
+                    .map(|i| sqlite_cell(r.get_ref(i).unwrap(), &decl[i].1))
+                    .collect::<Vec<_>>(),
+            );
+        }
+        assert!(
+            !source.is_empty(),
+            "{table} has no rows for the tenant; the comparison would be empty"
+        );
+        assert_eq!(restored.len() as u64, *rows);
+        restored.sort();
+        source.sort();
+        assert_eq!(restored, source, "table {table}");
+    }
 }
