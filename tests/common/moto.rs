@@ -70,16 +70,30 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Create a bucket (moto accepts unsigned requests).
+    /// Create a bucket (moto accepts unsigned requests). Retried: the server may accept
+    /// connections a moment before it answers them.
     pub fn create_bucket(&self, bucket: &str) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        write!(s, "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", self.port).unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        assert!(
-            resp.starts_with("HTTP/1.1 200"),
-            "create bucket {bucket}: {resp}"
-        );
+        let mut last = String::new();
+        for _ in 0..50 {
+            let attempt = || -> std::io::Result<String> {
+                let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+                write!(
+                    s,
+                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    self.port
+                )?;
+                let mut resp = String::new();
+                s.read_to_string(&mut resp)?;
+                Ok(resp)
+            };
+            match attempt() {
+                Ok(r) if r.starts_with("HTTP/1.1 200") => return,
+                Ok(r) => last = r,
+                Err(e) => last = e.to_string(),
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("create bucket {bucket}: {last}");
     }
 
     /// An object_store client of the bucket, for tests that inspect raw objects.
