@@ -51,8 +51,8 @@ use crate::util::{hex, rfc3339};
 /// Multipart part size (S3 needs at least 5 MiB) and parts in flight per upload.
 const PART: usize = 8 << 20;
 const UPLOAD_CONCURRENCY: usize = 2;
-/// Parts being read and handed to the store at once, over all files.
-const PARTS_IN_FLIGHT: usize = 2;
+/// Files being read and handed to the store at once (each holds up to one or two parts).
+const PARTS_IN_FLIGHT: usize = 8;
 /// Cap on the Arrow batches waiting, over all tenants, to be encoded as row groups.
 pub const PENDING_BUDGET: usize = 96 << 20;
 
@@ -376,9 +376,12 @@ async fn upload_spill(
                 .done
                 .as_ref()
                 .map_or(p.flushed - p.flushed % PART as u64, |e| e.bytes);
+            // The permit covers reading, handing over and, for the last round, completing the
+            // upload: a small file's bytes are only sent by `shutdown`, and until then they sit
+            // in memory, so the number of files between read and done stays bounded.
+            let _permit = permits.acquire().await.expect("semaphore open");
             while sent < target {
                 let len = (target - sent).min(PART as u64) as usize;
-                let _permit = permits.acquire().await.expect("semaphore open");
                 let mut buf = vec![0u8; len];
                 spill
                     .file

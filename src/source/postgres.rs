@@ -35,6 +35,7 @@ pub struct PgSource {
     redacted: String,
     handle: Handle,
     client: Client,
+    config: tokio_postgres::Config,
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
@@ -90,7 +91,7 @@ impl PgSource {
         config.application_name("lethe");
         let (client, connection) = block(&handle, config.connect(NoTls)).map_err(|e| {
             open_err(
-                e.to_string(),
+                pg_error(&e),
                 "check the host, port, database, user and password (PGPASSWORD)",
             )
         })?;
@@ -103,6 +104,7 @@ impl PgSource {
             redacted,
             handle,
             client,
+            config,
         })
     }
 
@@ -151,15 +153,36 @@ impl PgSource {
         Ok(out)
     }
 
+    /// Blocking: call from a blocking thread. The COPY streams arrive one row per message;
+    /// the connection is driven by a runtime on this same thread, so each message is decoded
+    /// where it lands instead of being handed between threads.
     pub fn scan(
         &self,
         dm: &DataMap,
         plan: &ScanPlan,
         tx: &SyncSender<ScanEvent>,
     ) -> Result<(), SourceError> {
-        block(&self.handle, async {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| SourceError::Query {
+                table: String::new(),
+                message: e.to_string(),
+            })?;
+        rt.block_on(async {
+            let (client, connection) =
+                self.config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| SourceError::Open {
+                        url: self.redacted.clone(),
+                        message: pg_error(&e),
+                        fix: "check the host, port, database, user and password (PGPASSWORD)"
+                            .into(),
+                    })?;
+            tokio::spawn(connection);
             let q = Self::q("");
-            self.client
+            client
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 .await
                 .map_err(q)?;
@@ -169,7 +192,7 @@ impl PgSource {
                     table: table.clone(),
                 })?;
                 copy_table(
-                    &self.client,
+                    &client,
                     table,
                     &tcfg.config.tenant_column,
                     plan,
@@ -178,10 +201,7 @@ impl PgSource {
                 )
                 .await?;
             }
-            self.client
-                .batch_execute("COMMIT")
-                .await
-                .map_err(Self::q(""))
+            client.batch_execute("COMMIT").await.map_err(Self::q(""))
         })
     }
 }
