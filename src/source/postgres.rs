@@ -295,7 +295,7 @@ async fn copy_table(
 ) -> Result<(), SourceError> {
     let q = |e: tokio_postgres::Error| SourceError::Query {
         table: table.into(),
-        message: e.to_string(),
+        message: pg_error(&e),
     };
     let cols = columns(client, table)
         .await?
@@ -337,35 +337,40 @@ async fn copy_table(
     let mut fan = FanOut::begin(table, &cols, schema, types.clone(), plan, failed, tx)?;
     let stream = client.copy_out(sql.as_str()).await.map_err(q)?;
     futures::pin_mut!(stream);
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut pos = 0usize;
-    let mut header_done = false;
-    let mut key = String::new();
-    let mut fields: Vec<Option<(usize, usize)>> = vec![None; cols.len()];
-    let bad_format = |m: &str| SourceError::Query {
-        table: table.into(),
-        message: format!("binary COPY stream: {m}"),
+    let mut d = Decoder {
+        table,
+        types: &types,
+        tcol,
+        tenant_is_int,
+        key: String::new(),
+        fields: vec![None; cols.len()],
     };
+    // Bytes of an incomplete tuple (or the header) carried over to the next message.
+    let mut buf: Vec<u8> = Vec::new();
+    let mut header_done = false;
     loop {
         let chunk: Option<Bytes> = stream.next().await.transpose().map_err(q)?;
-        let eof = chunk.is_none();
-        if let Some(c) = chunk {
-            if pos > 0 && pos * 2 > buf.len() {
-                buf.drain(..pos);
-                pos = 0;
+        let Some(c) = chunk else {
+            return Err(d.bad_format("ended without a trailer"));
+        };
+        // Fast path: PostgreSQL sends one tuple per message; decode it where it lies.
+        if header_done && buf.is_empty() {
+            let (used, end) = d.tuples(&c, &mut fan)?;
+            if end {
+                return fan.end();
             }
-            buf.extend_from_slice(&c);
+            buf.extend_from_slice(&c[used..]);
+            continue;
         }
+        buf.extend_from_slice(&c);
+        let mut pos = 0;
         if !header_done {
             // "PGCOPY\n\xff\r\n\0", flags (4), header extension length (4) + extension.
             if buf.len() < 19 {
-                if eof {
-                    return Err(bad_format("truncated header"));
-                }
                 continue;
             }
             if &buf[..11] != b"PGCOPY\n\xff\r\n\0" {
-                return Err(bad_format("bad signature"));
+                return Err(d.bad_format("bad signature"));
             }
             let ext = u32::from_be_bytes(buf[15..19].try_into().unwrap()) as usize;
             if buf.len() < 19 + ext {
@@ -374,51 +379,76 @@ async fn copy_table(
             pos = 19 + ext;
             header_done = true;
         }
-        // Whole tuples only: (field count, then per field a length and the bytes).
+        let (used, end) = d.tuples(&buf[pos..], &mut fan)?;
+        if end {
+            return fan.end();
+        }
+        buf.drain(..pos + used);
+    }
+}
+
+/// Decodes binary COPY tuples into a table's fan-out.
+struct Decoder<'a> {
+    table: &'a str,
+    types: &'a [ColType],
+    tcol: usize,
+    tenant_is_int: bool,
+    key: String,
+    /// (offset, length) of each field of the current tuple; `None` for NULL.
+    fields: Vec<Option<(usize, usize)>>,
+}
+
+impl Decoder<'_> {
+    fn bad_format(&self, m: &str) -> SourceError {
+        SourceError::Query {
+            table: self.table.into(),
+            message: format!("binary COPY stream: {m}"),
+        }
+    }
+
+    /// Decode the whole tuples at the start of `data`: (bytes used, trailer reached).
+    fn tuples(&mut self, data: &[u8], fan: &mut FanOut<'_>) -> Result<(usize, bool), SourceError> {
+        let mut pos = 0;
         loop {
             let mut p = pos;
-            let Some(n) = buf.get(p..p + 2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
-                break;
+            let Some(n) = data.get(p..p + 2).map(|b| i16::from_be_bytes([b[0], b[1]])) else {
+                return Ok((pos, false));
             };
             p += 2;
             if n == -1 {
-                return fan.end();
+                return Ok((p, true));
             }
-            if n as usize != cols.len() {
-                return Err(bad_format("unexpected field count"));
+            if n as usize != self.fields.len() {
+                return Err(self.bad_format("unexpected field count"));
             }
-            let mut complete = true;
-            for f in fields.iter_mut() {
-                let Some(l) = buf
+            // Field count, then per field a length (-1 for NULL) and the bytes.
+            for f in self.fields.iter_mut() {
+                let Some(l) = data
                     .get(p..p + 4)
                     .map(|b| i32::from_be_bytes(b.try_into().unwrap()))
                 else {
-                    complete = false;
-                    break;
+                    return Ok((pos, false));
                 };
                 p += 4;
                 if l < 0 {
                     *f = None;
                 } else {
                     let l = l as usize;
-                    if buf.len() < p + l {
-                        complete = false;
-                        break;
+                    if data.len() < p + l {
+                        return Ok((pos, false));
                     }
                     *f = Some((p, l));
                     p += l;
                 }
             }
-            if !complete {
-                break;
-            }
             pos = p;
-            let field = |i: usize| fields[i].map(|(s, l)| &buf[s..s + l]);
-            let tenant = match field(tcol) {
-                Some(b) if tenant_is_int => {
-                    key.clear();
-                    key.push_str(&be_int(b).to_string());
-                    fan.route(key.as_bytes())
+            let fields = &self.fields;
+            let field = |i: usize| fields[i].map(|(s, l)| &data[s..s + l]);
+            let tenant = match field(self.tcol) {
+                Some(b) if self.tenant_is_int => {
+                    self.key.clear();
+                    self.key.push_str(&be_int(b).to_string());
+                    fan.route(self.key.as_bytes())
                 }
                 Some(b) => fan.route(b),
                 None => fan.route(b""),
@@ -426,7 +456,7 @@ async fn copy_table(
             let Some(t) = tenant else { continue };
             let mut bad = None;
             for (i, b) in fan.builders(t).iter_mut().enumerate() {
-                if let Err(found) = append(b, types[i], field(i)) {
+                if let Err(found) = append(b, self.types[i], field(i)) {
                     bad = Some((i, b.expected(), found));
                     break;
                 }
@@ -435,9 +465,6 @@ async fn copy_table(
                 Some((col, expected, found)) => fan.fail(t, col, expected, found)?,
                 None => fan.row_done(t)?,
             }
-        }
-        if eof {
-            return Err(bad_format("ended without a trailer"));
         }
     }
 }
