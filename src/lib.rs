@@ -26,6 +26,7 @@ pub mod jobs;
 pub mod keys;
 pub mod pipeline;
 pub mod policy;
+pub mod s3;
 pub mod snapshot;
 pub mod source;
 pub mod store;

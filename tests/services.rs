@@ -317,3 +317,114 @@ fn postgres_types_and_unsupported_columns() {
         "{err}"
     );
 }
+
+#[test]
+fn versioned_bucket_purge_leaves_no_version_and_no_delete_marker() {
+    let Some(moto) = Moto::start("versioned_purge") else {
+        return;
+    };
+    moto.create_bucket_with("lethe-versions", true, false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let s3 = moto.client("lethe-versions");
+        let put = |k: &'static str, v: &'static str| {
+            let s3 = &s3;
+            async move {
+                s3.put(
+                    &object_store::path::Path::from(k),
+                    bytes::Bytes::from(v).into(),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        // Three versions of one file, a deleted file (version + delete marker), a neighbour outside the prefix.
+        for v in ["v1", "v2", "v3"] {
+            put("prod/snapshots/tenant=a/run=1/messages/part-0.parquet", v).await;
+        }
+        put("prod/snapshots/tenant=a/run=1/_manifest.json", "m").await;
+        s3.delete(&object_store::path::Path::from(
+            "prod/snapshots/tenant=a/run=1/_manifest.json",
+        ))
+        .await
+        .unwrap();
+        put("prod/snapshots/tenant=b/run=1/_manifest.json", "keep").await;
+
+        let admin = lethe::s3::S3Admin::from_client(moto.sdk(), "lethe-versions", "prod");
+        assert_eq!(
+            admin.versioning().await.unwrap(),
+            lethe::s3::Versioning::Enabled
+        );
+        let out = admin.purge_prefix("snapshots/tenant=a/").await.unwrap();
+        assert_eq!(out.versions_deleted, 4, "{out:?}");
+        assert_eq!(out.delete_markers_deleted, 1, "{out:?}");
+        assert!(out.locked.is_empty());
+        assert_eq!(out.remaining, 0, "{out:?}");
+
+        // Independently: nothing of tenant a under any version; tenant b untouched.
+        let sdk = moto.sdk();
+        let v = sdk
+            .list_object_versions()
+            .bucket("lethe-versions")
+            .prefix("prod/snapshots/tenant=a/")
+            .send()
+            .await
+            .unwrap();
+        assert!(v.versions().is_empty() && v.delete_markers().is_empty());
+        let v = sdk
+            .list_object_versions()
+            .bucket("lethe-versions")
+            .prefix("prod/snapshots/tenant=b/")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(v.versions().len(), 1);
+    });
+}
+
+#[test]
+fn an_object_under_object_lock_is_reported_with_its_retain_until_date_not_lost() {
+    let Some(moto) = Moto::start("object_lock") else {
+        return;
+    };
+    moto.create_bucket_with("lethe-locked", true, true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let admin = lethe::s3::S3Admin::from_client(moto.sdk(), "lethe-locked", "audit");
+        assert!(admin.object_lock_enabled().await.unwrap());
+        let until = chrono::Utc::now() + chrono::Duration::days(30);
+        let lock = lethe::s3::Lock {
+            mode: "COMPLIANCE".into(),
+            retain_until: until,
+        };
+        admin
+            .put_locked(
+                "certificates/tenant=a/r1/final.jws",
+                bytes::Bytes::from_static(b"jws"),
+                &lock,
+            )
+            .await
+            .unwrap();
+        let out = admin.purge_prefix("certificates/").await.unwrap();
+        assert_eq!(out.versions_deleted, 0, "{out:?}");
+        assert_eq!(out.locked.len(), 1, "{out:?}");
+        let l = &out.locked[0];
+        assert_eq!(l.key, "audit/certificates/tenant=a/r1/final.jws");
+        assert_eq!(l.mode.as_deref(), Some("COMPLIANCE"));
+        assert!(
+            l.retain_until
+                .as_deref()
+                .is_some_and(|d| d.starts_with(&until.format("%Y-%m-%d").to_string())),
+            "{l:?}"
+        );
+        assert_eq!(out.remaining, 1);
+        // Still there.
+        moto.sdk()
+            .head_object()
+            .bucket("lethe-locked")
+            .key("audit/certificates/tenant=a/r1/final.jws")
+            .send()
+            .await
+            .unwrap();
+    });
+}

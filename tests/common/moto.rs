@@ -73,13 +73,17 @@ impl Moto {
     /// Create a bucket (moto accepts unsigned requests). Retried: the server may accept
     /// connections a moment before it answers them.
     pub fn create_bucket(&self, bucket: &str) {
+        self.create_bucket_headers(bucket, "");
+    }
+
+    fn create_bucket_headers(&self, bucket: &str, headers: &str) {
         let mut last = String::new();
         for _ in 0..50 {
             let attempt = || -> std::io::Result<String> {
                 let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
                 write!(
                     s,
-                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n",
                     self.port
                 )?;
                 let mut resp = String::new();
@@ -94,6 +98,50 @@ impl Moto {
             std::thread::sleep(Duration::from_millis(200));
         }
         panic!("create bucket {bucket}: {last}");
+    }
+
+    /// Create a bucket with S3 versioning enabled, or with Object Lock (which implies versioning).
+    pub fn create_bucket_with(&self, bucket: &str, versioning: bool, object_lock: bool) {
+        let port = self.port;
+        let send = |req: String| -> String {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(req.as_bytes()).unwrap();
+            let mut resp = String::new();
+            s.read_to_string(&mut resp).unwrap();
+            resp
+        };
+        self.create_bucket_headers(
+            bucket,
+            if object_lock {
+                "x-amz-bucket-object-lock-enabled: true\r\n"
+            } else {
+                ""
+            },
+        );
+        if versioning && !object_lock {
+            let body =
+                "<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>";
+            let r = send(format!(
+                "PUT /{bucket}?versioning HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ));
+            assert!(r.starts_with("HTTP/1.1 200"), "versioning {bucket}: {r}");
+        }
+    }
+
+    /// An aws-sdk-s3 client for this server.
+    pub fn sdk(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .http_client(lethe::s3::S3Admin::http_client())
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
     }
 
     /// An object_store client of the bucket, for tests that inspect raw objects.
