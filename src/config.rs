@@ -409,8 +409,8 @@ impl Config {
     }
 }
 
-/// `file:///abs` stays; a bare path becomes `file://` + the absolute path; other schemes are
-/// refused until their backends are built.
+/// `file:///abs` and `s3://bucket[/prefix]` stay; a bare path becomes `file://` + the absolute
+/// path; other schemes are refused until their backends are built.
 fn store_url_of(base: &Path, url: &str) -> Result<String, String> {
     if url.starts_with("file://") {
         return Ok(url.to_string());
@@ -424,7 +424,7 @@ fn store_url_of(base: &Path, url: &str) -> Result<String, String> {
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(format!(
-            "scheme {scheme}:// is not supported by this build yet"
+            "scheme {scheme}:// is not supported (use s3://, file:// or a path; gs:// and az:// are not built yet)"
         ));
     }
     let p = resolve(base, url);

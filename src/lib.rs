@@ -7,8 +7,9 @@
 //! - [`policy`]: `jobs/retention.toml`, how long each category is kept;
 //! - [`jobs`]: `jobs/*.toml`, job definitions (name, schedule, steps);
 //! - [`keys`]: the keyring (master key, per-tenant data keys) and Parquet key material;
-//! - [`source`]: the primary database (SQLite now), streamed into Arrow record batches;
-//! - [`store`]: object stores by URL;
+//! - [`source`]: the primary database (SQLite or PostgreSQL), streamed into Arrow record batches;
+//! - [`store`]: object stores by URL (`file://`, `s3://`);
+//! - [`s3`]: what object_store cannot do on S3 (object versions, Object Lock), via aws-sdk-s3;
 //! - [`snapshot`]: encrypted Parquet snapshots, their manifests, `ls`, `verify` and `restore`;
 //! - [`check`]: validation of every configuration file at once;
 //! - [`demo`]: the embedded demo (synthetic tenants in SQLite, a local store);
