@@ -722,21 +722,12 @@ fn pg_err(e: &dyn std::error::Error) -> String {
 }
 
 pub async fn load_into_postgres(sqlite: &Path, url: &str) -> Result<Option<u64>, String> {
+    use crate::source::postgres;
     use futures::SinkExt;
-    let redacted = crate::source::postgres::redact(url);
-    let mut config: tokio_postgres::Config = url.parse().map_err(|e| format!("{redacted}: {e}"))?;
-    if config.get_password().is_none()
-        && let Ok(p) = std::env::var("PGPASSWORD")
-    {
-        config.password(p);
-    }
-    let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
+    let config = postgres::config(url).map_err(|e| e.to_string())?;
+    let client = postgres::connect(&config, url)
         .await
-        .map_err(|e| format!("{redacted}: {e}"))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
+        .map_err(|e| e.to_string())?;
     let exists: bool = client
         .query_one("SELECT to_regclass('tenants') IS NOT NULL", &[])
         .await

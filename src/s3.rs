@@ -65,10 +65,10 @@ pub struct S3Admin {
 }
 
 fn err(op: &'static str, key: &str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Open {
-        url: key.to_string(),
-        message: format!("{op}: {e}"),
-        fix: "check the bucket, the credentials and the permissions".into(),
+    StoreError::S3 {
+        op,
+        key: key.to_string(),
+        message: e.to_string(),
     }
 }
 
@@ -87,13 +87,15 @@ fn sdk_err<E: std::error::Error + 'static>(e: aws_sdk_s3::error::SdkError<E>) ->
 impl S3Admin {
     /// Connect with the store's settings; credentials from the standard `AWS_*` environment.
     pub async fn connect(spec: &StoreSpec) -> Result<S3Admin, StoreError> {
-        let rest = spec.url.strip_prefix("s3://").ok_or_else(|| {
-            err(
-                "connect",
-                &spec.url,
-                "not an s3:// store; versions and Object Lock exist only on S3",
-            )
-        })?;
+        let rest = spec
+            .url
+            .strip_prefix("s3://")
+            .ok_or_else(|| StoreError::Open {
+                url: spec.url.clone(),
+                message: "not an s3:// store: object versions and Object Lock exist only on S3"
+                    .into(),
+                fix: "use s3://bucket/prefix".into(),
+            })?;
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .http_client(Self::http_client());
@@ -244,7 +246,22 @@ impl S3Admin {
 
     /// Delete every version and every delete marker under `prefix` (relative to the store
     /// prefix). Versions under Object Lock stay and are reported with their retain-until date.
+    ///
+    /// `prefix` must be a non-empty "directory" ending in `/`: `snapshots/tenant=a` would also
+    /// match `snapshots/tenant=ab…`, and an empty prefix is the whole store.
     pub async fn purge_prefix(&self, prefix: &str) -> Result<PurgeOutcome, StoreError> {
+        if prefix.is_empty() || prefix == "/" {
+            return Err(StoreError::UnsafePurge {
+                prefix: prefix.into(),
+                why: "an empty prefix is the whole store",
+            });
+        }
+        if !prefix.ends_with('/') {
+            return Err(StoreError::UnsafePurge {
+                prefix: prefix.into(),
+                why: "a prefix must end with `/`, or it also matches its longer siblings (tenant=a… would take tenant=ab…)",
+            });
+        }
         let mut outcome = PurgeOutcome::default();
         let listed = self.list_versions(prefix).await?;
         for chunk in listed.chunks(1000) {

@@ -30,11 +30,24 @@ pub enum StoreError {
         key: String,
         source: object_store::Error,
     },
+    /// An aws-sdk-s3 operation failed (the service's message included).
+    #[error("S3 {op} {key}: {message}")]
+    S3 {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
+    /// A purge asked for something that could delete more than meant.
+    #[error("refusing to purge {prefix:?}: {why}")]
+    UnsafePurge { prefix: String, why: &'static str },
 }
 
 impl StoreError {
     pub fn is_configuration(&self) -> bool {
-        matches!(self, StoreError::Open { .. })
+        matches!(
+            self,
+            StoreError::Open { .. } | StoreError::UnsafePurge { .. }
+        )
     }
     pub fn is_not_found(&self) -> bool {
         matches!(

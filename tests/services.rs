@@ -351,6 +351,16 @@ fn versioned_bucket_purge_leaves_no_version_and_no_delete_marker() {
         put("prod/snapshots/tenant=b/run=1/_manifest.json", "keep").await;
 
         let admin = lethe::s3::S3Admin::from_client(moto.sdk(), "lethe-versions", "prod");
+        // A prefix that would also match a sibling (tenant=ab…) or the whole store is refused,
+        // and nothing is deleted.
+        put("prod/snapshots/tenant=ab/run=1/_manifest.json", "sibling").await;
+        for bad in ["snapshots/tenant=a", "", "/"] {
+            let e = admin.purge_prefix(bad).await.unwrap_err();
+            assert!(
+                matches!(e, lethe::store::StoreError::UnsafePurge { .. }),
+                "{bad:?}: {e}"
+            );
+        }
         assert_eq!(
             admin.versioning().await.unwrap(),
             lethe::s3::Versioning::Enabled
@@ -371,14 +381,16 @@ fn versioned_bucket_purge_leaves_no_version_and_no_delete_marker() {
             .await
             .unwrap();
         assert!(v.versions().is_empty() && v.delete_markers().is_empty());
-        let v = sdk
-            .list_object_versions()
-            .bucket("lethe-versions")
-            .prefix("prod/snapshots/tenant=b/")
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(v.versions().len(), 1);
+        for neighbour in ["prod/snapshots/tenant=b/", "prod/snapshots/tenant=ab/"] {
+            let v = sdk
+                .list_object_versions()
+                .bucket("lethe-versions")
+                .prefix(neighbour)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(v.versions().len(), 1, "{neighbour}");
+        }
     });
 }
 

@@ -44,7 +44,7 @@ use super::{SnapshotError, manifest_key, part_key};
 use crate::config::{SnapshotSection, SourceUrl};
 use crate::datamap::DataMap;
 use crate::keys::DataKey;
-use crate::source::{ScanEvent, ScanPlan, Source};
+use crate::source::{ScanEvent, ScanPlan, ScanTable, Source};
 use crate::store::Store;
 use crate::util::{hex, rfc3339};
 
@@ -178,7 +178,10 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             .data_map
             .tables
             .iter()
-            .map(|t| t.name.clone())
+            .map(|t| ScanTable {
+                name: t.name.clone(),
+                tenant_column: t.config.tenant_column.clone(),
+            })
             .collect(),
         tenants: jobs.iter().map(|j| j.tenant.clone()).collect(),
         batch_rows: spec.settings.batch_rows,
@@ -217,10 +220,10 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
     let (up_tx, up_rx) = mpsc::unbounded_channel::<Spill>();
 
     let reader = {
-        let (src, dm, plan) = (spec.source.clone(), spec.data_map.clone(), plan.clone());
+        let (src, plan) = (spec.source.clone(), plan.clone());
         tokio::task::spawn_blocking(move || {
             let t0 = std::time::Instant::now();
-            let r = Source::open(&src)?.scan(&dm, &plan, &scan_tx);
+            let r = Source::scan(&src, &plan, &scan_tx);
             tracing::debug!(seconds = t0.elapsed().as_secs_f64(), "reader finished");
             r
         })

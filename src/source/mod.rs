@@ -135,10 +135,17 @@ pub struct Tenant {
     pub cancelled_at: Option<DateTime<Utc>>,
 }
 
+/// A table to read and the column naming each row's tenant.
+#[derive(Debug, Clone)]
+pub struct ScanTable {
+    pub name: String,
+    pub tenant_column: String,
+}
+
 /// What to read: tables (in order) and the tenants wanted, by index.
 #[derive(Debug, Clone)]
 pub struct ScanPlan {
-    pub tables: Vec<String>,
+    pub tables: Vec<ScanTable>,
     /// Tenant ids; events refer to tenants by their index here.
     pub tenants: Vec<String>,
     /// Upper bound of rows per batch.
@@ -181,11 +188,28 @@ impl Source {
         }
     }
 
+    /// The tenants, ids checked: they end up in object keys and SQL literals.
     pub fn tenants(&self, dm: &DataMap) -> Result<Vec<Tenant>, SourceError> {
-        match self {
-            Source::Sqlite(s) => s.tenants(dm),
-            Source::Postgres(s) => s.tenants(dm),
-        }
+        let rows = match self {
+            Source::Sqlite(s) => s.tenant_rows(&dm.tenants)?,
+            Source::Postgres(s) => s.tenant_rows(&dm.tenants)?,
+        };
+        rows.into_iter()
+            .enumerate()
+            .map(|(i, (id, status, cancelled_us))| {
+                if !crate::util::is_safe_ident(&id) {
+                    return Err(SourceError::BadTenantId {
+                        table: dm.tenants.table.clone(),
+                        ordinal: i + 1,
+                    });
+                }
+                Ok(Tenant {
+                    id,
+                    status,
+                    cancelled_at: cancelled_us.and_then(DateTime::<Utc>::from_timestamp_micros),
+                })
+            })
+            .collect()
     }
 
     /// The columns of `table`, or `None` if it does not exist.
@@ -197,16 +221,16 @@ impl Source {
     }
 
     /// Stream the plan's tables for the plan's tenants to `tx`, all inside one read
-    /// transaction (so every tenant's snapshot is consistent across its tables). Blocking.
+    /// transaction (so every tenant's snapshot is consistent across its tables), on a
+    /// connection of its own. Blocking: call from a blocking thread.
     pub fn scan(
-        &self,
-        dm: &DataMap,
+        url: &SourceUrl,
         plan: &ScanPlan,
         tx: &SyncSender<ScanEvent>,
     ) -> Result<(), SourceError> {
-        match self {
-            Source::Sqlite(s) => s.scan(dm, plan, tx),
-            Source::Postgres(s) => s.scan(dm, plan, tx),
+        match url {
+            SourceUrl::Sqlite(p) => sqlite::scan(p, plan, tx),
+            SourceUrl::Postgres(u) => postgres::scan(u, plan, tx),
         }
     }
 
@@ -316,3 +340,6 @@ pub fn arrow_schema_of(cols: &[Column], types: &[ColType]) -> SchemaRef {
         .collect();
     std::sync::Arc::new(arrow::datatypes::Schema::new(fields))
 }
+
+/// A tenant row as a source reads it: id, status, cancelled-at in UTC microseconds.
+pub type TenantRow = (String, String, Option<i64>);

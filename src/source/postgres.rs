@@ -23,19 +23,17 @@ use tokio::runtime::Handle;
 use tokio_postgres::{Client, NoTls};
 
 use super::fanout::{Builder, FanOut};
-use super::{ColType, Column, ScanEvent, ScanPlan, SourceError, Tenant};
-use crate::datamap::DataMap;
-use crate::util::{is_safe_ident, quote_ident};
+use super::{ColType, Column, ScanEvent, ScanPlan, SourceError, TenantRow};
+use crate::datamap::TenantsTable;
+use crate::util::quote_ident;
 
 /// Microseconds and days between 1970-01-01 and PostgreSQL's epoch 2000-01-01.
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 const PG_EPOCH_DAYS: i32 = 10_957;
 
 pub struct PgSource {
-    redacted: String,
     handle: Handle,
     client: Client,
-    config: tokio_postgres::Config,
 }
 
 /// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
@@ -62,54 +60,50 @@ fn block<F: std::future::Future>(h: &Handle, f: F) -> F::Output {
     tokio::task::block_in_place(|| h.block_on(f))
 }
 
+/// Parse a `postgres://` URL into a connection config; the password comes from the URL or
+/// `PGPASSWORD`. Errors show the URL redacted.
+pub fn config(url: &str) -> Result<tokio_postgres::Config, SourceError> {
+    let mut config: tokio_postgres::Config =
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| SourceError::Open {
+                url: redact(url),
+                message: e.to_string(),
+                fix: "write postgres://user@host:5432/database (password in PGPASSWORD)".into(),
+            })?;
+    if config.get_password().is_none()
+        && let Ok(p) = std::env::var("PGPASSWORD")
+    {
+        config.password(p);
+    }
+    config.application_name("lethe");
+    Ok(config)
+}
+
+/// Connect with `config`; the connection is driven by a task on the current runtime.
+pub async fn connect(config: &tokio_postgres::Config, url: &str) -> Result<Client, SourceError> {
+    let (client, connection) = config.connect(NoTls).await.map_err(|e| SourceError::Open {
+        url: redact(url),
+        message: pg_error(&e),
+        fix: "check the host, port, database, user and password (PGPASSWORD)".into(),
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    Ok(client)
+}
+
 impl PgSource {
     pub fn open(url: &str) -> Result<Self, SourceError> {
-        let redacted = redact(url);
-        let open_err = |message: String, fix: &str| SourceError::Open {
-            url: redacted.clone(),
-            message,
-            fix: fix.into(),
-        };
-        let handle = Handle::try_current().map_err(|_| {
-            open_err(
-                "no async runtime".into(),
-                "call from within lethe's runtime",
-            )
+        let handle = Handle::try_current().map_err(|_| SourceError::Open {
+            url: redact(url),
+            message: "no async runtime".into(),
+            fix: "call from within lethe's runtime".into(),
         })?;
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e: tokio_postgres::Error| {
-                open_err(
-                    e.to_string(),
-                    "write postgres://user@host:5432/database (password in PGPASSWORD)",
-                )
-            })?;
-        if config.get_password().is_none()
-            && let Ok(p) = std::env::var("PGPASSWORD")
-        {
-            config.password(p);
-        }
-        config.application_name("lethe");
-        let (client, connection) = block(&handle, config.connect(NoTls)).map_err(|e| {
-            open_err(
-                pg_error(&e),
-                "check the host, port, database, user and password (PGPASSWORD)",
-            )
-        })?;
-        handle.spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
-            }
-        });
-        Ok(PgSource {
-            redacted,
-            handle,
-            client,
-            config,
-        })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.redacted
+        let config = config(url)?;
+        let client = block(&handle, connect(&config, url))?;
+        Ok(PgSource { handle, client })
     }
 
     fn q(table: &str) -> impl Fn(tokio_postgres::Error) -> SourceError + '_ {
@@ -123,8 +117,7 @@ impl PgSource {
         block(&self.handle, columns(&self.client, table))
     }
 
-    pub fn tenants(&self, dm: &DataMap) -> Result<Vec<Tenant>, SourceError> {
-        let t = &dm.tenants;
+    pub fn tenant_rows(&self, t: &TenantsTable) -> Result<Vec<TenantRow>, SourceError> {
         let sql = format!(
             "SELECT {}::text, {}::text, (extract(epoch from {}) * 1000000)::int8 FROM {} ORDER BY 1",
             quote_ident(&t.id_column),
@@ -133,77 +126,53 @@ impl PgSource {
             quote_ident(&t.table)
         );
         let rows = block(&self.handle, self.client.query(&sql, &[])).map_err(Self::q(&t.table))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            let id: String = r.get(0);
-            if !is_safe_ident(&id) {
-                return Err(SourceError::BadTenantId {
-                    table: t.table.clone(),
-                    ordinal: i + 1,
-                });
-            }
-            let status: Option<String> = r.get(1);
-            let cancelled: Option<i64> = r.get(2);
-            out.push(Tenant {
-                id,
-                status: status.unwrap_or_default(),
-                cancelled_at: cancelled.and_then(chrono::DateTime::from_timestamp_micros),
-            });
-        }
-        Ok(out)
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let (id, status): (Option<String>, Option<String>) = (r.get(0), r.get(1));
+                (id.unwrap_or_default(), status.unwrap_or_default(), r.get(2))
+            })
+            .collect())
     }
+}
 
-    /// Blocking: call from a blocking thread. The COPY streams arrive one row per message;
-    /// the connection is driven by a runtime on this same thread, so each message is decoded
-    /// where it lands instead of being handed between threads.
-    pub fn scan(
-        &self,
-        dm: &DataMap,
-        plan: &ScanPlan,
-        tx: &SyncSender<ScanEvent>,
-    ) -> Result<(), SourceError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| SourceError::Query {
-                table: String::new(),
-                message: e.to_string(),
-            })?;
-        rt.block_on(async {
-            let (client, connection) =
-                self.config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| SourceError::Open {
-                        url: self.redacted.clone(),
-                        message: pg_error(&e),
-                        fix: "check the host, port, database, user and password (PGPASSWORD)"
-                            .into(),
-                    })?;
-            tokio::spawn(connection);
-            let q = Self::q("");
-            client
-                .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                .await
-                .map_err(q)?;
-            let mut failed = vec![false; plan.tenants.len()];
-            for table in &plan.tables {
-                let tcfg = dm.table(table).ok_or_else(|| SourceError::NoTable {
-                    table: table.clone(),
-                })?;
-                copy_table(
-                    &client,
-                    table,
-                    &tcfg.config.tenant_column,
-                    plan,
-                    &mut failed,
-                    tx,
-                )
-                .await?;
-            }
-            client.batch_execute("COMMIT").await.map_err(Self::q(""))
-        })
-    }
+/// Read the plan on a connection of its own (blocking: call from a blocking thread). The
+/// COPY streams arrive one row per message; the connection is driven by a runtime on this
+/// same thread, so each message is decoded where it lands instead of being handed between
+/// threads.
+pub fn scan(url: &str, plan: &ScanPlan, tx: &SyncSender<ScanEvent>) -> Result<(), SourceError> {
+    let config = config(url)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SourceError::Query {
+            table: String::new(),
+            message: e.to_string(),
+        })?;
+    rt.block_on(async {
+        let client = connect(&config, url).await?;
+        let q = PgSource::q("");
+        client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await
+            .map_err(q)?;
+        let mut failed = vec![false; plan.tenants.len()];
+        for table in &plan.tables {
+            copy_table(
+                &client,
+                &table.name,
+                &table.tenant_column,
+                plan,
+                &mut failed,
+                tx,
+            )
+            .await?;
+        }
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(PgSource::q(""))
+    })
 }
 
 async fn columns(client: &Client, table: &str) -> Result<Option<Vec<Column>>, SourceError> {

@@ -3,21 +3,20 @@
 //! Timestamps may be stored as text (`YYYY-MM-DD HH:MM:SS[.ffffff][Z|±HH:MM]`, `T` or space)
 //! or as integer Unix seconds; they become UTC microseconds.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::SyncSender;
 
 use arrow::datatypes::SchemaRef;
-use chrono::{DateTime, Utc};
+
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags};
 
 use super::fanout::{Builder, FanOut};
-use super::{ColType, Column, ScanEvent, ScanPlan, SourceError, Tenant};
-use crate::datamap::DataMap;
-use crate::util::{days_from_civil, is_safe_ident, quote_ident};
+use super::{ColType, Column, ScanEvent, ScanPlan, SourceError, TenantRow};
+use crate::datamap::TenantsTable;
+use crate::util::{days_from_civil, quote_ident};
 
 pub struct SqliteSource {
-    path: PathBuf,
     conn: Connection,
 }
 
@@ -73,7 +72,6 @@ pub fn col_type(table: &str, c: &Column) -> Result<ColType, SourceError> {
 impl SqliteSource {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         Ok(SqliteSource {
-            path: path.to_path_buf(),
             conn: open_ro(path)?,
         })
     }
@@ -82,8 +80,7 @@ impl SqliteSource {
         columns(&self.conn, table)
     }
 
-    pub fn tenants(&self, dm: &DataMap) -> Result<Vec<Tenant>, SourceError> {
-        let t = &dm.tenants;
+    pub fn tenant_rows(&self, t: &TenantsTable) -> Result<Vec<TenantRow>, SourceError> {
         let q = |e: rusqlite::Error| SourceError::Query {
             table: t.table.clone(),
             message: e.to_string(),
@@ -98,69 +95,49 @@ impl SqliteSource {
         let mut stmt = self.conn.prepare(&sql).map_err(q)?;
         let mut rows = stmt.query([]).map_err(q)?;
         let mut out = Vec::new();
+        let text = |v: ValueRef<'_>| match v {
+            ValueRef::Text(b) => String::from_utf8_lossy(b).into_owned(),
+            ValueRef::Integer(i) => i.to_string(),
+            _ => String::new(),
+        };
         while let Some(r) = rows.next().map_err(q)? {
-            let id = match r.get_ref(0).map_err(q)? {
-                ValueRef::Text(b) => String::from_utf8_lossy(b).into_owned(),
-                ValueRef::Integer(i) => i.to_string(),
-                _ => String::new(),
-            };
-            if !is_safe_ident(&id) {
-                return Err(SourceError::BadTenantId {
-                    table: t.table.clone(),
-                    ordinal: out.len() + 1,
-                });
-            }
-            let status = match r.get_ref(1).map_err(q)? {
-                ValueRef::Text(b) => String::from_utf8_lossy(b).into_owned(),
-                _ => String::new(),
-            };
-            let cancelled_at = ts_micros(r.get_ref(2).map_err(q)?)
-                .flatten()
-                .and_then(DateTime::<Utc>::from_timestamp_micros);
-            out.push(Tenant {
-                id,
-                status,
-                cancelled_at,
-            });
+            let cancelled = ts_micros(r.get_ref(2).map_err(q)?).flatten();
+            out.push((
+                text(r.get_ref(0).map_err(q)?),
+                text(r.get_ref(1).map_err(q)?),
+                cancelled,
+            ));
         }
         Ok(out)
     }
+}
 
-    /// One sequential pass per table, fanning rows out to their tenants. On a table where
-    /// tenants' rows interleave (the usual case), this is several times faster than one
-    /// index-driven query per tenant, which reads most pages once per tenant.
-    pub fn scan(
-        &self,
-        dm: &DataMap,
-        plan: &ScanPlan,
-        tx: &SyncSender<ScanEvent>,
-    ) -> Result<(), SourceError> {
-        let conn = open_ro(&self.path)?;
-        let q = |e: rusqlite::Error| SourceError::Query {
-            table: String::new(),
-            message: e.to_string(),
-        };
-        conn.execute_batch("BEGIN").map_err(q)?;
-        // The read snapshot starts at the first read; take it now, for every table at once.
-        conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
-            .map_err(q)?;
-        let mut failed = vec![false; plan.tenants.len()];
-        for table in &plan.tables {
-            let tcfg = dm.table(table).ok_or_else(|| SourceError::NoTable {
-                table: table.clone(),
-            })?;
-            scan_table(
-                &conn,
-                table,
-                &tcfg.config.tenant_column,
-                plan,
-                &mut failed,
-                tx,
-            )?;
-        }
-        conn.execute_batch("COMMIT").ok();
-        Ok(())
+/// One sequential pass per table, fanning rows out to their tenants. On a table where
+/// tenants' rows interleave (the usual case), this is several times faster than one
+/// index-driven query per tenant, which reads most pages once per tenant.
+pub fn scan(path: &Path, plan: &ScanPlan, tx: &SyncSender<ScanEvent>) -> Result<(), SourceError> {
+    let conn = open_ro(path)?;
+    let q = |e: rusqlite::Error| SourceError::Query {
+        table: String::new(),
+        message: e.to_string(),
+    };
+    conn.execute_batch("BEGIN").map_err(q)?;
+    // The read snapshot starts at the first read; take it now, for every table at once.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))
+        .map_err(q)?;
+    let mut failed = vec![false; plan.tenants.len()];
+    for table in &plan.tables {
+        scan_table(
+            &conn,
+            &table.name,
+            &table.tenant_column,
+            plan,
+            &mut failed,
+            tx,
+        )?;
     }
+    conn.execute_batch("COMMIT").ok();
+    Ok(())
 }
 
 fn columns(conn: &Connection, table: &str) -> Result<Option<Vec<Column>>, SourceError> {
@@ -370,6 +347,7 @@ pub fn parse_timestamp(b: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::DateTime;
 
     #[test]
     fn timestamps_parse_like_chrono() {
