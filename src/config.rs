@@ -55,6 +55,12 @@ pub struct ConfigFile {
     /// Snapshot tuning.
     #[serde(default)]
     pub snapshot: SnapshotSection,
+    /// Audit log: Object Lock for its records on S3 buckets that have it.
+    #[serde(default)]
+    pub audit: AuditSection,
+    /// Retention execution: batch size, timeouts, the safety brake.
+    #[serde(default)]
+    pub retention: RetentionSection,
 }
 
 #[derive(Debug, Deserialize)]
@@ -178,6 +184,65 @@ impl Default for SnapshotSection {
         }
     }
 }
+/// `[retention]`: how deletes are executed, and the brake on accidental mass deletion.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Rows per DELETE/UPDATE batch; each batch is one short transaction (default 10000).
+    #[serde(default = "default_retention_batch")]
+    pub batch_rows: u64,
+    /// PostgreSQL `lock_timeout` per batch, in milliseconds (default 2000); a batch that waits
+    /// longer is retried, so a long-held lock delays lethe, never the application.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout_ms: u64,
+    /// PostgreSQL `statement_timeout` per statement, in milliseconds (default 60000).
+    #[serde(default = "default_statement_timeout")]
+    pub statement_timeout_ms: u64,
+    /// Brake: the largest share of a table (all tenants) one run may delete or change without an
+    /// explicit `--plan-hash` confirmation (default 0.5).
+    #[serde(default = "default_max_share")]
+    pub max_share: f64,
+    /// ...counted only for tables where the run would touch at least this many rows
+    /// (default 1000; small tables churn by nature).
+    #[serde(default = "default_min_rows")]
+    pub brake_min_rows: u64,
+    /// Brake: the most rows one run may delete or change across all tables without
+    /// confirmation (default 10000000).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u64,
+}
+
+impl Default for RetentionSection {
+    fn default() -> Self {
+        Self {
+            batch_rows: default_retention_batch(),
+            lock_timeout_ms: default_lock_timeout(),
+            statement_timeout_ms: default_statement_timeout(),
+            max_share: default_max_share(),
+            brake_min_rows: default_min_rows(),
+            max_rows: default_max_rows(),
+        }
+    }
+}
+fn default_retention_batch() -> u64 {
+    10_000
+}
+fn default_lock_timeout() -> u64 {
+    2_000
+}
+fn default_statement_timeout() -> u64 {
+    60_000
+}
+fn default_max_share() -> f64 {
+    0.5
+}
+fn default_min_rows() -> u64 {
+    1_000
+}
+fn default_max_rows() -> u64 {
+    10_000_000
+}
+
 fn default_row_group_rows() -> usize {
     131_072
 }
@@ -189,6 +254,79 @@ fn default_file_rows() -> usize {
 }
 fn default_zstd_level() -> i32 {
     1
+}
+
+/// `[audit]`: how audit records and checkpoints are written.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// Object Lock mode for audit records and checkpoints when the store is an S3 bucket with
+    /// Object Lock enabled: `GOVERNANCE` (default; a principal with
+    /// `s3:BypassGovernanceRetention` can still remove them) or `COMPLIANCE` (nobody can,
+    /// not even the account root, until the date passes).
+    #[serde(default = "default_lock_mode")]
+    pub lock_mode: String,
+    /// How long each record and checkpoint stays locked after its time: `30d`, `12mo`, `1y`
+    /// (default `12mo`, the audit log's keep period; longer would make expiry fail).
+    #[serde(default = "default_lock_retain")]
+    pub lock_retain: String,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            lock_mode: default_lock_mode(),
+            lock_retain: default_lock_retain(),
+        }
+    }
+}
+fn default_lock_mode() -> String {
+    "GOVERNANCE".into()
+}
+fn default_lock_retain() -> String {
+    "12mo".into()
+}
+
+/// The validated `[audit]` section.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditSettings {
+    /// `GOVERNANCE` or `COMPLIANCE`.
+    pub lock_mode: String,
+    pub lock_retain: crate::policy::Span,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            lock_mode: default_lock_mode(),
+            lock_retain: crate::policy::Span::Months(12),
+        }
+    }
+}
+
+impl AuditSection {
+    /// `Err((key, message, fix))` for a bad value.
+    fn validate(&self) -> Result<AuditSettings, (&'static str, String, &'static str)> {
+        let mode = self.lock_mode.trim().to_ascii_uppercase();
+        if mode != "GOVERNANCE" && mode != "COMPLIANCE" {
+            return Err((
+                "audit.lock_mode",
+                format!("unknown Object Lock mode {:?}", self.lock_mode),
+                "write lock_mode = \"GOVERNANCE\" (removable with special permission) or \"COMPLIANCE\" (removable by nobody until the date)",
+            ));
+        }
+        let lock_retain = crate::policy::Span::parse(&self.lock_retain).map_err(|m| {
+            (
+                "audit.lock_retain",
+                m,
+                "write a duration such as \"12mo\", \"1y\" or \"400d\"",
+            )
+        })?;
+        Ok(AuditSettings {
+            lock_mode: mode,
+            lock_retain,
+        })
+    }
 }
 
 /// Where the primary database is.
@@ -242,6 +380,8 @@ pub struct Config {
     pub policy: PathBuf,
     pub jobs: PathBuf,
     pub snapshot: SnapshotSection,
+    pub audit: AuditSettings,
+    pub retention: RetentionSection,
 }
 
 impl Config {
@@ -394,6 +534,31 @@ impl Config {
             ));
         }
 
+        let r = &f.retention;
+        if r.batch_rows == 0
+            || r.max_rows == 0
+            || r.lock_timeout_ms == 0
+            || r.statement_timeout_ms == 0
+        {
+            return Err(invalid(
+                "retention",
+                "batch_rows, max_rows, lock_timeout_ms and statement_timeout_ms must be > 0".into(),
+                "remove the key to use the default",
+            ));
+        }
+        if !(r.max_share > 0.0 && r.max_share <= 1.0) {
+            return Err(invalid(
+                "retention.max_share",
+                format!("{} is outside (0, 1]", r.max_share),
+                "write a share like 0.5 (half of a table); 1.0 turns the share brake off",
+            ));
+        }
+
+        let audit = f
+            .audit
+            .validate()
+            .map_err(|(key, message, fix)| invalid(key, message, fix))?;
+
         Ok(Config {
             path: path.to_path_buf(),
             source,
@@ -405,6 +570,8 @@ impl Config {
             policy: resolve(&base, &f.paths.policy),
             jobs: resolve(&base, &f.paths.jobs),
             snapshot: f.snapshot,
+            audit,
+            retention: f.retention,
         })
     }
 }
@@ -480,5 +647,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.store.url, "file:///elsewhere");
+    }
+
+    #[test]
+    fn audit_section_defaults_and_validation() {
+        let base = "[source]\nurl = \"sqlite://x\"\n[store]\nurl = \"s\"\n";
+        let c = parse(base).unwrap();
+        assert_eq!(c.audit, AuditSettings::default());
+        assert_eq!(c.audit.lock_mode, "GOVERNANCE");
+        assert_eq!(c.audit.lock_retain, crate::policy::Span::Months(12));
+        let c = parse(&format!(
+            "{base}[audit]\nlock_mode = \"compliance\"\nlock_retain = \"400d\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.audit.lock_mode, "COMPLIANCE");
+        assert_eq!(c.audit.lock_retain, crate::policy::Span::Days(400));
+        let e = parse(&format!("{base}[audit]\nlock_mode = \"STRICT\"\n")).unwrap_err();
+        assert!(e.to_string().contains("audit.lock_mode"), "{e}");
+        let e = parse(&format!("{base}[audit]\nlock_retain = \"12 months\"\n")).unwrap_err();
+        assert!(e.to_string().contains("audit.lock_retain"), "{e}");
+        let e = parse(&format!("{base}[audit]\nkeep = \"1y\"\n")).unwrap_err();
+        assert!(e.to_string().contains("keep"), "{e}");
     }
 }

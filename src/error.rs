@@ -22,8 +22,15 @@ pub enum Error {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Snapshot(#[from] crate::snapshot::SnapshotError),
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditError),
     #[error("{0}")]
     Usage(String),
+    /// The job failed or refused (exit 1): a plan that changed, the brake, a failed verification.
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl Error {
@@ -34,6 +41,8 @@ impl Error {
             Error::Keys(e) if e.is_configuration() => 2,
             Error::Source(e) if e.is_configuration() => 2,
             Error::Store(e) if e.is_configuration() => 2,
+            Error::Sign(e) if e.is_configuration() => 2,
+            Error::Audit(e) if e.is_configuration() => 2,
             _ => 1,
         }
     }

@@ -141,6 +141,7 @@ pub struct Keyring {
     path: PathBuf,
     master: LessSafeKey,
     master_key_id: String,
+    subject_key: [u8; 32],
     file: KeyringFile,
 }
 
@@ -306,12 +307,33 @@ impl Keyring {
         } else {
             return Err(KeyError::NoKeyring { path: path.into() });
         };
+        let subject_key = {
+            let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &master);
+            let tag = ring::hmac::sign(&k, b"lethe/subject-hash/v1");
+            let mut out = [0u8; 32];
+            out.copy_from_slice(tag.as_ref());
+            out
+        };
         Ok(Keyring {
             path: path.to_path_buf(),
             master: key,
             master_key_id: id,
+            subject_key,
             file,
         })
+    }
+
+    /// The key of keyed subject hashes (HMAC-SHA256), derived from the master key: plans,
+    /// audit records and certificates name a data subject only by `hmac:<hex>` under this key.
+    pub fn subject_key(&self) -> [u8; 32] {
+        self.subject_key
+    }
+
+    /// `hmac:<first 32 hex chars>` of a subject under [`Keyring::subject_key`].
+    pub fn subject_hash(&self, subject: &str) -> String {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.subject_key);
+        let tag = ring::hmac::sign(&k, subject.as_bytes());
+        format!("hmac:{}", &hex(tag.as_ref())[..32])
     }
 
     pub fn master_key_id(&self) -> &str {
@@ -368,6 +390,28 @@ impl Keyring {
             )?;
         }
         self.data_key(tenant)
+    }
+
+    /// Destroy the tenant's data key (crypto-shredding): every snapshot encrypted under it, on
+    /// every copy and every object version, becomes unreadable. Irreversible, except from a
+    /// backup of the keyring. The keyring is saved atomically before this returns; `false` if
+    /// the tenant had no key.
+    pub fn destroy_data_key(&mut self, tenant: &str) -> Result<bool, KeyError> {
+        let Some(entry) = self.file.tenants.remove(tenant) else {
+            return Ok(false);
+        };
+        let saved = write_private(
+            &self.path,
+            serde_json::to_string_pretty(&self.file)
+                .expect("serializable")
+                .as_bytes(),
+        );
+        if let Err(e) = saved {
+            // Memory and disk must agree: the key still exists on disk.
+            self.file.tenants.insert(tenant.into(), entry);
+            return Err(e);
+        }
+        Ok(true)
     }
 
     fn wrap(&self, dek: &[u8]) -> Result<String, KeyError> {

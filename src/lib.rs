@@ -18,6 +18,7 @@
 //! Invariant held everywhere: personal data (cell values) never reaches a log line, an error
 //! message or an object in plaintext. Errors name tables, columns, files and keys, never values.
 
+pub mod audit;
 pub mod check;
 pub mod config;
 pub mod datamap;
@@ -27,7 +28,9 @@ pub mod jobs;
 pub mod keys;
 pub mod pipeline;
 pub mod policy;
+pub mod retention;
 pub mod s3;
+pub mod sign;
 pub mod snapshot;
 pub mod source;
 pub mod store;

@@ -46,8 +46,20 @@ enum Command {
     ///
     /// Prints every problem with its file, key or line, and a fix. Exit 2 if any.
     Check,
+    /// Retention dry run: what would be deleted, anonymized or flagged, per tenant and
+    /// category; what is held back and why; which backups would be purged; and the plan hash.
+    ///
+    /// Changes nothing anywhere (the database is opened read-only). To execute exactly this
+    /// plan, pass its hash: `lethe run retention --now <the plan's now> --plan-hash <hash>`.
+    Plan(PlanArgs),
     /// Run one step now (what a CronJob or systemd timer calls).
     Run(RunArgs),
+    /// The audit log: verify the hash chain and the signed checkpoints.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Keys: the public key that verifies audit checkpoints (and certificates).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Snapshot runs in the store: list, verify, restore.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -74,12 +86,62 @@ struct DemoArgs {
 }
 
 #[derive(Args)]
+struct PlanArgs {
+    /// Print the plan as JSON (the hash covers exactly this document).
+    #[arg(long)]
+    json: bool,
+    /// Plan as of this instant (RFC 3339) instead of the clock; never later than the clock.
+    #[arg(long, value_parser = parse_instant)]
+    now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Args)]
 struct RunArgs {
-    /// The step: `snapshot` (retention, backup-purge, erasure and analytics arrive with their issues).
+    /// The step: `snapshot` or `retention` (erasure and analytics arrive with their issues).
     step: String,
-    /// Only these tenants (repeatable).
+    /// Only these tenants (repeatable; snapshot only).
     #[arg(long = "tenant")]
     tenants: Vec<String>,
+    /// retention: execute only if the current plan has this hash (from `lethe plan`), which
+    /// also confirms a plan the safety brake stopped.
+    #[arg(long)]
+    plan_hash: Option<String>,
+    /// retention: run as of this instant (RFC 3339) instead of the clock; never later than the
+    /// clock, so an override can only delete less.
+    #[arg(long, value_parser = parse_instant)]
+    now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Verify the chain: every record's hash link, sequence and signed checkpoints.
+    ///
+    /// Exit 1 naming each edited, removed, reordered or inserted record.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the Ed25519 public key (checkpoints, certificates).
+    Public {
+        #[arg(long, value_enum, default_value = "jwk")]
+        format: KeyFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum KeyFormat {
+    Jwk,
+    Hex,
+}
+
+fn parse_instant(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e}: write an RFC 3339 instant like 2026-11-01T00:00:00Z"))
 }
 
 #[derive(Subcommand)]
@@ -119,6 +181,26 @@ enum SnapshotCommand {
         /// Only these tables (repeatable).
         #[arg(long = "table")]
         tables: Vec<String>,
+    },
+    /// Keep a committed run from backup purge until it is unpinned.
+    Pin {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        run: String,
+        /// Why (a ticket or case number; never personal data).
+        #[arg(long)]
+        reason: String,
+        /// Who pins it.
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+    /// Remove a pin.
+    Unpin {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        run: String,
     },
 }
 
@@ -204,6 +286,146 @@ fn print_snapshot_summary(run: &lethe::pipeline::SnapshotRun) {
     }
 }
 
+fn print_plan(plan: &lethe::retention::plan::RetentionPlan) {
+    use std::collections::BTreeMap;
+    println!(
+        "retention plan as of {} (policy {} {})",
+        plan.now, plan.policy_version, plan.policy_hash
+    );
+    // Per category and table, summed over tenants.
+    let mut by: BTreeMap<(&str, &str, &str), (usize, u64, u64, Option<&str>)> = BTreeMap::new();
+    for a in &plan.actions {
+        let e = by
+            .entry((a.category.as_str(), a.table.as_str(), a.action))
+            .or_insert((0, 0, 0, a.bound.as_deref()));
+        e.0 += 1;
+        e.1 += a.rows;
+        e.2 += a.blobs;
+    }
+    println!(
+        "\n{:<20} {:<20} {:<10} {:>7} {:>10} {:>7}  due if anchor <=",
+        "category", "table", "action", "tenants", "rows", "blobs"
+    );
+    for ((cat, table, action), (n, rows, blobs, bound)) in &by {
+        println!(
+            "{cat:<20} {table:<20} {action:<10} {n:>7} {rows:>10} {blobs:>7}  {}",
+            bound.unwrap_or("(every row: tenant terminated)")
+        );
+    }
+    if by.is_empty() {
+        println!("(nothing is due)");
+    }
+    if plan.pending_blobs > 0 {
+        println!(
+            "blob deletions left pending by an interrupted run: {}",
+            plan.pending_blobs
+        );
+    }
+    if !plan.backups.is_empty() {
+        println!("\nbackups to purge (every object; every version on versioned buckets):");
+        for r in &plan.backups {
+            println!("  {:<20} {:<24} {}", r.tenant, r.run_id, r.rule);
+        }
+    }
+    for t in &plan.shred_keys {
+        println!("crypto-shred: the data key of tenant {t} is destroyed");
+    }
+    if !plan.held_back.is_empty() {
+        println!("\nheld back:");
+        for h in &plan.held_back {
+            let what = match (&h.table, &h.run_id) {
+                (_, Some(r)) => format!("run {r}"),
+                (Some(t), None) => format!(
+                    "{t}{}{}",
+                    h.category
+                        .as_ref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default(),
+                    if h.rows > 0 {
+                        format!(": {} rows", h.rows)
+                    } else {
+                        String::new()
+                    }
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "  {:<20} {what} — {}: {}{}{}",
+                h.tenant,
+                h.kind,
+                h.reason,
+                h.placed_by
+                    .as_ref()
+                    .map(|b| format!(" (placed by {b})"))
+                    .unwrap_or_default(),
+                h.subject
+                    .as_ref()
+                    .map(|s| format!(" subject {s}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let t = &plan.totals;
+    println!(
+        "\ntotal: {} rows deleted, {} anonymized, {} flagged, {} blobs, {} backup runs; {} rows held back",
+        t.rows_deleted, t.rows_anonymized, t.rows_flagged, t.blobs, t.runs_purged, t.rows_held
+    );
+    for b in &plan.brake {
+        println!(
+            "BRAKE {}: {} of {} rows is over {}; `run retention` needs --plan-hash to confirm",
+            b.table, b.rows, b.of_rows, b.limit
+        );
+    }
+    println!("plan hash: {}", plan.hash);
+    println!(
+        "execute exactly this plan: lethe run retention --now {} --plan-hash {}",
+        plan.now, plan.hash
+    );
+}
+
+fn print_retention(run: &lethe::pipeline::RetentionRun) {
+    use std::collections::BTreeMap;
+    let o = &run.outcome;
+    let mut by: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for u in &o.units {
+        *by.entry((u.category.as_str(), u.table.as_str(), u.action))
+            .or_default() += u.rows.values().sum::<u64>();
+    }
+    println!(
+        "{:<20} {:<20} {:<10} {:>10}  verified",
+        "category", "table", "action", "rows"
+    );
+    for ((cat, table, action), rows) in &by {
+        println!("{cat:<20} {table:<20} {action:<10} {rows:>10}  re-query: 0 left");
+    }
+    println!(
+        "blobs deleted: {} (HEAD: not found); backup runs purged: {}; keys shredded: {}",
+        o.blobs_deleted,
+        o.runs.len(),
+        o.shredded.len()
+    );
+    if !run.plan.held_back.is_empty() {
+        println!("held back:");
+        let mut kinds: BTreeMap<(&str, &str), (usize, u64)> = BTreeMap::new();
+        for h in &run.plan.held_back {
+            let e = kinds.entry((h.kind, h.reason.as_str())).or_default();
+            e.0 += 1;
+            e.1 += h.rows;
+        }
+        for ((kind, reason), (n, rows)) in kinds {
+            println!(
+                "  {kind}: {n} item(s){} — {reason}",
+                if rows > 0 {
+                    format!(", {rows} rows")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    println!("plan {} executed; audit records written", o.plan_hash);
+}
+
 async fn run(cli: Cli) -> lethe::Result<ExitCode> {
     match cli.command {
         Command::Demo(a) => {
@@ -247,11 +469,27 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             let run = lethe::pipeline::run_snapshot(&config, &[]).await?;
             println!();
             print_snapshot_summary(&run);
+
+            // Retention, as the nightly job would run it after the snapshot.
+            let checked = lethe::check::check(&config)?;
+            let now = lethe::pipeline::clock(None)?;
+            let plan = lethe::pipeline::retention_plan(&checked, now).await?;
+            println!("\nretention as of {} (plan {})", plan.now, plan.hash);
+            if !plan.brake.is_empty() {
+                println!(
+                    "the safety brake stops a first run over {} table(s) of old data; the demo confirms this exact plan by its hash",
+                    plan.brake.len()
+                );
+            }
+            let retention = lethe::pipeline::run_retention(&checked, now, Some(&plan.hash)).await?;
+            print_retention(&retention);
             println!(
                 "\nencrypted snapshots are in {}; try:",
                 a.dir.join("store").display()
             );
             let c = config.display();
+            println!("  lethe --config {c} plan");
+            println!("  lethe --config {c} audit verify");
             println!("  lethe --config {c} snapshot ls");
             println!("  lethe --config {c} snapshot verify");
             println!(
@@ -285,11 +523,79 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                     ExitCode::from(1)
                 })
             }
+            "retention" => {
+                let c = lethe::check::check(&cli.config)?;
+                let now = lethe::pipeline::clock(r.now)?;
+                let run = lethe::pipeline::run_retention(&c, now, r.plan_hash.as_deref()).await?;
+                print_retention(&run);
+                Ok(ExitCode::SUCCESS)
+            }
             other => Err(lethe::Error::Usage(format!(
-                "unknown or not yet available step {other:?}; this build runs: snapshot"
-            ))
-            .into()),
+                "unknown or not yet available step {other:?}; this build runs: snapshot, retention"
+            ))),
         },
+        Command::Plan(p) => {
+            let c = lethe::check::check(&cli.config)?;
+            let now = lethe::pipeline::clock(p.now)?;
+            let plan = lethe::pipeline::retention_plan(&c, now).await?;
+            if p.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                );
+            } else {
+                print_plan(&plan);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { json }) => {
+            let config = lethe::config::Config::load(&cli.config)?;
+            let store = Store::open(&config.store)?;
+            let key = lethe::sign::SigningKey::load_or_create(
+                &lethe::sign::signing_key_path(&config.keyring),
+                false,
+            )?;
+            let r = lethe::audit::verify(&store, &key.public_key()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("report serializes")
+                );
+            } else {
+                for f in &r.findings {
+                    println!("FAIL {}: {}", f.key, f.problem);
+                }
+                println!(
+                    "{} records (seq {}..{}), {} checkpoints, {} not yet checkpointed; {} problem(s)",
+                    r.records,
+                    r.first_seq.map(|s| s.to_string()).unwrap_or("-".into()),
+                    r.last_seq.map(|s| s.to_string()).unwrap_or("-".into()),
+                    r.checkpoints,
+                    r.unanchored,
+                    r.findings.len()
+                );
+            }
+            Ok(if r.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Keys(KeysCommand::Public { format }) => {
+            let config = lethe::config::Config::load(&cli.config)?;
+            let key = lethe::sign::SigningKey::load_or_create(
+                &lethe::sign::signing_key_path(&config.keyring),
+                false,
+            )?;
+            match format {
+                KeyFormat::Jwk => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&key.public_jwk()).expect("jwk")
+                ),
+                KeyFormat::Hex => println!("{}", lethe::util::hex(&key.public_key())),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Snapshot(s) => {
             let config = lethe::config::Config::load(&cli.config)?;
             let store = Store::open(&config.store)?;
@@ -377,6 +683,38 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                         "restored run {} of tenant {tenant} into {} (plaintext: handle as personal data)",
                         o.run_id,
                         out.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                SnapshotCommand::Pin {
+                    tenant,
+                    run,
+                    reason,
+                    by,
+                } => {
+                    lethe::snapshot::purge::pin(
+                        &store,
+                        &tenant,
+                        &run,
+                        &reason,
+                        &by,
+                        chrono::Utc::now(),
+                    )
+                    .await?;
+                    println!(
+                        "pinned tenant {tenant} run {run}: backup purge keeps it until `lethe snapshot unpin`"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                SnapshotCommand::Unpin { tenant, run } => {
+                    let was = lethe::snapshot::purge::unpin(&store, &tenant, &run).await?;
+                    println!(
+                        "{}",
+                        if was {
+                            format!("unpinned tenant {tenant} run {run}")
+                        } else {
+                            format!("tenant {tenant} run {run} was not pinned")
+                        }
                     );
                     Ok(ExitCode::SUCCESS)
                 }

@@ -98,3 +98,156 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
     run.failed.sort();
     Ok(run)
 }
+
+/// The clock: the real one, or an override for tests and backfills. An override may only lie
+/// in the past — a clock in the future would delete data early.
+pub fn clock(
+    now: Option<chrono::DateTime<chrono::Utc>>,
+) -> crate::Result<chrono::DateTime<chrono::Utc>> {
+    let real = chrono::Utc::now();
+    match now {
+        None => Ok(real),
+        Some(t) if t <= real => Ok(t),
+        Some(t) => Err(crate::Error::Usage(format!(
+            "--now {} is later than the clock ({}); a clock in the future would delete data early. Use a time in the past, or leave --now out",
+            crate::util::rfc3339(t),
+            crate::util::rfc3339(real)
+        ))),
+    }
+}
+
+/// Plan retention at `now` without changing anything anywhere: the database is opened read-only,
+/// nothing is written to the store or the keyring.
+pub async fn retention_plan(
+    c: &Checked,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::Result<crate::retention::plan::RetentionPlan> {
+    let cfg = &c.config;
+    let keyring = match Keyring::open(&cfg.keyring, &cfg.master_key, false) {
+        Ok(k) => Some(k),
+        Err(crate::keys::KeyError::NoKeyring { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let mut db = crate::retention::db::Db::open(&cfg.source, false, &cfg.retention)?;
+    let store = Store::open(&cfg.store)?;
+    let keyed = keyring
+        .as_ref()
+        .map(|k| k.tenants().map(String::from).collect())
+        .unwrap_or_default();
+    let inv = crate::retention::inventory(c, &mut db, &store, keyed, now).await?;
+    let hash = |s: &str| match &keyring {
+        Some(k) => k.subject_hash(s),
+        None => "hmac:(no keyring yet)".to_string(),
+    };
+    crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)
+        .map_err(|e| crate::Error::Failed(e.to_string()))
+}
+
+/// What `lethe run retention` did.
+#[derive(Debug)]
+pub struct RetentionRun {
+    pub plan: crate::retention::plan::RetentionPlan,
+    pub outcome: crate::retention::execute::Outcome,
+}
+
+/// `lethe run retention`: plan at `now`, check the plan against `expect_hash` (or the brake),
+/// execute, audit, checkpoint.
+pub async fn run_retention(
+    c: &Checked,
+    now: chrono::DateTime<chrono::Utc>,
+    expect_hash: Option<&str>,
+) -> crate::Result<RetentionRun> {
+    use crate::retention::{db::Db, execute};
+    let cfg = &c.config;
+    let mut keyring = Keyring::open(&cfg.keyring, &cfg.master_key, true)?;
+    let signer = crate::sign::SigningKey::load_or_create(
+        &crate::sign::signing_key_path(&cfg.keyring),
+        true,
+    )?;
+    let mut db = Db::open(&cfg.source, true, &cfg.retention)?;
+    let store = Store::open(&cfg.store)?;
+    let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
+    let s3 = crate::snapshot::purge::s3_admin_for(&cfg.store).await?;
+    let keyed = keyring.tenants().map(String::from).collect();
+    let inv = crate::retention::inventory(c, &mut db, &store, keyed, now).await?;
+    let hash = |s: &str| keyring.subject_hash(s);
+    let plan =
+        crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)
+            .map_err(|e| crate::Error::Failed(e.to_string()))?;
+    let confirm = format!(
+        "lethe run retention --now {} --plan-hash {}",
+        crate::retention::plan::bound_text(now),
+        plan.hash
+    );
+    match expect_hash {
+        Some(h) if h != plan.hash => {
+            return Err(crate::Error::Failed(format!(
+                "the plan differs from the one confirmed ({h}): now {}. Nothing was deleted. Review it with `lethe plan --now {}` and confirm the new hash",
+                plan.hash,
+                crate::retention::plan::bound_text(now)
+            )));
+        }
+        Some(_) => {}
+        None if !plan.brake.is_empty() => {
+            let what: Vec<String> = plan
+                .brake
+                .iter()
+                .map(|b| {
+                    format!(
+                        "{}: {} of {} rows (over {})",
+                        b.table, b.rows, b.of_rows, b.limit
+                    )
+                })
+                .collect();
+            return Err(crate::Error::Failed(format!(
+                "safety brake: this run would change more than the configured limits allow without confirmation — {}. Nothing was deleted. Review with `lethe plan --now {}`, then confirm exactly that plan: {confirm}",
+                what.join("; "),
+                crate::retention::plan::bound_text(now)
+            )));
+        }
+        None => {}
+    }
+    let lock = crate::audit::object_lock_writer(cfg).await?;
+    let mut audit = crate::audit::AuditLog::open(store.clone(), signer, lock).await?;
+    audit
+        .append(
+            serde_json::json!({"step": "retention", "phase": "start", "plan_hash": plan.hash,
+                "now": plan.now, "policy_version": plan.policy_version, "policy_hash": plan.policy_hash,
+                "planned": plan.totals, "confirmed": expect_hash.is_some()}),
+            chrono::Utc::now(),
+        )
+        .await?;
+    let subject_key = keyring.subject_key();
+    let mut env = execute::Env {
+        dm: &c.data_map,
+        db: &mut db,
+        store: &store,
+        blobs: blobs.as_ref(),
+        s3: s3.as_ref(),
+        audit: &mut audit,
+        keyring: &mut keyring,
+        subject_key,
+        batch_rows: cfg.retention.batch_rows,
+        now,
+    };
+    let outcome = execute::execute(&mut env, &plan).await?;
+    audit
+        .append(
+            serde_json::json!({"step": "retention", "phase": "end", "plan_hash": plan.hash,
+                "rows": outcome.rows(), "blobs": outcome.blobs_deleted, "runs_purged": outcome.runs.len(),
+                "keys_shredded": outcome.shredded.len(), "verified": outcome.verified()}),
+            chrono::Utc::now(),
+        )
+        .await?;
+    audit
+        .expire(chrono::Utc::now(), crate::policy::Span::Months(12))
+        .await?;
+    audit.checkpoint(chrono::Utc::now()).await?;
+    if !outcome.verified() {
+        return Err(crate::Error::Failed(format!(
+            "retention ran but verification found rows or objects left (see the audit log's end records, plan {})",
+            plan.hash
+        )));
+    }
+    Ok(RetentionRun { plan, outcome })
+}

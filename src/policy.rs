@@ -2,9 +2,14 @@
 //! kept, measured from which column, and what happens after (delete, anonymize, flag); backup
 //! retention; tenant termination deadlines; statutory exceptions; legal holds.
 //!
-//! This module only parses and validates. Durations are calendar-aware: `12mo` from 31 March is
-//! 31 March next year, and from 29 February a year later is 28 February (chrono's
-//! `checked_add_months` semantics, clamped to the month's last day), all in UTC. The policy's
+//! This module parses and validates, and does the date arithmetic. Durations are calendar-aware,
+//! all in UTC: `12mo` from 31 March 10:00 ends 31 March 10:00 next year. When the day does not
+//! exist in the final month (from 29 February, or `1mo` from 31 January), the period ends with
+//! the end of that month's last day, i.e. at 00:00 on the 1st of the next month — the rule of EU
+//! Regulation 1182/71 art. 3(2)(c) for periods expressed in months. Unlike clamping to the last
+//! day at the same time of day, this rule is monotone (a later anchor never expires earlier), so
+//! "expired at `now`" is exactly `anchor <= cutoff(now)` for a single cutoff ([`Span::cutoff`]):
+//! one range predicate, exact in SQL, to the microsecond. The policy's
 //! content hash (sha256 of the file's bytes) is recorded with every snapshot, audit record and
 //! certificate, so a reader can tell which rules were in force.
 //!
@@ -15,7 +20,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use chrono::{DateTime, Months, TimeDelta, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
 use serde::Deserialize;
 
 use crate::check::{Problem, Problems};
@@ -59,16 +64,70 @@ impl Span {
         })
     }
 
-    /// `t + self`, calendar-aware for months and years (clamped to the month's end).
-    pub fn after(self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    fn months(self) -> Option<u32> {
         match self {
-            Span::Minutes(n) => t.checked_add_signed(TimeDelta::minutes(n.into())),
-            Span::Hours(n) => t.checked_add_signed(TimeDelta::hours(n.into())),
-            Span::Days(n) => t.checked_add_signed(TimeDelta::days(n.into())),
-            Span::Months(n) => t.checked_add_months(Months::new(n)),
-            Span::Years(n) => t.checked_add_months(Months::new(n.checked_mul(12)?)),
+            Span::Months(n) => Some(n),
+            Span::Years(n) => n.checked_mul(12),
+            _ => None,
         }
     }
+
+    fn fixed(self) -> Option<TimeDelta> {
+        match self {
+            Span::Minutes(n) => Some(TimeDelta::minutes(n.into())),
+            Span::Hours(n) => Some(TimeDelta::hours(n.into())),
+            Span::Days(n) => Some(TimeDelta::days(n.into())),
+            _ => None,
+        }
+    }
+
+    /// When a period of `self` starting at `t` ends: `t + self`, in calendar months for months
+    /// and years; a day missing from the final month ends the period at 00:00 of the next
+    /// month's 1st (see the module doc).
+    pub fn after(self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if let Some(d) = self.fixed() {
+            return t.checked_add_signed(d);
+        }
+        let n = self.months()?;
+        let end = t.checked_add_months(Months::new(n))?;
+        if end.day() == t.day() {
+            return Some(end);
+        }
+        // chrono clamped the day: the period ends with the end of `end`'s month.
+        first_of_next_month(end)
+    }
+
+    /// The latest anchor whose period has ended at `now`: for every `a`,
+    /// `self.after(a) <= now` exactly when `a <= self.cutoff(now)`. `None` when no anchor is
+    /// that old (the calendar underflows).
+    pub fn cutoff(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        if let Some(d) = self.fixed() {
+            return now.checked_sub_signed(d);
+        }
+        let n = self.months()?;
+        let back = now.checked_sub_months(Months::new(n))?;
+        if back.day() == now.day() {
+            // The same day and time n months earlier ends exactly at `now`.
+            return Some(back);
+        }
+        // `now`'s day does not exist n months earlier: every instant of that (shorter) month
+        // has ended, and nothing of the next month has.
+        first_of_next_month(back)?.checked_sub_signed(TimeDelta::microseconds(1))
+    }
+}
+
+/// 00:00 UTC on the first day of the month after `t`'s.
+fn first_of_next_month(t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let (y, m) = if t.month() == 12 {
+        (t.year() + 1, 1)
+    } else {
+        (t.year(), t.month() + 1)
+    };
+    Some(
+        NaiveDate::from_ymd_opt(y, m, 1)?
+            .and_hms_opt(0, 0, 0)?
+            .and_utc(),
+    )
 }
 
 impl fmt::Display for Span {
@@ -159,7 +218,7 @@ struct OverrideConfig {
 }
 
 /// A legal hold: data matching it is never deleted while the hold stands.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LegalHold {
     pub tenant: String,
@@ -580,9 +639,92 @@ mod tests {
     fn months_are_calendar_months() {
         let t = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).unwrap();
         assert_eq!(Span::Months(12).after(t(2025, 3, 31)), Some(t(2026, 3, 31)));
-        assert_eq!(Span::Months(1).after(t(2026, 1, 31)), Some(t(2026, 2, 28)));
-        assert_eq!(Span::Years(1).after(t(2024, 2, 29)), Some(t(2025, 2, 28)));
+        let midnight = |y, m, d| Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).unwrap();
+        // A day missing from the final month: the period ends with that month's last day.
+        assert_eq!(
+            Span::Months(1).after(t(2026, 1, 31)),
+            Some(midnight(2026, 3, 1))
+        );
+        assert_eq!(
+            Span::Years(1).after(t(2024, 2, 29)),
+            Some(midnight(2025, 3, 1))
+        );
+        assert_eq!(Span::Months(1).after(t(2026, 1, 28)), Some(t(2026, 2, 28)));
         assert_eq!(Span::Days(90).after(t(2026, 1, 1)), Some(t(2026, 4, 1)));
+        // The cutoff is the exact inverse.
+        assert_eq!(
+            Span::Months(12).cutoff(t(2026, 3, 31)),
+            Some(t(2025, 3, 31))
+        );
+        let end_of_feb = midnight(2026, 3, 1) - TimeDelta::microseconds(1);
+        assert_eq!(Span::Months(1).cutoff(t(2026, 3, 31)), Some(end_of_feb));
+    }
+
+    /// Tiny deterministic generator for the property tests (no dependency needed).
+    struct SplitMix(u64);
+    impl SplitMix {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        /// An instant in 2023..2027, biased towards month ends and midnights.
+        fn instant(&mut self) -> DateTime<Utc> {
+            let base = Utc.with_ymd_and_hms(2023, 1, 1, 0, 0, 0).unwrap();
+            let day = (self.next() % (4 * 366)) as i64;
+            let mut t = base + TimeDelta::days(day);
+            if self.next() % 3 == 0 {
+                // Snap to one of the last four days of the month.
+                let last = first_of_next_month(t).unwrap() - TimeDelta::days(1);
+                t = last - TimeDelta::days((self.next() % 4) as i64);
+            }
+            let secs = match self.next() % 4 {
+                0 => 0,
+                1 => 86_399,
+                _ => (self.next() % 86_400) as i64,
+            };
+            t.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() + TimeDelta::seconds(secs)
+        }
+    }
+
+    /// Property: for every span, anchor and now, `after(a) <= now` iff `a <= cutoff(now)`, and
+    /// `after` is monotone. Checked on 200k generated cases including month ends and leap days.
+    #[test]
+    fn cutoff_is_the_exact_inverse_of_after() {
+        let mut g = SplitMix(7);
+        let spans = [
+            Span::Minutes(30),
+            Span::Hours(1),
+            Span::Days(90),
+            Span::Months(1),
+            Span::Months(12),
+            Span::Months(13),
+            Span::Years(1),
+        ];
+        for i in 0..200_000 {
+            let span = spans[i % spans.len()];
+            let now = g.instant();
+            let a = match g.next() % 3 {
+                // Near the cutoff, to hit the boundary to the second.
+                0 => span.cutoff(now).unwrap() + TimeDelta::seconds((g.next() % 5) as i64 - 2),
+                _ => g.instant(),
+            };
+            let expired = span.after(a).unwrap() <= now;
+            assert_eq!(
+                expired,
+                a <= span.cutoff(now).unwrap(),
+                "{span} anchor {a} now {now}"
+            );
+            let b = g.instant();
+            if a <= b {
+                assert!(
+                    span.after(a) <= span.after(b),
+                    "{span} not monotone at {a} {b}"
+                );
+            }
+        }
     }
 
     #[test]

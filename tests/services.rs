@@ -440,3 +440,205 @@ fn an_object_under_object_lock_is_reported_with_its_retain_until_date_not_lost()
             .unwrap();
     });
 }
+
+/// A committed snapshot run written through `store` (fake part bodies tagged with `tag`, so a
+/// second write makes new object versions).
+async fn put_fake_run(
+    store: &lethe::store::Store,
+    tenant: &str,
+    run: &str,
+    parts: usize,
+    tag: &str,
+) {
+    use lethe::snapshot::manifest::{FORMAT, FileEntry, Manifest, TableEntry};
+    let mut files = Vec::new();
+    for i in 0..parts {
+        let key = lethe::snapshot::part_key(tenant, run, "messages", i);
+        let body = bytes::Bytes::from(format!("{tag}: part {i} of {tenant}/{run}"));
+        files.push(FileEntry {
+            table: "messages".into(),
+            path: key.to_string(),
+            rows: 1,
+            bytes: body.len() as u64,
+            sha256: lethe::util::sha256_hex(&body),
+            schema_fingerprint: "sha256:x".into(),
+        });
+        store.put(&key, body).await.unwrap();
+    }
+    let mut m = Manifest {
+        format: FORMAT.into(),
+        run_id: run.into(),
+        tenant: tenant.into(),
+        created_at: "2026-11-22T20:50:11Z".into(),
+        committed_at: "2026-11-22T20:50:12Z".into(),
+        tool_version: tag.into(),
+        policy_version: "1".into(),
+        policy_hash: "sha256:x".into(),
+        key_id: "dek-x".into(),
+        master_key_id: "lethe-master-x".into(),
+        tables: vec![TableEntry {
+            table: "messages".into(),
+            rows: parts as u64,
+            schema_fingerprint: "sha256:x".into(),
+        }],
+        files,
+        checksum: String::new(),
+    };
+    store
+        .put(
+            &lethe::snapshot::manifest_key(tenant, run),
+            bytes::Bytes::from(m.to_bytes()),
+        )
+        .await
+        .unwrap();
+}
+
+/// (versions, delete markers) under `prefix` (full key), by the SDK, independently of lethe.
+async fn count_versions(sdk: &aws_sdk_s3::Client, bucket: &str, prefix: &str) -> (usize, usize) {
+    let v = sdk
+        .list_object_versions()
+        .bucket(bucket)
+        .prefix(prefix)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(v.is_truncated(), Some(true));
+    (v.versions().len(), v.delete_markers().len())
+}
+
+/// A `Store` over the test server's bucket under `prefix` (credentials given, not from the env).
+fn s3_store(moto: &Moto, bucket: &str, prefix: &str) -> lethe::store::Store {
+    lethe::store::Store {
+        url: format!("s3://{bucket}/{prefix}"),
+        inner: std::sync::Arc::new(object_store::prefix::PrefixStore::new(
+            moto.client(bucket),
+            prefix,
+        )),
+    }
+}
+
+#[test]
+fn purge_run_on_a_versioned_bucket_leaves_no_version_and_no_delete_marker_of_the_run() {
+    let Some(moto) = Moto::start("purge_run_versioned") else {
+        return;
+    };
+    let bucket = "lethe-purge-run";
+    moto.create_bucket_with(bucket, true, false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = s3_store(&moto, bucket, "prod");
+        let sdk = moto.sdk();
+        // The run, written twice: every object has two versions.
+        put_fake_run(&store, "acme", "r1", 3, "first").await;
+        put_fake_run(&store, "acme", "r1", 3, "second").await;
+        // A deleted object of the run: one version and a delete marker.
+        let gone = lethe::snapshot::part_key("acme", "r1", "calls", 0);
+        store.put(&gone, bytes::Bytes::from("x")).await.unwrap();
+        store.inner.delete(&gone).await.unwrap();
+        // Neighbours: r10 shares the string prefix `run=r1`; another tenant's r1.
+        put_fake_run(&store, "acme", "r10", 2, "first").await;
+        put_fake_run(&store, "acme2", "r1", 1, "first").await;
+        let run = "prod/snapshots/tenant=acme/run=r1/";
+        assert_eq!(count_versions(&sdk, bucket, run).await, (9, 1));
+
+        let admin = lethe::s3::S3Admin::from_client(moto.sdk(), bucket, "prod");
+        let out = lethe::snapshot::purge::purge_run(&store, Some(&admin), "acme", "r1")
+            .await
+            .unwrap();
+        assert_eq!(
+            out.method,
+            lethe::snapshot::purge::METHOD_PURGE_ALL_VERSIONS
+        );
+        assert!(out.verified, "{out:?}");
+        assert!(out.locked.is_empty(), "{out:?}");
+        assert_eq!(out.objects_deleted, 4, "{out:?}"); // 3 parts and the manifest
+        assert_eq!(out.versions_deleted, 9, "{out:?}");
+        // The deleted object's marker and the one the manifest delete left first.
+        assert_eq!(out.delete_markers_deleted, 2, "{out:?}");
+
+        // Independently: nothing of the run under any version; the neighbours untouched.
+        assert_eq!(count_versions(&sdk, bucket, run).await, (0, 0));
+        assert_eq!(
+            count_versions(&sdk, bucket, "prod/snapshots/tenant=acme/run=r10/").await,
+            (3, 0)
+        );
+        assert_eq!(
+            count_versions(&sdk, bucket, "prod/snapshots/tenant=acme2/").await,
+            (2, 0)
+        );
+        let committed: Vec<String> = lethe::snapshot::read::committed(&store, "acme")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.run_id)
+            .collect();
+        assert_eq!(committed, ["r10"]);
+
+        // Again: already gone, nothing deleted (not even a stray delete marker made), verified.
+        let again = lethe::snapshot::purge::purge_run(&store, Some(&admin), "acme", "r1")
+            .await
+            .unwrap();
+        assert!(again.verified, "{again:?}");
+        assert_eq!(
+            (
+                again.objects_deleted,
+                again.versions_deleted,
+                again.delete_markers_deleted
+            ),
+            (0, 0, 0),
+            "{again:?}"
+        );
+        assert_eq!(count_versions(&sdk, bucket, run).await, (0, 0));
+    });
+}
+
+#[test]
+fn purge_run_reports_an_object_locked_manifest_and_keeps_the_run_uncommitted() {
+    let Some(moto) = Moto::start("purge_run_locked") else {
+        return;
+    };
+    let bucket = "lethe-purge-locked";
+    moto.create_bucket_with(bucket, true, true);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = s3_store(&moto, bucket, "prod");
+        let admin = lethe::s3::S3Admin::from_client(moto.sdk(), bucket, "prod");
+        put_fake_run(&store, "acme", "r1", 2, "first").await;
+        // The manifest rewritten under a compliance lock: the run stays committed.
+        let manifest = lethe::snapshot::manifest_key("acme", "r1");
+        let body = store.get(&manifest).await.unwrap();
+        let until = chrono::Utc::now() + chrono::Duration::days(30);
+        let lock = lethe::s3::Lock {
+            mode: "COMPLIANCE".into(),
+            retain_until: until,
+        };
+        admin
+            .put_locked(manifest.as_ref(), body, &lock)
+            .await
+            .unwrap();
+
+        let out = lethe::snapshot::purge::purge_run(&store, Some(&admin), "acme", "r1")
+            .await
+            .unwrap();
+        // The locked version stays and is reported; the unlocked first version went.
+        assert_eq!(out.locked.len(), 1, "{out:?}");
+        assert_eq!(
+            out.locked[0].key,
+            "prod/snapshots/tenant=acme/run=r1/_manifest.json"
+        );
+        assert_eq!(out.versions_deleted, 3, "{out:?}");
+        // Nothing else is left, and the locked manifest is hidden again: the run is not
+        // committed, so no reader trusts a manifest whose files are gone.
+        assert!(out.verified, "{out:?}");
+        assert!(store.get_opt(&manifest).await.unwrap().is_none());
+        assert!(
+            lethe::snapshot::read::committed(&store, "acme")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let (versions, _markers) =
+            count_versions(&moto.sdk(), bucket, "prod/snapshots/tenant=acme/run=r1/").await;
+        assert_eq!(versions, 1);
+    });
+}

@@ -14,6 +14,7 @@
 //! - Run ids sort by creation time (`YYYYMMDDTHHMMSSZ-<4 hex>`).
 
 pub mod manifest;
+pub mod purge;
 pub mod read;
 pub mod write;
 
@@ -49,6 +50,31 @@ pub enum SnapshotError {
     },
     #[error("snapshot verification failed: {0} problem(s), listed above")]
     VerifyFailed(usize),
+    /// A tenant or run id that is not a plain identifier: in a key prefix it could widen a
+    /// purge to a whole tenant or the store. Nothing was touched.
+    #[error(
+        "refusing to {op}: {what} id {value:?} is not a safe identifier (1 to 64 of A-Z a-z 0-9 _ -)"
+    )]
+    UnsafeId {
+        op: &'static str,
+        what: &'static str,
+        value: String,
+    },
+    /// A purge of a pinned run. Nothing was deleted.
+    #[error(
+        "refusing to purge tenant {tenant} run {run}: it is pinned (since {placed_at})\n  fix: unpin it first (`lethe snapshot unpin`) if the pin is no longer needed"
+    )]
+    Pinned {
+        tenant: String,
+        run: String,
+        placed_at: String,
+    },
+    #[error("cannot pin tenant {tenant} run {run}: {why}")]
+    BadPin {
+        tenant: String,
+        run: String,
+        why: &'static str,
+    },
 }
 
 pub const SNAPSHOTS: &str = "snapshots";

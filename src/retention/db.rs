@@ -1,0 +1,653 @@
+//! The primary database as retention sees it: the inventory's counting queries and the batched
+//! DELETE / UPDATE statements, for PostgreSQL and SQLite.
+//!
+//! Every statement is built here from identifiers of the data map (quoted) and values lethe
+//! made (tenant ids that passed the slug check, instants it formatted, primary keys it read
+//! back), as SQL literals. PostgreSQL statements go through the simple-query protocol, whose
+//! results are text — the same text SQLite values are turned into — so one code path serves
+//! both. Held subjects (personal data) appear only inside statements, never in logs or errors.
+//!
+//! Timestamps: PostgreSQL sessions run with `TimeZone = UTC`, so a `timestamptz` anchor compares
+//! against the UTC instant. SQLite has no timestamp type; anchors must be stored as UTC text
+//! `YYYY-MM-DD HH:MM:SS[.ffffff]` (what `schemas/demo_app.sql` does), which compares correctly as
+//! text.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rusqlite::types::ValueRef;
+use tokio::runtime::Handle;
+use tokio_postgres::error::SqlState;
+
+use crate::config::{RetentionSection, SourceUrl};
+use crate::datamap::{DataMap, Table};
+use crate::policy::LegalHold;
+use crate::retention::plan::{Change, Selection};
+use crate::source::SourceError;
+use crate::source::postgres::{config as pg_config, connect as pg_connect, pg_error, redact};
+use crate::util::quote_ident as qi;
+
+/// The table lethe keeps its pending blob deletions in (created on the first destructive run).
+pub const OUTBOX: &str = "lethe_blob_outbox";
+
+/// A row of text values.
+pub type Row = Vec<Option<String>>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection to the primary database.
+pub enum Db {
+    Sqlite(rusqlite::Connection),
+    Postgres {
+        handle: Handle,
+        client: tokio_postgres::Client,
+    },
+}
+
+/// A statement failed; `retry` when it is worth trying again (a lock or statement timeout).
+#[derive(Debug)]
+pub struct DbError {
+    pub message: String,
+    pub retry: bool,
+}
+
+impl DbError {
+    pub fn on(self, table: &str) -> SourceError {
+        SourceError::Query {
+            table: table.into(),
+            message: self.message,
+        }
+    }
+}
+
+/// A string as an SQL literal.
+pub fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// An instant as an SQL literal both dialects compare correctly (see the module doc).
+pub fn ts_lit(t: DateTime<Utc>) -> String {
+    if t.timestamp_subsec_micros() == 0 {
+        lit(&t.format("%Y-%m-%d %H:%M:%S").to_string())
+    } else {
+        lit(&t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+    }
+}
+
+fn sqlite_text(v: ValueRef<'_>) -> Option<String> {
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Some(crate::util::hex(b)),
+    }
+}
+
+impl Db {
+    /// Connect. `write` opens SQLite read-write (planning opens it read-only, so `lethe plan`
+    /// cannot change anything); PostgreSQL sessions get UTC and the configured timeouts.
+    pub fn open(url: &SourceUrl, write: bool, cfg: &RetentionSection) -> Result<Db, SourceError> {
+        match url {
+            SourceUrl::Sqlite(path) => {
+                use rusqlite::OpenFlags;
+                let open_err = |message: String| SourceError::Open {
+                    url: format!("sqlite://{}", path.display()),
+                    message,
+                    fix: "check source.url in lethe.toml".into(),
+                };
+                if !path.exists() {
+                    return Err(open_err("file not found".into()));
+                }
+                let flags = if write {
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                } else {
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                };
+                let c = rusqlite::Connection::open_with_flags(path, flags)
+                    .map_err(|e| open_err(e.to_string()))?;
+                c.busy_timeout(std::time::Duration::from_millis(cfg.lock_timeout_ms))
+                    .map_err(|e| open_err(e.to_string()))?;
+                Ok(Db::Sqlite(c))
+            }
+            SourceUrl::Postgres(u) => {
+                let handle = Handle::try_current().map_err(|_| SourceError::Open {
+                    url: redact(u),
+                    message: "no async runtime".into(),
+                    fix: "call from within lethe's runtime".into(),
+                })?;
+                let config = pg_config(u)?;
+                let client =
+                    tokio::task::block_in_place(|| handle.block_on(pg_connect(&config, u)))?;
+                let mut db = Db::Postgres { handle, client };
+                let setup = format!(
+                    "SET TIME ZONE 'UTC'; SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'; SET idle_in_transaction_session_timeout = '60s'",
+                    cfg.lock_timeout_ms, cfg.statement_timeout_ms
+                );
+                db.query(&setup).map_err(|e| SourceError::Open {
+                    url: redact(u),
+                    message: e.message,
+                    fix: "check that the user may SET session parameters".into(),
+                })?;
+                Ok(db)
+            }
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Db::Sqlite(_) => Dialect::Sqlite,
+            Db::Postgres { .. } => Dialect::Postgres,
+        }
+    }
+
+    /// Run `sql` (PostgreSQL: one or more statements, implicitly one transaction) and return
+    /// the rows of the last statement that returned any.
+    pub fn query(&mut self, sql: &str) -> Result<Vec<Row>, DbError> {
+        match self {
+            Db::Sqlite(c) => {
+                let mut st = c.prepare(sql).map_err(|e| DbError {
+                    message: e.to_string(),
+                    retry: false,
+                })?;
+                let n = st.column_count();
+                let mut rows = st.query([]).map_err(sqlite_err)?;
+                let mut out = Vec::new();
+                while let Some(r) = rows.next().map_err(sqlite_err)? {
+                    out.push((0..n).map(|i| sqlite_text(r.get_ref_unwrap(i))).collect());
+                }
+                Ok(out)
+            }
+            Db::Postgres { handle, client } => {
+                let msgs =
+                    tokio::task::block_in_place(|| handle.block_on(client.simple_query(sql)))
+                        .map_err(|e| DbError {
+                            retry: matches!(
+                                e.code(),
+                                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
+                                    || *c == SqlState::QUERY_CANCELED
+                                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
+                            ),
+                            message: pg_error(&e),
+                        })?;
+                let mut out: Vec<Row> = Vec::new();
+                let mut current: Vec<Row> = Vec::new();
+                for m in msgs {
+                    match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            current.push((0..r.len()).map(|i| r.get(i).map(String::from)).collect())
+                        }
+                        tokio_postgres::SimpleQueryMessage::CommandComplete(_) => {
+                            if !current.is_empty() {
+                                out = std::mem::take(&mut current);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                if !current.is_empty() {
+                    out = current;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// SQLite: run `stmts` in one `BEGIN IMMEDIATE` transaction and return the rows of the
+    /// last. (PostgreSQL changes are single statements with CTEs, atomic on their own.)
+    fn sqlite_txn(&mut self, stmts: &[String]) -> Result<Vec<Row>, DbError> {
+        let Db::Sqlite(c) = self else {
+            unreachable!("sqlite_txn on PostgreSQL")
+        };
+        let tx = c
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sqlite_err)?;
+        let mut out = Vec::new();
+        for (i, sql) in stmts.iter().enumerate() {
+            let mut st = tx.prepare(sql).map_err(sqlite_err)?;
+            let n = st.column_count();
+            let mut rows = st.query([]).map_err(sqlite_err)?;
+            let mut these = Vec::new();
+            while let Some(r) = rows.next().map_err(sqlite_err)? {
+                these.push(
+                    (0..n)
+                        .map(|i| sqlite_text(r.get_ref_unwrap(i)))
+                        .collect::<Row>(),
+                );
+            }
+            if i == stmts.len() - 1 {
+                out = these;
+            }
+        }
+        tx.commit().map_err(sqlite_err)?;
+        Ok(out)
+    }
+
+    /// Does `table` exist?
+    pub fn has_table(&mut self, table: &str) -> Result<bool, DbError> {
+        let sql = match self.dialect() {
+            Dialect::Sqlite => format!(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = {}",
+                lit(table)
+            ),
+            Dialect::Postgres => format!(
+                "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = {} AND schemaname = ANY (current_schemas(false))",
+                lit(table)
+            ),
+        };
+        Ok(self.query(&sql)?[0][0].as_deref() != Some("0"))
+    }
+
+    /// Create the blob outbox if it does not exist yet.
+    pub fn ensure_outbox(&mut self) -> Result<(), DbError> {
+        let sql = match self.dialect() {
+            Dialect::Sqlite => format!(
+                "CREATE TABLE IF NOT EXISTS {OUTBOX} (id INTEGER PRIMARY KEY AUTOINCREMENT, tenant TEXT NOT NULL, blob_key TEXT NOT NULL, enqueued_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            ),
+            Dialect::Postgres => format!(
+                "CREATE TABLE IF NOT EXISTS {OUTBOX} (id bigserial PRIMARY KEY, tenant text NOT NULL, blob_key text NOT NULL, enqueued_at timestamptz NOT NULL DEFAULT now())"
+            ),
+        };
+        self.query(&sql).map(|_| ())
+    }
+}
+
+fn sqlite_err(e: rusqlite::Error) -> DbError {
+    let retry = matches!(
+        &e,
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
+    );
+    DbError {
+        message: e.to_string(),
+        retry,
+    }
+}
+
+/// `COALESCE(<any subject column> IN (…), FALSE)` for a held subject list.
+fn subject_match(table: &Table, subjects: &[String]) -> String {
+    let list = subjects
+        .iter()
+        .map(|s| lit(s))
+        .collect::<Vec<_>>()
+        .join(", ");
+    table
+        .config
+        .subject_columns
+        .iter()
+        .map(|c| format!("COALESCE(CAST({} AS TEXT) IN ({list}), FALSE)", qi(c)))
+        .collect::<Vec<_>>()
+        .join(" OR ")
+}
+
+/// The WHERE clause of a selection over `tenants`; `with_exclusion` leaves held subjects out.
+pub fn predicate(
+    table: &Table,
+    sel: &Selection,
+    tenants: &[String],
+    with_exclusion: bool,
+) -> String {
+    let mut p = Vec::new();
+    let list = tenants
+        .iter()
+        .map(|t| lit(t))
+        .collect::<Vec<_>>()
+        .join(", ");
+    p.push(format!("{} IN ({list})", qi(&table.config.tenant_column)));
+    if let (Some(a), Some(c)) = (&sel.anchor, sel.cutoff) {
+        p.push(format!("{} <= {}", qi(a), ts_lit(c)));
+    }
+    match &sel.change {
+        Change::Delete => {}
+        Change::Anonymize { columns, .. } => p.push(format!(
+            "({})",
+            columns
+                .iter()
+                .map(|c| format!("{} IS NOT NULL", qi(c)))
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        )),
+        Change::Flag { column } => p.push(format!("{} IS NULL", qi(column))),
+    }
+    if with_exclusion && !sel.excluded_subjects.is_empty() {
+        p.push(format!(
+            "NOT ({})",
+            subject_match(table, &sel.excluded_subjects)
+        ));
+    }
+    p.join(" AND ")
+}
+
+/// Per-tenant answers for one selection shared by `tenants`.
+pub fn stats(
+    db: &mut Db,
+    table: &Table,
+    sel: &Selection,
+    tenants: &[String],
+) -> Result<BTreeMap<String, crate::retention::plan::Stats>, SourceError> {
+    let tc = qi(&table.config.tenant_column);
+    let pk = qi(&table.config.primary_key);
+    let anchor = |f: &str| match &sel.anchor {
+        Some(a) => format!("CAST({f}({}) AS TEXT)", qi(a)),
+        None => "NULL".into(),
+    };
+    let blob = match &table.config.blob_column {
+        Some(b) => format!("count({})", qi(b)),
+        None => "0".into(),
+    };
+    let sql = format!(
+        "SELECT CAST({tc} AS TEXT), count(*), {}, {}, CAST(min({pk}) AS TEXT), CAST(max({pk}) AS TEXT), {blob} FROM {} WHERE {} GROUP BY {tc}",
+        anchor("min"),
+        anchor("max"),
+        qi(&table.name),
+        predicate(table, sel, tenants, true)
+    );
+    let mut out: BTreeMap<String, crate::retention::plan::Stats> = tenants
+        .iter()
+        .map(|t| (t.clone(), Default::default()))
+        .collect();
+    for r in db.query(&sql).map_err(|e| e.on(&table.name))? {
+        let Some(t) = r[0].clone() else { continue };
+        let n = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if let Some(s) = out.get_mut(&t) {
+            s.rows = n(&r[1]);
+            s.oldest = r[2].clone();
+            s.newest = r[3].clone();
+            s.min_pk = r[4].clone();
+            s.max_pk = r[5].clone();
+            s.blobs = n(&r[6]);
+        }
+    }
+    if !sel.excluded_subjects.is_empty() {
+        let sql = format!(
+            "SELECT CAST({tc} AS TEXT), count(*) FROM {} WHERE {} AND ({}) GROUP BY {tc}",
+            qi(&table.name),
+            predicate(table, sel, tenants, false),
+            subject_match(table, &sel.excluded_subjects)
+        );
+        for r in db.query(&sql).map_err(|e| e.on(&table.name))? {
+            if let (Some(t), Some(n)) = (&r[0], &r[1])
+                && let Some(s) = out.get_mut(t)
+            {
+                s.held_by_subject = n.parse().unwrap_or(0);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rows per tenant of `table`.
+pub fn table_rows(db: &mut Db, table: &Table) -> Result<BTreeMap<String, u64>, SourceError> {
+    let tc = qi(&table.config.tenant_column);
+    let sql = format!(
+        "SELECT CAST({tc} AS TEXT), count(*) FROM {} GROUP BY {tc}",
+        qi(&table.name)
+    );
+    Ok(db
+        .query(&sql)
+        .map_err(|e| e.on(&table.name))?
+        .into_iter()
+        .filter_map(|r| Some((r[0].clone()?, r[1].as_deref()?.parse().ok()?)))
+        .collect())
+}
+
+/// Legal holds from the source table named by `legal_holds_source` (columns `tenant`,
+/// `table_name`, `category`, `subject`, `reason`, `placed_by`, `placed_at`).
+pub fn source_holds(db: &mut Db, table: &str) -> Result<Vec<LegalHold>, SourceError> {
+    let sql = format!(
+        "SELECT CAST(tenant AS TEXT), CAST(table_name AS TEXT), CAST(category AS TEXT), CAST(subject AS TEXT), CAST(reason AS TEXT), CAST(placed_by AS TEXT), CAST(placed_at AS TEXT) FROM {}",
+        qi(table)
+    );
+    let rows = db.query(&sql).map_err(|e| SourceError::Query {
+        table: table.into(),
+        message: format!(
+            "{} (legal_holds_source.table needs columns tenant, table_name, category, subject, reason, placed_by, placed_at)",
+            e.message
+        ),
+    })?;
+    let mut holds = Vec::new();
+    for (i, r) in rows.into_iter().enumerate() {
+        let (Some(tenant), Some(reason), Some(placed_by)) =
+            (r[0].clone(), r[4].clone(), r[5].clone())
+        else {
+            return Err(SourceError::Query {
+                table: table.into(),
+                message: format!(
+                    "legal hold in row {} has no tenant, reason or placed_by; fix the row (until then nothing is deleted)",
+                    i + 1
+                ),
+            });
+        };
+        holds.push(LegalHold {
+            tenant,
+            table: r[1].clone(),
+            category: r[2].clone(),
+            subject: r[3].clone(),
+            reason,
+            placed_by,
+            placed_at: r[6].clone(),
+        });
+    }
+    Ok(holds)
+}
+
+/// Pending blob deletions (0 when the outbox does not exist yet).
+pub fn pending_blobs(db: &mut Db) -> Result<u64, SourceError> {
+    if !db.has_table(OUTBOX).map_err(|e| e.on(OUTBOX))? {
+        return Ok(0);
+    }
+    let r = db
+        .query(&format!("SELECT count(*) FROM {OUTBOX}"))
+        .map_err(|e| e.on(OUTBOX))?;
+    Ok(r[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+/// Which rows one batch takes.
+#[derive(Debug, Clone)]
+pub enum Range {
+    /// Integer primary keys `lo..=hi`.
+    Window(i64, i64),
+    /// The next `n` rows in key order after `after`.
+    Next { after: Option<String>, n: u64 },
+}
+
+/// What one batch changed.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    pub per_tenant: BTreeMap<String, u64>,
+    /// Largest key changed (for [`Range::Next`]).
+    pub max_pk: Option<String>,
+}
+
+impl BatchResult {
+    pub fn rows(&self) -> u64 {
+        self.per_tenant.values().sum()
+    }
+}
+
+/// Apply `sel`'s change to the rows of `range`, as one short transaction. Rows that reference
+/// a blob put the blob into the outbox in the same transaction.
+pub fn change_batch(
+    db: &mut Db,
+    table: &Table,
+    sel: &Selection,
+    tenants: &[String],
+    range: &Range,
+    now: DateTime<Utc>,
+    subject_key: &[u8; 32],
+) -> Result<BatchResult, DbError> {
+    let t = qi(&table.name);
+    let pk = qi(&table.config.primary_key);
+    let tc = qi(&table.config.tenant_column);
+    let pred = predicate(table, sel, tenants, true);
+    let range_sql = match range {
+        Range::Window(lo, hi) => format!("{pk} BETWEEN {lo} AND {hi}"),
+        Range::Next { after, n } => format!(
+            "{pk} IN (SELECT {pk} FROM {t} WHERE {pred}{} ORDER BY {pk} LIMIT {n})",
+            after
+                .as_ref()
+                .map(|a| format!(" AND {pk} > {}", lit(a)))
+                .unwrap_or_default()
+        ),
+    };
+    let dialect = db.dialect();
+    let set = match &sel.change {
+        Change::Delete => None,
+        Change::Flag { column } => Some(format!("{} = {}", qi(column), ts_lit(now))),
+        Change::Anonymize { columns, hash } => Some(
+            columns
+                .iter()
+                .map(|c| {
+                    let v = if *hash {
+                        keyed_hash_sql(dialect, c, subject_key)?
+                    } else {
+                        "NULL".into()
+                    };
+                    Ok(format!("{} = {v}", qi(c)))
+                })
+                .collect::<Result<Vec<_>, DbError>>()?
+                .join(", "),
+        ),
+    };
+    let blob = match (&sel.change, &table.config.blob_column) {
+        (Change::Delete, Some(b)) => Some(qi(b)),
+        _ => None,
+    };
+    let change = match &set {
+        None => format!("DELETE FROM {t} WHERE {range_sql} AND {pred}"),
+        Some(s) => format!("UPDATE {t} SET {s} WHERE {range_sql} AND {pred}"),
+    };
+    let rows = match dialect {
+        Dialect::Postgres => {
+            let returning = format!(
+                "RETURNING CAST({tc} AS TEXT) AS t_, {pk} AS k_{}",
+                blob.as_ref()
+                    .map(|b| format!(", CAST({b} AS TEXT) AS b_"))
+                    .unwrap_or_default()
+            );
+            let outbox = if blob.is_some() {
+                format!(
+                    ", o AS (INSERT INTO {OUTBOX} (tenant, blob_key) SELECT t_, b_ FROM d WHERE b_ IS NOT NULL)"
+                )
+            } else {
+                String::new()
+            };
+            let sql = format!(
+                "WITH d AS ({change} {returning}){outbox} SELECT t_, count(*), CAST((SELECT max(k_) FROM d) AS TEXT) FROM d GROUP BY t_"
+            );
+            db.query(&sql)?
+        }
+        Dialect::Sqlite => {
+            let mut stmts = Vec::new();
+            if let Some(b) = &blob {
+                stmts.push(format!(
+                    "INSERT INTO {OUTBOX} (tenant, blob_key) SELECT CAST({tc} AS TEXT), CAST({b} AS TEXT) FROM {t} WHERE {range_sql} AND {pred} AND {b} IS NOT NULL"
+                ));
+            }
+            stmts.push(format!("{change} RETURNING CAST({tc} AS TEXT), {pk}"));
+            let returned = db.sqlite_txn(&stmts)?;
+            let mut per: BTreeMap<String, u64> = BTreeMap::new();
+            let mut max: Option<String> = None;
+            for r in &returned {
+                if let Some(t) = &r[0] {
+                    *per.entry(t.clone()).or_default() += 1;
+                }
+                if let Some(k) = &r[1] {
+                    let bigger = match (&max, k.parse::<i64>()) {
+                        (None, _) => true,
+                        (Some(m), Ok(k)) if m.parse::<i64>().is_ok() => {
+                            k > m.parse::<i64>().unwrap()
+                        }
+                        (Some(m), _) => k > m,
+                    };
+                    if bigger {
+                        max = Some(k.clone());
+                    }
+                }
+            }
+            per.into_iter()
+                .map(|(t, n)| vec![Some(t), Some(n.to_string()), max.clone()])
+                .collect()
+        }
+    };
+    let mut out = BatchResult::default();
+    for r in rows {
+        if let (Some(t), Some(n)) = (&r[0], &r[1]) {
+            out.per_tenant.insert(t.clone(), n.parse().unwrap_or(0));
+        }
+        out.max_pk = r[2].clone();
+    }
+    Ok(out)
+}
+
+/// SQL for HMAC-SHA256(key, value) as hex (PostgreSQL only: `sha256()` is built in since 11).
+fn keyed_hash_sql(d: Dialect, col: &str, key: &[u8; 32]) -> Result<String, DbError> {
+    match d {
+        Dialect::Postgres => {
+            let pad = |b: u8| {
+                crate::util::hex(
+                    &key.iter()
+                        .map(|k| k ^ b)
+                        .chain(std::iter::repeat_n(b, 32))
+                        .collect::<Vec<_>>(),
+                )
+            };
+            Ok(format!(
+                "encode(sha256('\\x{}'::bytea || sha256('\\x{}'::bytea || convert_to(CAST({} AS TEXT), 'UTF8'))), 'hex')",
+                pad(0x5c),
+                pad(0x36),
+                qi(col)
+            ))
+        }
+        Dialect::Sqlite => Err(DbError {
+            message:
+                "anonymize with method = \"hash\" needs PostgreSQL; on SQLite use method = \"null\""
+                    .into(),
+            retry: false,
+        }),
+    }
+}
+
+/// Rows of `sel` over `tenants` still present (the verification re-query).
+pub fn remaining(
+    db: &mut Db,
+    table: &Table,
+    sel: &Selection,
+    tenants: &[String],
+) -> Result<u64, SourceError> {
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {}",
+        qi(&table.name),
+        predicate(table, sel, tenants, true)
+    );
+    let r = db.query(&sql).map_err(|e| e.on(&table.name))?;
+    Ok(r[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0))
+}
+
+/// Up to `n` pending blob deletions: (outbox id, tenant, blob key).
+pub fn outbox_next(db: &mut Db, n: u64) -> Result<Vec<(i64, String, String)>, SourceError> {
+    let sql = format!("SELECT id, tenant, blob_key FROM {OUTBOX} ORDER BY id LIMIT {n}");
+    Ok(db
+        .query(&sql)
+        .map_err(|e| e.on(OUTBOX))?
+        .into_iter()
+        .filter_map(|r| Some((r[0].as_deref()?.parse().ok()?, r[1].clone()?, r[2].clone()?)))
+        .collect())
+}
+
+/// Forget outbox entries up to `id` (their blobs are verified gone).
+pub fn outbox_done(db: &mut Db, id: i64) -> Result<(), SourceError> {
+    db.query(&format!("DELETE FROM {OUTBOX} WHERE id <= {id}"))
+        .map_err(|e| e.on(OUTBOX))
+        .map(|_| ())
+}
+
+/// Every table of the data map that has a tenant column value in `tenants`, by name.
+pub fn table<'a>(dm: &'a DataMap, name: &str) -> &'a Table {
+    dm.table(name).expect("plans name data-map tables")
+}

@@ -1,0 +1,406 @@
+//! Executing a plan: rows in short batches, then their blobs, then backups, then keys — each
+//! destructive step between an audit "start" (what will go, under which plan hash) and an
+//! audit "end" (what went, and how that was verified).
+//!
+//! Batches walk the primary key: integer keys in windows whose width adapts to the density of
+//! due rows (so each batch holds about `retention.batch_rows` rows and its locks briefly), other
+//! keys in key order. A batch that hits a lock or statement timeout is retried with backoff;
+//! the application's writers never wait on lethe for longer than one batch.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as ObjPath;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::audit::AuditLog;
+use crate::datamap::DataMap;
+use crate::keys::Keyring;
+use crate::retention::crash_point;
+use crate::retention::db::{self, Db, Range};
+use crate::retention::plan::{RetentionPlan, RowAction, Selection};
+use crate::s3::S3Admin;
+use crate::snapshot::purge::purge_run;
+use crate::store::Store;
+
+/// What one group of units (one table, one selection, several tenants) did.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitOutcome {
+    pub table: String,
+    pub category: String,
+    pub action: &'static str,
+    /// Rows changed, per tenant.
+    pub rows: BTreeMap<String, u64>,
+    /// Due rows left after the batches, by a fresh count (0 when verified).
+    pub remaining: u64,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub tenant: String,
+    pub run_id: String,
+    pub objects_deleted: u64,
+    pub versions_deleted: u64,
+    pub delete_markers_deleted: u64,
+    pub locked: Vec<String>,
+    pub verified: bool,
+    pub method: &'static str,
+}
+
+/// What a retention run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Outcome {
+    pub plan_hash: String,
+    pub units: Vec<UnitOutcome>,
+    pub blobs_deleted: u64,
+    pub runs: Vec<RunOutcome>,
+    /// Runs kept because they were pinned between planning and execution.
+    pub runs_skipped: Vec<String>,
+    pub shredded: Vec<String>,
+}
+
+impl Outcome {
+    pub fn rows(&self) -> u64 {
+        self.units.iter().flat_map(|u| u.rows.values()).sum()
+    }
+    pub fn verified(&self) -> bool {
+        self.units.iter().all(|u| u.remaining == 0) && self.runs.iter().all(|r| r.verified)
+    }
+}
+
+/// Everything execution touches.
+pub struct Env<'a> {
+    pub dm: &'a DataMap,
+    pub db: &'a mut Db,
+    pub store: &'a Store,
+    /// The application's blob store (photos, recordings).
+    pub blobs: Option<&'a Store>,
+    /// For versioned S3 snapshot stores: purge every version.
+    pub s3: Option<&'a S3Admin>,
+    pub audit: &'a mut AuditLog,
+    pub keyring: &'a mut Keyring,
+    pub subject_key: [u8; 32],
+    pub batch_rows: u64,
+    pub now: DateTime<Utc>,
+}
+
+const RETRIES: u32 = 8;
+
+fn batch_with_retry(
+    env: &mut Env<'_>,
+    sel: &Selection,
+    tenants: &[String],
+    range: &Range,
+) -> crate::Result<db::BatchResult> {
+    let table = db::table(env.dm, &sel.table);
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=RETRIES {
+        match db::change_batch(
+            env.db,
+            table,
+            sel,
+            tenants,
+            range,
+            env.now,
+            &env.subject_key,
+        ) {
+            Ok(r) => return Ok(r),
+            Err(e) if e.retry && attempt < RETRIES => {
+                tracing::warn!(table = %sel.table, attempt, "batch waited too long for a lock; retrying");
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            Err(e) => return Err(e.on(&sel.table).into()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Apply one group's change in batches; returns rows per tenant.
+fn run_batches(
+    env: &mut Env<'_>,
+    sel: &Selection,
+    tenants: &[String],
+    units: &[&RowAction],
+) -> crate::Result<BTreeMap<String, u64>> {
+    let mut done: BTreeMap<String, u64> = BTreeMap::new();
+    let mut add = |r: &db::BatchResult| {
+        for (t, n) in &r.per_tenant {
+            *done.entry(t.clone()).or_default() += n;
+        }
+    };
+    let target = env.batch_rows.max(1);
+    let int_range = units.iter().try_fold((i64::MAX, i64::MIN), |(lo, hi), u| {
+        let a: i64 = u.stats.min_pk.as_deref()?.parse().ok()?;
+        let b: i64 = u.stats.max_pk.as_deref()?.parse().ok()?;
+        Some((lo.min(a), hi.max(b)))
+    });
+    if let Some((lo, hi)) = int_range.filter(|(lo, hi)| lo <= hi) {
+        let expected: u64 = units.iter().map(|u| u.rows).sum::<u64>().max(1);
+        let span = (hi - lo) as u64 + 1;
+        let mut width = ((span as u128 * target as u128 / expected as u128) as u64).clamp(1, span);
+        let mut at = lo;
+        while at <= hi {
+            let end = at.saturating_add(width as i64 - 1).min(hi);
+            let r = batch_with_retry(env, sel, tenants, &Range::Window(at, end))?;
+            add(&r);
+            crash_point("after a row batch");
+            let n = r.rows();
+            width = if n == 0 {
+                width.saturating_mul(2)
+            } else {
+                ((width as u128 * target as u128 / n as u128) as u64)
+                    .clamp((width / 4).max(1), width.saturating_mul(4))
+            }
+            .clamp(1, span);
+            if end == hi {
+                break;
+            }
+            at = end + 1;
+        }
+    }
+    // Key order for everything else, and for due rows the windows did not cover (rows written
+    // after the inventory, or non-integer keys).
+    let mut after: Option<String> = None;
+    loop {
+        let r = batch_with_retry(
+            env,
+            sel,
+            tenants,
+            &Range::Next {
+                after: after.clone(),
+                n: target,
+            },
+        )?;
+        add(&r);
+        crash_point("after a row batch");
+        if r.rows() == 0 {
+            break;
+        }
+        after = r.max_pk.clone();
+    }
+    Ok(done)
+}
+
+/// Delete the blobs the outbox lists, verify each is gone, then forget them.
+pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<u64> {
+    let pending = db::pending_blobs(env.db)?;
+    if pending == 0 {
+        return Ok(0);
+    }
+    let Some(blobs) = env.blobs else {
+        return Err(crate::Error::Usage(format!(
+            "{pending} blob deletions are pending in {} but lethe.toml has no [blobs] store; add it (url of the photo/recording store)",
+            db::OUTBOX
+        )));
+    };
+    env.audit
+        .append(
+            json!({"step": "blobs", "phase": "start", "plan_hash": plan_hash, "pending": pending}),
+            Utc::now(),
+        )
+        .await?;
+    let mut deleted = 0u64;
+    loop {
+        let batch = db::outbox_next(env.db, 500)?;
+        let Some(last) = batch.last().map(|b| b.0) else {
+            break;
+        };
+        for (id, _tenant, key) in &batch {
+            let path = ObjPath::parse(key).map_err(|_| {
+                crate::Error::Usage(format!(
+                    "{} entry {id} holds a blob key that is not a valid object path; fix or remove the entry (and the blob by hand)",
+                    db::OUTBOX
+                ))
+            })?;
+            match blobs.inner.delete(&path).await {
+                Ok(()) => {}
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => {
+                    return Err(crate::store::StoreError::Op {
+                        url: blobs.url.clone(),
+                        op: "delete",
+                        key: format!("(blob of {} entry {id})", db::OUTBOX),
+                        source: e,
+                    }
+                    .into());
+                }
+            }
+            crash_point("after a blob delete");
+            match blobs.inner.head(&path).await {
+                Err(object_store::Error::NotFound { .. }) => deleted += 1,
+                Ok(_) => {
+                    return Err(crate::Error::Failed(format!(
+                        "blob of {} entry {id} is still there after its delete; nothing more is deleted this run",
+                        db::OUTBOX
+                    )));
+                }
+                Err(e) => {
+                    return Err(crate::store::StoreError::Op {
+                        url: blobs.url.clone(),
+                        op: "head",
+                        key: format!("(blob of {} entry {id})", db::OUTBOX),
+                        source: e,
+                    }
+                    .into());
+                }
+            }
+        }
+        db::outbox_done(env.db, last)?;
+        crash_point("after an outbox batch");
+    }
+    env.audit
+        .append(
+            json!({"step": "blobs", "phase": "end", "plan_hash": plan_hash, "deleted": deleted,
+                   "verified": "HEAD returned not-found for every blob"}),
+            Utc::now(),
+        )
+        .await?;
+    Ok(deleted)
+}
+
+/// Execute `plan`. Rows first (per table and selection, across tenants), then their blobs,
+/// then backups, then crypto-shredding.
+pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<Outcome> {
+    let mut out = Outcome {
+        plan_hash: plan.hash.clone(),
+        ..Default::default()
+    };
+    env.db.ensure_outbox().map_err(|e| e.on(db::OUTBOX))?;
+    // Work an interrupted run left behind comes first.
+    out.blobs_deleted += drain_outbox(env, &plan.hash).await?;
+
+    let mut groups: BTreeMap<(&str, &Selection), Vec<&RowAction>> = BTreeMap::new();
+    for a in &plan.actions {
+        groups
+            .entry((a.category.as_str(), &a.selection))
+            .or_default()
+            .push(a);
+    }
+    for ((category, sel), units) in groups {
+        let started = Instant::now();
+        let tenants: Vec<String> = units.iter().map(|u| u.tenant.clone()).collect();
+        let expected: Vec<_> = units
+            .iter()
+            .map(|u| json!({"tenant": u.tenant, "rows": u.rows, "blobs": u.blobs}))
+            .collect();
+        env.audit
+            .append(
+                json!({"step": "rows", "phase": "start", "plan_hash": plan.hash,
+                       "table": sel.table, "category": category, "action": sel.change.verb(),
+                       "anchor": sel.anchor, "bound": units[0].bound, "units": expected}),
+                Utc::now(),
+            )
+            .await?;
+        crash_point("after a start record");
+        let rows = tokio::task::block_in_place(|| run_batches(env, sel, &tenants, &units))?;
+        let table = db::table(env.dm, &sel.table);
+        let remaining = db::remaining(env.db, table, sel, &tenants)?;
+        let done: Vec<_> = rows
+            .iter()
+            .map(|(t, n)| json!({"tenant": t, "rows": n}))
+            .collect();
+        env.audit
+            .append(
+                json!({"step": "rows", "phase": "end", "plan_hash": plan.hash,
+                       "table": sel.table, "category": category, "action": sel.change.verb(),
+                       "units": done, "remaining": remaining,
+                       "verified": format!("re-query of the due rows returned {remaining} rows")}),
+                Utc::now(),
+            )
+            .await?;
+        crash_point("after an end record");
+        tracing::info!(table = %sel.table, category, action = sel.change.verb(), rows = rows.values().sum::<u64>(), remaining, "rows done");
+        out.units.push(UnitOutcome {
+            table: sel.table.clone(),
+            category: category.to_string(),
+            action: sel.change.verb(),
+            rows,
+            remaining,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+        if table.config.blob_column.is_some() {
+            out.blobs_deleted += drain_outbox(env, &plan.hash).await?;
+        }
+    }
+
+    for r in &plan.backups {
+        env.audit
+            .append(
+                json!({"step": "backup-purge", "phase": "start", "plan_hash": plan.hash,
+                       "tenant": r.tenant, "run_id": r.run_id, "rule": r.rule}),
+                Utc::now(),
+            )
+            .await?;
+        crash_point("before a run purge");
+        let p = match purge_run(env.store, env.s3, &r.tenant, &r.run_id).await {
+            Ok(p) => p,
+            Err(crate::snapshot::SnapshotError::Pinned { .. }) => {
+                env.audit
+                    .append(
+                        json!({"step": "backup-purge", "phase": "end", "plan_hash": plan.hash,
+                               "tenant": r.tenant, "run_id": r.run_id, "skipped": "pinned since planning"}),
+                        Utc::now(),
+                    )
+                    .await?;
+                out.runs_skipped.push(format!("{}/{}", r.tenant, r.run_id));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let locked: Vec<String> = p
+            .locked
+            .iter()
+            .map(|l| {
+                l.retain_until
+                    .clone()
+                    .unwrap_or_else(|| "legal hold".into())
+            })
+            .collect();
+        env.audit
+            .append(
+                json!({"step": "backup-purge", "phase": "end", "plan_hash": plan.hash,
+                       "tenant": r.tenant, "run_id": r.run_id, "method": p.method,
+                       "objects_deleted": p.objects_deleted, "versions_deleted": p.versions_deleted,
+                       "delete_markers_deleted": p.delete_markers_deleted,
+                       "locked_until": locked, "verified": p.verified}),
+                Utc::now(),
+            )
+            .await?;
+        crash_point("after a run purge");
+        out.runs.push(RunOutcome {
+            tenant: r.tenant.clone(),
+            run_id: r.run_id.clone(),
+            objects_deleted: p.objects_deleted,
+            versions_deleted: p.versions_deleted,
+            delete_markers_deleted: p.delete_markers_deleted,
+            locked,
+            verified: p.verified,
+            method: p.method,
+        });
+    }
+
+    for t in &plan.shred_keys {
+        env.audit
+            .append(
+                json!({"step": "crypto-shred", "phase": "start", "plan_hash": plan.hash, "tenant": t}),
+                Utc::now(),
+            )
+            .await?;
+        let destroyed = crate::snapshot::purge::crypto_shred(env.keyring, t)?;
+        let verified = env.keyring.data_key(t).is_err();
+        env.audit
+            .append(
+                json!({"step": "crypto-shred", "phase": "end", "plan_hash": plan.hash, "tenant": t,
+                       "destroyed": destroyed, "verified": if verified {"the keyring no longer holds the tenant's data key"} else {"KEY STILL PRESENT"}}),
+                Utc::now(),
+            )
+            .await?;
+        out.shredded.push(t.clone());
+    }
+    Ok(out)
+}

@@ -1,0 +1,171 @@
+//! The retention engine: policy → inventory → plan (with its hash) → batched execution, blob
+//! cleanup through an outbox, backup purge, all recorded in the audit log.
+//!
+//! - [`plan`]: the pure planner and the plan's types;
+//! - [`db`]: inventory queries and batched DELETE/UPDATE for PostgreSQL and SQLite;
+//! - [`execute`]: runs a plan: audit "start" before each destructive step, "end" after it with
+//!   what went and how it was verified.
+//!
+//! Crash safety, the invariant: at every instant, each blob in the blob store is either
+//! referenced by a row or listed in the outbox (`lethe_blob_outbox`, in the primary database).
+//! A batch deletes its rows and enqueues their blobs in one transaction; blobs are deleted from
+//! the store afterwards, verified gone (HEAD → not found), and only then leave the outbox. A
+//! crash at any point leaves work that the next run finishes first: no orphaned blob, no row
+//! pointing at a deleted blob.
+
+pub mod db;
+pub mod execute;
+pub mod plan;
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::check::Checked;
+use crate::retention::db::Db;
+use crate::retention::plan::{Inventory, RunInfo, Selection, TenantInfo, UnitKey, selections};
+use crate::snapshot::read;
+use crate::source::Source;
+use crate::store::Store;
+
+/// Test hook: with `LETHE_CRASH_AT=n` (debug builds only), the process aborts at the n-th
+/// crash point — the places between two destructive steps — as a `kill -9` would. The
+/// kill-and-rerun test walks n = 1, 2, … until a run completes.
+pub fn crash_point(_what: &str) {
+    #[cfg(debug_assertions)]
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static SEEN: AtomicU64 = AtomicU64::new(0);
+        if let Some(n) = std::env::var("LETHE_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let k = SEEN.fetch_add(1, Ordering::SeqCst) + 1;
+            if k == n {
+                eprintln!("LETHE_CRASH_AT={n}: aborting at {_what}");
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// The run time of a snapshot run: the manifest's `created_at`, else the run id's timestamp.
+fn run_time(run_id: &str, created: Option<&str>) -> Option<DateTime<Utc>> {
+    created
+        .and_then(|c| {
+            DateTime::parse_from_rfc3339(c)
+                .ok()
+                .map(|t| t.with_timezone(&Utc))
+        })
+        .or_else(|| {
+            let stamp = run_id.split('-').next()?;
+            chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+                .ok()
+                .map(|t| t.and_utc())
+        })
+}
+
+/// Read everything the planner needs: tenants, holds, counts for every due selection, pending
+/// blobs, snapshot runs and pins. Reads only.
+pub async fn inventory(
+    c: &Checked,
+    db: &mut Db,
+    store: &Store,
+    keyed_tenants: Vec<String>,
+    now: DateTime<Utc>,
+) -> crate::Result<Inventory> {
+    let dm = &c.data_map;
+    let policy = &c.policy;
+    let tenants: Vec<TenantInfo> = {
+        let src = Source::open(&c.config.source)?;
+        src.tenants(dm)?
+            .into_iter()
+            .map(|t| TenantInfo {
+                id: t.id,
+                cancelled_at: t.cancelled_at,
+            })
+            .collect()
+    };
+    let source_holds = match &policy.legal_holds_source {
+        Some(s) => db::source_holds(db, &s.table)?,
+        None => vec![],
+    };
+    let holds: Vec<_> = policy
+        .legal_holds
+        .iter()
+        .chain(source_holds.iter())
+        .collect();
+    let wanted = selections(dm, policy, &tenants, &holds, now);
+
+    // One query per distinct selection, over all tenants sharing it.
+    let mut groups: BTreeMap<&Selection, Vec<&UnitKey>> = BTreeMap::new();
+    for (k, s) in &wanted {
+        groups.entry(s).or_default().push(k);
+    }
+    let mut units = Vec::new();
+    let mut table_rows = BTreeMap::new();
+    for (sel, keys) in groups {
+        let table = db::table(dm, &sel.table);
+        let tenant_ids: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
+        let mut stats = db::stats(db, table, sel, &tenant_ids)?;
+        for k in keys {
+            units.push((
+                (*k).clone(),
+                sel.clone(),
+                stats.remove(&k.tenant).unwrap_or_default(),
+            ));
+        }
+        if !table_rows.contains_key(&sel.table) {
+            table_rows.insert(sel.table.clone(), db::table_rows(db, table)?);
+        }
+    }
+    // Terminated tenants' kept tables are reported with their row counts.
+    for t in &dm.tables {
+        if !table_rows.contains_key(&t.name) {
+            table_rows.insert(t.name.clone(), db::table_rows(db, t)?);
+        }
+    }
+    units.sort_by(|a, b| a.0.cmp(&b.0));
+    let pending_blobs = db::pending_blobs(db)?;
+
+    let mut runs = Vec::new();
+    for tenant in read::tenants(store).await? {
+        for r in read::runs(store, &tenant).await? {
+            let committed = matches!(r.manifest, Some(Ok(_)));
+            let created = r
+                .manifest
+                .as_ref()
+                .and_then(|m| m.as_ref().ok())
+                .map(|m| m.created_at.clone());
+            let Some(created_at) = run_time(&r.run_id, created.as_deref()) else {
+                tracing::warn!(tenant = %tenant, run = %r.run_id, "run id without a time; the run is kept");
+                continue;
+            };
+            runs.push(RunInfo {
+                tenant: tenant.clone(),
+                run_id: r.run_id,
+                created_at,
+                committed,
+            });
+        }
+    }
+    let pins = crate::snapshot::purge::pins(store, None)
+        .await?
+        .into_iter()
+        .map(|p| plan::PinInfo {
+            tenant: p.tenant,
+            run_id: p.run_id,
+            reason: p.reason,
+        })
+        .collect();
+    Ok(Inventory {
+        tenants,
+        source_holds,
+        table_rows,
+        units,
+        pending_blobs,
+        runs,
+        pins,
+        keyed_tenants,
+    })
+}

@@ -1,0 +1,342 @@
+//! The Ed25519 signing key: it signs audit checkpoints and (later) deletion certificates
+//! (JWS, `alg: EdDSA`, RFC 8037), so anyone holding the public key can check both.
+//!
+//! - The key lives next to the keyring, `<dir of keys.keyring>/signing-ed25519.pk8`: PKCS#8 v2
+//!   DER as ring writes it (PKCS#8 v1 and PEM, e.g. from `openssl genpkey -algorithm ed25519`,
+//!   are read too).
+//! - The key id is public: `ed25519:` + the first 16 hex characters of sha256(public key).
+//! - `lethe keys public --format jwk` prints [`SigningKey::public_jwk`].
+//!
+//! Danger: the file is the only copy of the private key. It is created with mode 0600 (in a
+//! 0700 directory) and never overwritten: creation publishes a fully written temp file with a
+//! hard link, which fails if the key already exists, so two processes starting at once agree on
+//! one key. Losing the file does not lose data, but checkpoints and certificates signed by it can
+//! then only be checked with a saved copy of its public key.
+
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use ring::rand::SystemRandom;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use thiserror::Error;
+
+use crate::util::sha256_hex;
+
+/// File name of the signing key, in the keyring's directory.
+pub const SIGNING_KEY_FILE: &str = "signing-ed25519.pk8";
+
+#[derive(Debug, Error)]
+pub enum SignError {
+    #[error(
+        "signing key {path} does not exist\n  fix: run `lethe run <job>` once to create it, or restore the key file from its backup next to keys.keyring"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "cannot read signing key {path}: {source}\n  fix: check the file's permissions (lethe needs to read it; mode 0600, owned by lethe's user)"
+    )]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "signing key {path} is not an Ed25519 PKCS#8 key: {message}\n  fix: restore the key file from its backup; if it is lost, move it aside and let lethe create a new one (then publish the new public key: checkpoints and certificates signed by the old key verify only with the old public key)"
+    )]
+    Garbled { path: PathBuf, message: String },
+    #[error("cannot write signing key {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the system random number generator failed")]
+    Rng,
+}
+
+impl SignError {
+    /// Missing, unreadable or garbled key files are the operator's to fix (exit code 2).
+    pub fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            SignError::Missing { .. } | SignError::Read { .. } | SignError::Garbled { .. }
+        )
+    }
+}
+
+/// `<dir of keyring>/signing-ed25519.pk8`.
+pub fn signing_key_path(keyring: &Path) -> PathBuf {
+    keyring
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join(SIGNING_KEY_FILE)
+}
+
+/// An Ed25519 key pair. `Debug` shows the key id and path, never key material.
+pub struct SigningKey {
+    pair: Ed25519KeyPair,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("key_id", &self.key_id())
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `ed25519:<16 hex>`: a public fingerprint of an Ed25519 public key.
+pub fn key_id_of(public_key: &[u8]) -> String {
+    format!("ed25519:{}", &sha256_hex(public_key)[..16])
+}
+
+impl SigningKey {
+    /// Load the key at `path`; with `create`, a missing key is generated and written (mode
+    /// 0600). An existing file is never replaced, even if it is garbled.
+    pub fn load_or_create(path: &Path, create: bool) -> Result<SigningKey, SignError> {
+        match std::fs::read(path) {
+            Ok(bytes) => Self::parse(path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !create {
+                    return Err(SignError::Missing { path: path.into() });
+                }
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
+                    .map_err(|_| SignError::Rng)?;
+                if write_new_private(path, pkcs8.as_ref())? {
+                    Self::parse(path, pkcs8.as_ref())
+                } else {
+                    // Another process created it first: use theirs.
+                    let bytes = std::fs::read(path).map_err(|source| SignError::Read {
+                        path: path.into(),
+                        source,
+                    })?;
+                    Self::parse(path, &bytes)
+                }
+            }
+            Err(source) => Err(SignError::Read {
+                path: path.into(),
+                source,
+            }),
+        }
+    }
+
+    fn parse(path: &Path, bytes: &[u8]) -> Result<SigningKey, SignError> {
+        let garbled = |message: String| SignError::Garbled {
+            path: path.into(),
+            message,
+        };
+        let der = if bytes.starts_with(b"-----BEGIN") {
+            let text =
+                std::str::from_utf8(bytes).map_err(|_| garbled("PEM is not UTF-8".into()))?;
+            let body: String = text
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::trim)
+                .collect();
+            B64.decode(body)
+                .map_err(|e| garbled(format!("PEM body is not base64: {e}")))?
+        } else {
+            bytes.to_vec()
+        };
+        let pair =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| garbled(e.to_string()))?;
+        if let Ok(meta) = std::fs::metadata(path)
+            && meta.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                "the signing key is readable by other users; chmod 600 it"
+            );
+        }
+        Ok(SigningKey {
+            pair,
+            path: path.into(),
+        })
+    }
+
+    /// Where the key was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The raw 32-byte Ed25519 public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.pair
+            .public_key()
+            .as_ref()
+            .try_into()
+            .expect("Ed25519 public keys are 32 bytes")
+    }
+
+    /// `ed25519:<first 16 hex of sha256(public key)>`.
+    pub fn key_id(&self) -> String {
+        key_id_of(&self.public_key())
+    }
+
+    /// A 64-byte Ed25519 signature of `msg`.
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.pair.sign(msg).as_ref().to_vec()
+    }
+
+    /// The public key as a JWK (RFC 8037): `{"kty":"OKP","crv":"Ed25519","x":…,"kid":…}`.
+    pub fn public_jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": B64URL.encode(self.public_key()),
+            "kid": self.key_id(),
+        })
+    }
+}
+
+/// Whether `sig` is a valid Ed25519 signature of `msg` by `public_key` (32 raw bytes).
+pub fn verify(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
+    UnparsedPublicKey::new(&ED25519, public_key)
+        .verify(msg, sig)
+        .is_ok()
+}
+
+/// Write `bytes` to a new file `path` with mode 0600; `Ok(false)` if `path` already exists.
+/// The content is complete and synced before the name appears (temp file, fsync, hard link).
+fn write_new_private(path: &Path, bytes: &[u8]) -> Result<bool, SignError> {
+    let err = |source| SignError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => {
+                if let Some(dir) = dir {
+                    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+                }
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_verify_round_trip_and_any_flipped_byte_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(&dir.path().join("k.pk8"), true).unwrap();
+        let msg = b"checkpoint 42";
+        let sig = key.sign(msg);
+        assert_eq!(sig.len(), 64);
+        assert!(verify(&key.public_key(), msg, &sig));
+        assert!(!verify(&key.public_key(), b"checkpoint 43", &sig));
+        for i in 0..sig.len() {
+            let mut bad = sig.clone();
+            bad[i] ^= 1;
+            assert!(!verify(&key.public_key(), msg, &bad), "flipped byte {i}");
+        }
+        let other = SigningKey::load_or_create(&dir.path().join("other.pk8"), true).unwrap();
+        assert!(!verify(&other.public_key(), msg, &sig));
+    }
+
+    #[test]
+    fn key_file_is_private_and_reloads_to_the_same_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let keyring = dir.path().join("keys/keyring.json");
+        let path = signing_key_path(&keyring);
+        assert_eq!(path, dir.path().join("keys/signing-ed25519.pk8"));
+        let e = SigningKey::load_or_create(&path, false).unwrap_err();
+        assert!(matches!(e, SignError::Missing { .. }), "{e}");
+        let a = SigningKey::load_or_create(&path, true).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let b = SigningKey::load_or_create(&path, false).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        assert!(a.key_id().starts_with("ed25519:") && a.key_id().len() == 8 + 16);
+        // No temp file left behind.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(SIGNING_KEY_FILE)]);
+    }
+
+    #[test]
+    fn existing_key_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pk8");
+        let a = SigningKey::load_or_create(&path, true).unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let b = SigningKey::load_or_create(&path, true).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+        // The low-level writer refuses too.
+        assert!(!write_new_private(&path, b"other").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn garbled_key_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.pk8");
+        std::fs::write(&path, b"not a key").unwrap();
+        let e = SigningKey::load_or_create(&path, true).unwrap_err();
+        assert!(matches!(e, SignError::Garbled { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("fix:"),
+            "{msg}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"not a key");
+    }
+
+    #[test]
+    fn pem_pkcs8_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let der = dir.path().join("k.pk8");
+        let a = SigningKey::load_or_create(&der, true).unwrap();
+        let body = B64.encode(std::fs::read(&der).unwrap());
+        let pem = dir.path().join("k.pem");
+        std::fs::write(
+            &pem,
+            format!("-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let b = SigningKey::load_or_create(&pem, false).unwrap();
+        assert_eq!(a.public_key(), b.public_key());
+    }
+
+    #[test]
+    fn public_jwk_is_rfc8037() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(&dir.path().join("k.pk8"), true).unwrap();
+        let jwk = key.public_jwk();
+        assert_eq!(jwk["kty"], "OKP");
+        assert_eq!(jwk["crv"], "Ed25519");
+        assert_eq!(jwk["kid"], key.key_id());
+        let x = B64URL.decode(jwk["x"].as_str().unwrap()).unwrap();
+        assert_eq!(x, key.public_key());
+        assert!(!format!("{key:?}").contains(jwk["x"].as_str().unwrap()));
+    }
+}
