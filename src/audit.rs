@@ -84,7 +84,7 @@ pub enum AuditError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(
-        "audit event must be a JSON object, got {got}\n  fix: pass an object such as {{\"kind\": \"retention.delete\", \"phase\": \"start\", …}} (counts, tables, ids and hashes only)"
+        "audit event must be a JSON object, got {got}\n  fix: pass an object such as {{\"step\": \"retention\", \"phase\": \"start\", …}} (counts, tables, ids and hashes only)"
     )]
     EventNotObject { got: &'static str },
     #[error(
@@ -571,7 +571,7 @@ impl AuditLog {
             }
             let at =
                 parse_time(&rec.at).ok_or_else(|| tampered(format!("bad time {:?}", rec.at)))?;
-            if !keep.after(at).is_some_and(|t| t <= now) {
+            if keep.after(at).is_none_or(|t| t > now) {
                 break;
             }
             let hash = hash_of(&bytes);
@@ -634,7 +634,7 @@ impl AuditLog {
         );
         self.append(
             serde_json::json!({
-                "kind": "audit.expire",
+                "step": "audit-expire",
                 "phase": "start",
                 "keep": keep.to_string(),
                 "anchor_checkpoint": anchor,
@@ -678,7 +678,7 @@ impl AuditLog {
         delete_if_present(&self.store, EXPIRY_MARKER).await?;
         self.append(
             serde_json::json!({
-                "kind": "audit.expire",
+                "step": "audit-expire",
                 "phase": "end",
                 "anchor_checkpoint": anchor,
                 "records_deleted": outcome.records_deleted,
@@ -1540,7 +1540,7 @@ mod tests {
         // The expiry itself is recorded (start and end).
         let last: Record =
             serde_json::from_str(&fx.read(&record_key(r.last_seq.unwrap()))).unwrap();
-        assert_eq!(last.event["kind"], "audit.expire");
+        assert_eq!(last.event["step"], "audit-expire");
         assert_eq!(last.event["records_deleted"], 7);
         // Idempotent, and the log goes on.
         let out = log.expire(now, Span::Months(12)).await.unwrap();

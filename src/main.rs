@@ -83,6 +83,9 @@ struct DemoArgs {
     /// in PGPASSWORD) and snapshot from there. Existing demo tables there are kept.
     #[arg(long)]
     source: Option<String>,
+    /// Build and snapshot only; leave retention to `lethe run retention`.
+    #[arg(long)]
+    no_retention: bool,
 }
 
 #[derive(Args)]
@@ -472,6 +475,17 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
 
             // Retention, as the nightly job would run it after the snapshot.
             let checked = lethe::check::check(&config)?;
+            if a.no_retention {
+                println!(
+                    "\nretention skipped (--no-retention); see `lethe --config {} plan`",
+                    config.display()
+                );
+                return Ok(if run.failed.is_empty() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(1)
+                });
+            }
             let now = lethe::pipeline::clock(None)?;
             let plan = lethe::pipeline::retention_plan(&checked, now).await?;
             println!("\nretention as of {} (plan {})", plan.now, plan.hash);

@@ -123,10 +123,11 @@ pub async fn retention_plan(
     now: chrono::DateTime<chrono::Utc>,
 ) -> crate::Result<crate::retention::plan::RetentionPlan> {
     let cfg = &c.config;
-    let keyring = match Keyring::open(&cfg.keyring, &cfg.master_key, false) {
-        Ok(k) => Some(k),
-        Err(crate::keys::KeyError::NoKeyring { .. }) => None,
-        Err(e) => return Err(e.into()),
+    // Before the first snapshot there is no keyring yet; planning must not create one.
+    let keyring = if cfg.keyring.exists() {
+        Some(Keyring::open(&cfg.keyring, &cfg.master_key, false)?)
+    } else {
+        None
     };
     let mut db = crate::retention::db::Db::open(&cfg.source, false, &cfg.retention)?;
     let store = Store::open(&cfg.store)?;

@@ -627,6 +627,7 @@ fn purge_run_reports_an_object_locked_manifest_and_keeps_the_run_uncommitted() {
             "prod/snapshots/tenant=acme/run=r1/_manifest.json"
         );
         assert_eq!(out.versions_deleted, 3, "{out:?}");
+        assert_eq!(out.objects_deleted, 2, "{out:?}"); // the parts; the manifest stays
         // Nothing else is left, and the locked manifest is hidden again: the run is not
         // committed, so no reader trusts a manifest whose files are gone.
         assert!(out.verified, "{out:?}");

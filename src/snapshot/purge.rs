@@ -95,8 +95,8 @@ struct PinFile {
 pub struct RunPurge {
     pub tenant: String,
     pub run_id: String,
-    /// Objects of the run (manifest included) visible when the purge started and gone from
-    /// a fresh listing after it.
+    /// Objects of the run (manifest included) visible when the purge started and deleted by
+    /// it (not counting objects that stay under Object Lock, hidden behind a delete marker).
     pub objects_deleted: u64,
     /// Object versions deleted (versioned buckets only; 0 for [`METHOD_DELETE`]).
     pub versions_deleted: u64,
@@ -296,7 +296,23 @@ pub async fn purge_run(
         .into_iter()
         .map(|m| m.location)
         .collect();
-    out.objects_deleted = before.iter().filter(|k| !after.contains(*k)).count() as u64;
+    // A locked object is hidden, not deleted.
+    let locked: HashSet<&str> = out
+        .locked
+        .iter()
+        .map(|l| match s3 {
+            Some(a) if !a.prefix.is_empty() => l
+                .key
+                .strip_prefix(&a.prefix)
+                .and_then(|k| k.strip_prefix('/'))
+                .unwrap_or(&l.key),
+            _ => &l.key,
+        })
+        .collect();
+    out.objects_deleted = before
+        .iter()
+        .filter(|k| !after.contains(*k) && !locked.contains(k.as_ref()))
+        .count() as u64;
     out.verified =
         after.is_empty() && versions_clean && !exists(store, &manifest_key(tenant, run)).await?;
     if out.verified {
@@ -625,6 +641,9 @@ mod tests {
         assert_eq!(out.objects_deleted, 2, "{out:?}");
         assert!(out.verified);
         assert!(runs(&store, "acme").await.unwrap().is_empty());
+        // The step itself is idempotent: no manifest, nothing to delete (on a versioned bucket a
+        // blind DELETE would leave a delete marker).
+        assert!(!uncommit(&store, "acme", "r1").await.unwrap());
     }
 
     /// A store that records deletes and, when `crash`, fails every delete but the manifest's.
@@ -798,7 +817,10 @@ mod tests {
             .unwrap();
 
         assert_eq!(pins(&store, None).await.unwrap().len(), 2);
-        assert_eq!(pins(&store, Some("acme")).await.unwrap(), [p.clone()]);
+        assert_eq!(
+            pins(&store, Some("acme")).await.unwrap(),
+            std::slice::from_ref(&p)
+        );
         assert!(pins(&store, Some("acm")).await.unwrap().is_empty());
 
         // A pinned run is not purged, and nothing of it is deleted.
@@ -863,7 +885,7 @@ mod tests {
         ] {
             let e = purge_run(&store, None, tenant, run).await.unwrap_err();
             assert!(
-                matches!(e, SnapshotError::UnsafeId { .. }),
+                matches!(e, SnapshotError::UnsafeId { op: "purge", .. }),
                 "{tenant:?} {run:?}: {e}"
             );
             let e = pin(&store, tenant, run, "r", "ops", t0())
