@@ -695,7 +695,8 @@ fn plan_backups(
                     held_back.push(kept(
                         r,
                         "newest_committed",
-                        "the newest committed snapshot of an active tenant is never purged".into(),
+                        "the newest committed snapshot is kept until the tenant's backup deadline"
+                            .into(),
                         None,
                     ));
                     continue;
