@@ -643,3 +643,154 @@ fn purge_run_reports_an_object_locked_manifest_and_keeps_the_run_uncommitted() {
         assert_eq!(versions, 1);
     });
 }
+
+fn pg_count(pg: &PgSchema, sql: &str) -> i64 {
+    let url = pg.url.clone();
+    let sql = sql.to_string();
+    pg.block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
+    })
+}
+
+fn pg_strings(pg: &PgSchema, sql: &str) -> std::collections::BTreeSet<String> {
+    let url = pg.url.clone();
+    let sql = sql.to_string();
+    pg.block_on(async move {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .query(&sql, &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect()
+    })
+}
+
+/// Retention end to end on the real services: PostgreSQL as the primary database, the
+/// snapshots, audit records and checkpoints in a versioned S3 bucket.
+#[test]
+fn retention_on_postgres_with_a_versioned_s3_store() {
+    let Some(pg) = PgSchema::create("ret_pg") else {
+        return;
+    };
+    let Some(moto) = Moto::start("ret_pg") else {
+        return;
+    };
+    let bucket = "lethe-ret";
+    moto.create_bucket_with(bucket, true, false);
+    let d = demo(4, 150);
+    pg.block_on(lethe::demo::load_into_postgres(&d.db(), &pg.url))
+        .unwrap();
+    use_pg(&d, &pg.url);
+    use_s3(&d, &moto, bucket);
+    let mut text = std::fs::read_to_string(&d.config).unwrap();
+    text.push_str("\n[retention]\nmax_share = 1.0\nbatch_rows = 200\n");
+    std::fs::write(&d.config, text).unwrap();
+    let cfg = d.config.to_str().unwrap();
+    let env = moto.env();
+    let (code, out, err) = lethe_env(&["--config", cfg, "run", "snapshot"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // An old run of a tenant without holds, written twice: two versions of every object.
+    let tenant = "toko-makmur";
+    let active = pg_count(
+        &pg,
+        &format!("SELECT count(*) FROM tenants WHERE id = '{tenant}' AND cancelled_at IS NULL"),
+    );
+    assert_eq!(active, 1, "the demo's tenant list changed");
+    let now = chrono::Utc::now() - chrono::TimeDelta::seconds(5);
+    let old = now - chrono::TimeDelta::days(45);
+    let run_id = format!("{}-0a0a", old.format("%Y%m%dT%H%M%SZ"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let store = s3_store(&moto, bucket, "prod/backups");
+    rt.block_on(async {
+        for tag in ["first", "second"] {
+            put_fake_run(&store, tenant, &run_id, 2, tag).await;
+        }
+        // Dated like its run id.
+        let key = lethe::snapshot::manifest_key(tenant, &run_id);
+        let mut m = lethe::snapshot::Manifest::from_bytes(&store.get(&key).await.unwrap()).unwrap();
+        m.created_at = old.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        store
+            .put(&key, bytes::Bytes::from(m.to_bytes()))
+            .await
+            .unwrap();
+    });
+    let prefix = format!("prod/backups/snapshots/tenant={tenant}/run={run_id}/");
+    let sdk = moto.sdk();
+    assert_eq!(rt.block_on(count_versions(&sdk, bucket, &prefix)).0, 7);
+
+    let cutoff = (now - chrono::TimeDelta::days(90))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    let due = format!(
+        "SELECT count(*) FROM messages WHERE created_at <= '{cutoff}' AND tenant_id NOT IN ('klinik-sehat', 'kopi-senja')"
+    );
+    assert!(pg_count(&pg, &due) > 100, "the demo has old messages");
+    let held_before = pg_count(
+        &pg,
+        &format!(
+            "SELECT count(*) FROM messages WHERE tenant_id = 'klinik-sehat' AND created_at <= '{cutoff}'"
+        ),
+    );
+    assert!(held_before > 0);
+
+    let now_s = now.to_rfc3339();
+    let (code, out, err) = lethe_env(
+        &["--config", cfg, "run", "retention", "--now", &now_s],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("backup runs purged: 1"), "{out}");
+    assert_eq!(pg_count(&pg, &due), 0, "due messages left in PostgreSQL");
+    assert_eq!(
+        pg_count(
+            &pg,
+            &format!(
+                "SELECT count(*) FROM messages WHERE tenant_id = 'klinik-sehat' AND created_at <= '{cutoff}'"
+            )
+        ),
+        held_before,
+        "the legal hold keeps klinik-sehat's messages"
+    );
+    assert_eq!(
+        rt.block_on(count_versions(&sdk, bucket, &prefix)),
+        (0, 0),
+        "every version and delete marker of the purged run is gone"
+    );
+    // No blob orphaned, no row pointing at a deleted blob.
+    let refs = pg_strings(
+        &pg,
+        "SELECT selfie_key FROM attendance_checkins WHERE selfie_key IS NOT NULL UNION ALL SELECT recording_key FROM calls WHERE recording_key IS NOT NULL",
+    );
+    let root = d.dir.join("blobs");
+    let files: std::collections::BTreeSet<String> = common::files(&root)
+        .keys()
+        .map(|p| {
+            p.strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(files, refs, "blobs and references differ");
+    assert_eq!(pg_count(&pg, "SELECT count(*) FROM lethe_blob_outbox"), 0);
+
+    let (code, out, err) = lethe_env(&["--config", cfg, "audit", "verify"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("1 checkpoints"), "{out}");
+    let (code, out, err) = lethe_env(&["--config", cfg, "plan", "--now", &now_s], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("(nothing is due)"),
+        "a second plan at the same instant finds nothing: {out}"
+    );
+}
