@@ -170,7 +170,14 @@ pub async fn run_retention(
     let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
     let s3 = crate::snapshot::purge::s3_admin_for(&cfg.store).await?;
     let keyed = keyring.tenants().map(String::from).collect();
+    let started = std::time::Instant::now();
     let inv = crate::retention::inventory(c, &mut db, &store, keyed, now).await?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        units = inv.units.len(),
+        runs = inv.runs.len(),
+        "inventory taken"
+    );
     let hash = |s: &str| keyring.subject_hash(s);
     let plan =
         crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)

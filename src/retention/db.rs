@@ -323,47 +323,77 @@ pub fn predicate(
     p.join(" AND ")
 }
 
-/// Per-tenant answers for one selection shared by `tenants`.
-pub fn stats(
+/// Rows per tenant of `table`, and per-tenant answers for each selection of `groups` (a
+/// selection and the tenants sharing it) — in one pass over the table, whatever the number of
+/// selections (aggregates with `FILTER`).
+#[allow(clippy::type_complexity)]
+pub fn table_stats(
     db: &mut Db,
     table: &Table,
-    sel: &Selection,
-    tenants: &[String],
-) -> Result<BTreeMap<String, crate::retention::plan::Stats>, SourceError> {
+    groups: &[(&Selection, Vec<String>)],
+) -> Result<
+    (
+        BTreeMap<String, u64>,
+        Vec<BTreeMap<String, crate::retention::plan::Stats>>,
+    ),
+    SourceError,
+> {
     let tc = qi(&table.config.tenant_column);
     let pk = qi(&table.config.primary_key);
-    let anchor = |f: &str| match &sel.anchor {
-        Some(a) => format!("CAST({f}({}) AS TEXT)", qi(a)),
-        None => "NULL".into(),
-    };
-    let blob = match &table.config.blob_column {
-        Some(b) => format!("count({})", qi(b)),
-        None => "0".into(),
-    };
+    let mut cols = vec![format!("CAST({tc} AS TEXT)"), "count(*)".to_string()];
+    for (sel, tenants) in groups {
+        let f = format!("FILTER (WHERE {})", predicate(table, sel, tenants, true));
+        let anchor = |agg: &str| match &sel.anchor {
+            Some(a) => format!("CAST({agg}({}) {f} AS TEXT)", qi(a)),
+            None => "NULL".into(),
+        };
+        cols.push(format!("count(*) {f}"));
+        cols.push(anchor("min"));
+        cols.push(anchor("max"));
+        cols.push(format!("CAST(min({pk}) {f} AS TEXT)"));
+        cols.push(format!("CAST(max({pk}) {f} AS TEXT)"));
+        cols.push(match &table.config.blob_column {
+            Some(b) => format!("count({}) {f}", qi(b)),
+            None => "0".into(),
+        });
+    }
     let sql = format!(
-        "SELECT CAST({tc} AS TEXT), count(*), {}, {}, CAST(min({pk}) AS TEXT), CAST(max({pk}) AS TEXT), {blob} FROM {} WHERE {} GROUP BY {tc}",
-        anchor("min"),
-        anchor("max"),
-        qi(&table.name),
-        predicate(table, sel, tenants, true)
+        "SELECT {} FROM {} GROUP BY {tc}",
+        cols.join(", "),
+        qi(&table.name)
     );
-    let mut out: BTreeMap<String, crate::retention::plan::Stats> = tenants
+    let n = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mut totals = BTreeMap::new();
+    let mut out: Vec<BTreeMap<String, crate::retention::plan::Stats>> = groups
         .iter()
-        .map(|t| (t.clone(), Default::default()))
+        .map(|(_, tenants)| {
+            tenants
+                .iter()
+                .map(|t| (t.clone(), Default::default()))
+                .collect()
+        })
         .collect();
     for r in db.query(&sql).map_err(|e| e.on(&table.name))? {
         let Some(t) = r[0].clone() else { continue };
-        let n = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
-        if let Some(s) = out.get_mut(&t) {
-            s.rows = n(&r[1]);
-            s.oldest = r[2].clone();
-            s.newest = r[3].clone();
-            s.min_pk = r[4].clone();
-            s.max_pk = r[5].clone();
-            s.blobs = n(&r[6]);
+        totals.insert(t.clone(), n(&r[1]));
+        for (g, stats) in out.iter_mut().enumerate() {
+            let c = 2 + g * 6;
+            if let Some(s) = stats.get_mut(&t) {
+                s.rows = n(&r[c]);
+                if s.rows > 0 {
+                    s.oldest = r[c + 1].clone();
+                    s.newest = r[c + 2].clone();
+                    s.min_pk = r[c + 3].clone();
+                    s.max_pk = r[c + 4].clone();
+                }
+                s.blobs = n(&r[c + 5]);
+            }
         }
     }
-    if !sel.excluded_subjects.is_empty() {
+    for ((sel, tenants), stats) in groups.iter().zip(out.iter_mut()) {
+        if sel.excluded_subjects.is_empty() {
+            continue;
+        }
         let sql = format!(
             "SELECT CAST({tc} AS TEXT), count(*) FROM {} WHERE {} AND ({}) GROUP BY {tc}",
             qi(&table.name),
@@ -371,29 +401,14 @@ pub fn stats(
             subject_match(table, &sel.excluded_subjects)
         );
         for r in db.query(&sql).map_err(|e| e.on(&table.name))? {
-            if let (Some(t), Some(n)) = (&r[0], &r[1])
-                && let Some(s) = out.get_mut(t)
+            if let (Some(t), Some(c)) = (&r[0], &r[1])
+                && let Some(s) = stats.get_mut(t)
             {
-                s.held_by_subject = n.parse().unwrap_or(0);
+                s.held_by_subject = c.parse().unwrap_or(0);
             }
         }
     }
-    Ok(out)
-}
-
-/// Rows per tenant of `table`.
-pub fn table_rows(db: &mut Db, table: &Table) -> Result<BTreeMap<String, u64>, SourceError> {
-    let tc = qi(&table.config.tenant_column);
-    let sql = format!(
-        "SELECT CAST({tc} AS TEXT), count(*) FROM {} GROUP BY {tc}",
-        qi(&table.name)
-    );
-    Ok(db
-        .query(&sql)
-        .map_err(|e| e.on(&table.name))?
-        .into_iter()
-        .filter_map(|r| Some((r[0].clone()?, r[1].as_deref()?.parse().ok()?)))
-        .collect())
+    Ok((totals, out))
 }
 
 /// Legal holds from the source table named by `legal_holds_source` (columns `tenant`,

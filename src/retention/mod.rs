@@ -97,33 +97,35 @@ pub async fn inventory(
         .collect();
     let wanted = selections(dm, policy, &tenants, &holds, now);
 
-    // One query per distinct selection, over all tenants sharing it.
-    let mut groups: BTreeMap<&Selection, Vec<&UnitKey>> = BTreeMap::new();
+    // One pass per table, answering every selection on it for all tenants sharing it.
+    let mut by_table: BTreeMap<&str, BTreeMap<&Selection, Vec<&UnitKey>>> = BTreeMap::new();
     for (k, s) in &wanted {
-        groups.entry(s).or_default().push(k);
+        by_table
+            .entry(s.table.as_str())
+            .or_default()
+            .entry(s)
+            .or_default()
+            .push(k);
     }
     let mut units = Vec::new();
     let mut table_rows = BTreeMap::new();
-    for (sel, keys) in groups {
-        let table = db::table(dm, &sel.table);
-        let tenant_ids: Vec<String> = keys.iter().map(|k| k.tenant.clone()).collect();
-        let mut stats = db::stats(db, table, sel, &tenant_ids)?;
-        for k in keys {
-            units.push((
-                (*k).clone(),
-                sel.clone(),
-                stats.remove(&k.tenant).unwrap_or_default(),
-            ));
+    for table in &dm.tables {
+        let sels = by_table.remove(table.name.as_str()).unwrap_or_default();
+        let groups: Vec<(&Selection, Vec<String>)> = sels
+            .iter()
+            .map(|(s, keys)| (*s, keys.iter().map(|k| k.tenant.clone()).collect()))
+            .collect();
+        let (totals, mut answers) = db::table_stats(db, table, &groups)?;
+        for ((sel, keys), stats) in sels.iter().zip(answers.iter_mut()) {
+            for k in keys {
+                units.push((
+                    (*k).clone(),
+                    (*sel).clone(),
+                    stats.remove(&k.tenant).unwrap_or_default(),
+                ));
+            }
         }
-        if !table_rows.contains_key(&sel.table) {
-            table_rows.insert(sel.table.clone(), db::table_rows(db, table)?);
-        }
-    }
-    // Terminated tenants' kept tables are reported with their row counts.
-    for t in &dm.tables {
-        if !table_rows.contains_key(&t.name) {
-            table_rows.insert(t.name.clone(), db::table_rows(db, t)?);
-        }
+        table_rows.insert(table.name.clone(), totals);
     }
     units.sort_by(|a, b| a.0.cmp(&b.0));
     let pending_blobs = db::pending_blobs(db)?;
