@@ -539,21 +539,33 @@ pub fn change_batch(
     };
     let rows = match dialect {
         Dialect::Postgres => {
+            // Windows need no largest key back: return only what the counts need.
+            let keyset = matches!(range, Range::Next { .. });
             let returning = format!(
-                "RETURNING CAST({tc} AS TEXT) AS t_, {pk} AS k_{}",
+                "RETURNING {tc} AS t_{}{}",
+                if keyset {
+                    format!(", {pk} AS k_")
+                } else {
+                    String::new()
+                },
                 blob.as_ref()
                     .map(|b| format!(", CAST({b} AS TEXT) AS b_"))
                     .unwrap_or_default()
             );
+            let max_key = if keyset {
+                "CAST((SELECT max(k_) FROM d) AS TEXT)"
+            } else {
+                "NULL"
+            };
             let outbox = if blob.is_some() {
                 format!(
-                    ", o AS (INSERT INTO {OUTBOX} (tenant, blob_key) SELECT t_, b_ FROM d WHERE b_ IS NOT NULL)"
+                    ", o AS (INSERT INTO {OUTBOX} (tenant, blob_key) SELECT CAST(t_ AS TEXT), b_ FROM d WHERE b_ IS NOT NULL)"
                 )
             } else {
                 String::new()
             };
             let sql = format!(
-                "WITH d AS ({change} {returning}){outbox} SELECT t_, count(*), CAST((SELECT max(k_) FROM d) AS TEXT) FROM d GROUP BY t_"
+                "WITH d AS ({change} {returning}){outbox} SELECT CAST(t_ AS TEXT), count(*), {max_key} FROM d GROUP BY t_"
             );
             db.query(&sql)?
         }
