@@ -106,6 +106,7 @@ pub fn check(config_path: &Path) -> Result<Checked, crate::Error> {
 
     if let (Some(dm), Some(policy)) = (&data_map, &policy) {
         problems.extend(policy.check_against(dm));
+        problems.extend(retention_problems(&config, dm, policy));
     }
     if let Some(dm) = &data_map {
         match Source::open(&config.source) {
@@ -135,4 +136,37 @@ pub fn check(config_path: &Path) -> Result<Checked, crate::Error> {
         policy: policy.unwrap(),
         jobs: jobs.unwrap(),
     })
+}
+
+/// What the retention engine needs beyond a valid policy: somewhere to delete blobs from, and
+/// SQL it can run on this source.
+fn retention_problems(config: &Config, dm: &DataMap, policy: &Policy) -> Vec<Problem> {
+    let mut out = Vec::new();
+    if config.blobs.is_none()
+        && let Some(t) = dm.tables.iter().find(|t| t.config.blob_column.is_some())
+    {
+        out.push(Problem::new(
+            &config.path,
+            "blobs",
+            format!(
+                "table {} references blobs ({}) but there is no [blobs] store: retention could delete rows and orphan their photos or recordings",
+                t.name,
+                t.config.blob_column.as_deref().unwrap_or_default()
+            ),
+            "add [blobs] url = \"s3://bucket/prefix\" (or a local directory) where the blob keys point",
+        ));
+    }
+    if matches!(config.source, crate::config::SourceUrl::Sqlite(_)) {
+        for (name, c) in &policy.categories {
+            if let crate::policy::Action::Anonymize { hash: true, .. } = c.action {
+                out.push(Problem::new(
+                    &policy.path,
+                    format!("categories.{name}.method"),
+                    "method = \"hash\" needs PostgreSQL (SQLite has no SHA-256 function)",
+                    "use method = \"null\" on SQLite",
+                ));
+            }
+        }
+    }
+    out
 }

@@ -169,6 +169,10 @@ pub async fn run_retention(
     let store = Store::open(&cfg.store)?;
     let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
     let s3 = crate::snapshot::purge::s3_admin_for(&cfg.store).await?;
+    let blobs_s3 = match &cfg.blobs {
+        Some(b) => crate::snapshot::purge::s3_admin_for(b).await?,
+        None => None,
+    };
     let keyed = keyring.tenants().map(String::from).collect();
     let started = std::time::Instant::now();
     let inv = crate::retention::inventory(c, &mut db, &store, keyed, now).await?;
@@ -232,6 +236,7 @@ pub async fn run_retention(
         store: &store,
         blobs: blobs.as_ref(),
         s3: s3.as_ref(),
+        blobs_s3: blobs_s3.as_ref(),
         audit: &mut audit,
         keyring: &mut keyring,
         subject_key,

@@ -262,8 +262,35 @@ impl S3Admin {
                 why: "a prefix must end with `/`, or it also matches its longer siblings (tenant=a… would take tenant=ab…)",
             });
         }
+        self.purge_matching(prefix, |_| true).await
+    }
+
+    /// Delete every version and every delete marker of exactly `key` (relative to the store
+    /// prefix): on a versioned bucket a plain DELETE only hides an object. Locked versions stay
+    /// and are reported, as in [`S3Admin::purge_prefix`].
+    pub async fn purge_key(&self, key: &str) -> Result<PurgeOutcome, StoreError> {
+        if key.is_empty() || key.ends_with('/') {
+            return Err(StoreError::UnsafePurge {
+                prefix: key.into(),
+                why: "purge_key takes one object key",
+            });
+        }
+        let full = self.full(key);
+        self.purge_matching(key, move |k| k == full).await
+    }
+
+    async fn purge_matching(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<PurgeOutcome, StoreError> {
         let mut outcome = PurgeOutcome::default();
-        let listed = self.list_versions(prefix).await?;
+        let listed: Vec<_> = self
+            .list_versions(prefix)
+            .await?
+            .into_iter()
+            .filter(|(k, _, _)| keep(k))
+            .collect();
         for chunk in listed.chunks(1000) {
             let ids: Vec<ObjectIdentifier> = chunk
                 .iter()
@@ -343,7 +370,12 @@ impl S3Admin {
                 }
             }
         }
-        outcome.remaining = self.list_versions(prefix).await?.len() as u64;
+        outcome.remaining = self
+            .list_versions(prefix)
+            .await?
+            .iter()
+            .filter(|(k, _, _)| keep(k))
+            .count() as u64;
         Ok(outcome)
     }
 }

@@ -794,3 +794,53 @@ fn retention_on_postgres_with_a_versioned_s3_store() {
         "a second plan at the same instant finds nothing: {out}"
     );
 }
+
+/// A blob on a versioned bucket is gone with every version and delete marker, and only it:
+/// a sibling whose key starts with the same characters stays.
+#[test]
+fn purge_key_removes_every_version_of_one_blob_only() {
+    let Some(moto) = Moto::start("purge_key") else {
+        return;
+    };
+    let bucket = "lethe-blobs";
+    moto.create_bucket_with(bucket, true, false);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = s3_store(&moto, bucket, "app");
+        let key = object_store::path::Path::from("selfies/t1/9.jpg");
+        let sibling = object_store::path::Path::from("selfies/t1/9.jpg.thumb");
+        for body in ["v1", "v2"] {
+            store.put(&key, bytes::Bytes::from(body)).await.unwrap();
+        }
+        store.inner.delete(&key).await.unwrap(); // a delete marker hides both versions
+        store.put(&sibling, bytes::Bytes::from("t")).await.unwrap();
+        let sdk = moto.sdk();
+        assert_eq!(
+            count_versions(&sdk, bucket, "app/selfies/t1/9.jpg").await,
+            (3, 1)
+        );
+        let admin = lethe::s3::S3Admin::from_client(moto.sdk(), bucket, "app");
+        let out = admin.purge_key("selfies/t1/9.jpg").await.unwrap();
+        assert_eq!(
+            (
+                out.versions_deleted,
+                out.delete_markers_deleted,
+                out.remaining
+            ),
+            (2, 1, 0)
+        );
+        assert_eq!(
+            count_versions(&sdk, bucket, "app/selfies/t1/9.jpg.thumb").await,
+            (1, 0)
+        );
+        assert_eq!(
+            count_versions(&sdk, bucket, "app/selfies/t1/9.jpg").await,
+            (1, 0),
+            "only the sibling is left"
+        );
+        assert!(
+            admin.purge_key("selfies/").await.is_err(),
+            "a prefix is not a key"
+        );
+    });
+}

@@ -81,6 +81,8 @@ pub struct Env<'a> {
     pub blobs: Option<&'a Store>,
     /// For versioned S3 snapshot stores: purge every version.
     pub s3: Option<&'a S3Admin>,
+    /// For a versioned S3 blob store: delete every version of each blob.
+    pub blobs_s3: Option<&'a S3Admin>,
     pub audit: &'a mut AuditLog,
     pub keyring: &'a mut Keyring,
     pub subject_key: [u8; 32],
@@ -237,6 +239,20 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<u
                     db::OUTBOX
                 ))
             })?;
+            if let Some(admin) = env.blobs_s3 {
+                // A versioned bucket: every version and delete marker of the blob.
+                let p = admin.purge_key(path.as_ref()).await?;
+                if !p.locked.is_empty() {
+                    return Err(crate::Error::Failed(format!(
+                        "blob of {} entry {id} is under Object Lock until {}; it stays pending and is retried on every run",
+                        db::OUTBOX,
+                        p.locked[0]
+                            .retain_until
+                            .as_deref()
+                            .unwrap_or("a legal hold is released")
+                    )));
+                }
+            }
             match blobs.inner.delete(&path).await {
                 Ok(()) => {}
                 Err(object_store::Error::NotFound { .. }) => {}
