@@ -726,3 +726,56 @@ fn audit_records_and_logs_carry_no_personal_data_and_tampering_is_named() {
     let (code, out, _) = lethe(&["--config", cfg, "audit", "verify"]);
     assert_eq!(code, 0, "restored chain verifies: {out}");
 }
+
+#[test]
+fn a_pinned_run_is_kept_until_unpinned() {
+    let d = demo(3, 20);
+    no_brake(&d);
+    snapshot(&d);
+    let t = plain_tenant(&d);
+    let now = Utc::now() - TimeDelta::seconds(5);
+    let old = fake_old_run(&d, &t, now, 60);
+    let cfg = d.config.to_str().unwrap();
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg,
+        "snapshot",
+        "pin",
+        "--tenant",
+        &t,
+        "--run",
+        &old,
+        "--reason",
+        "restore drill OPS-12",
+        "--by",
+        "ops",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = lethe(&["--config", cfg, "plan", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        plan["held_back"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["kind"] == "pinned"
+                && h["run_id"] == old.as_str()
+                && h["reason"] == "restore drill OPS-12"),
+        "{out}"
+    );
+    let (code, out, err) = lethe(&["--config", cfg, "run", "retention"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(run_dirs(&d, &t).contains(&format!("run={old}")));
+    let (code, out, err) = lethe(&[
+        "--config", cfg, "snapshot", "unpin", "--tenant", &t, "--run", &old,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = lethe(&["--config", cfg, "run", "retention"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        !run_dirs(&d, &t).contains(&format!("run={old}")),
+        "unpinned: purged"
+    );
+    assert!(!run_dirs(&d, &t).is_empty(), "the newest run stays");
+}

@@ -844,3 +844,56 @@ fn purge_key_removes_every_version_of_one_blob_only() {
         );
     });
 }
+
+/// On a bucket with Object Lock, audit records and checkpoints are written under retention
+/// (`[audit] lock_mode`, `lock_retain`), and the chain still verifies.
+#[test]
+fn audit_records_on_an_object_lock_bucket_are_locked() {
+    let Some(moto) = Moto::start("audit_lock") else {
+        return;
+    };
+    let bucket = "lethe-audit-lock";
+    moto.create_bucket_with(bucket, true, true);
+    let d = demo(3, 40);
+    use_s3(&d, &moto, bucket);
+    let mut text = std::fs::read_to_string(&d.config).unwrap();
+    text.push_str("\n[retention]\nmax_share = 1.0\n\n[audit]\nlock_mode = \"COMPLIANCE\"\nlock_retain = \"13mo\"\n");
+    std::fs::write(&d.config, text).unwrap();
+    let cfg = d.config.to_str().unwrap();
+    let env = moto.env();
+    let (code, out, err) = lethe_env(&["--config", cfg, "run", "snapshot"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = lethe_env(&["--config", cfg, "run", "retention"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sdk = moto.sdk();
+    for key in [
+        "prod/backups/audit/records/000000000000.json",
+        "prod/backups/audit/checkpoints/",
+    ] {
+        let key = if key.ends_with('/') {
+            let l = rt
+                .block_on(sdk.list_objects_v2().bucket(bucket).prefix(key).send())
+                .unwrap();
+            l.contents()[0].key().unwrap().to_string()
+        } else {
+            key.to_string()
+        };
+        let h = rt
+            .block_on(sdk.head_object().bucket(bucket).key(&key).send())
+            .unwrap();
+        assert_eq!(
+            h.object_lock_mode().map(|m| m.as_str()),
+            Some("COMPLIANCE"),
+            "{key} is not locked"
+        );
+        let until = h.object_lock_retain_until_date().unwrap().secs();
+        let days = (until - chrono::Utc::now().timestamp()) / 86_400;
+        assert!(
+            (380..=400).contains(&days),
+            "{key}: retained {days} days, want 13 months"
+        );
+    }
+    let (code, out, err) = lethe_env(&["--config", cfg, "audit", "verify"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
