@@ -340,26 +340,41 @@ pub fn table_stats(
 > {
     let tc = qi(&table.config.tenant_column);
     let pk = qi(&table.config.primary_key);
-    let mut cols = vec![format!("CAST({tc} AS TEXT)"), "count(*)".to_string()];
-    for (sel, tenants) in groups {
-        let f = format!("FILTER (WHERE {})", predicate(table, sel, tenants, true));
+    // Each selection's predicate is evaluated once per row, in the inner query; the outer
+    // aggregates only test the resulting flag.
+    let mut inner = vec![format!("{tc} AS t_"), format!("{pk} AS k_")];
+    if let Some(b) = &table.config.blob_column {
+        inner.push(format!("{} AS b_", qi(b)));
+    }
+    let mut cols = vec!["CAST(t_ AS TEXT)".to_string(), "count(*)".to_string()];
+    for (g, (sel, tenants)) in groups.iter().enumerate() {
+        inner.push(format!(
+            "({}) AS g{g}_",
+            predicate(table, sel, tenants, true)
+        ));
+        let f = format!("FILTER (WHERE g{g}_)");
         let anchor = |agg: &str| match &sel.anchor {
-            Some(a) => format!("CAST({agg}({}) {f} AS TEXT)", qi(a)),
+            Some(_) => format!("CAST({agg}(a{g}_) {f} AS TEXT)"),
             None => "NULL".into(),
         };
+        if let Some(a) = &sel.anchor {
+            inner.push(format!("{} AS a{g}_", qi(a)));
+        }
         cols.push(format!("count(*) {f}"));
         cols.push(anchor("min"));
         cols.push(anchor("max"));
-        cols.push(format!("CAST(min({pk}) {f} AS TEXT)"));
-        cols.push(format!("CAST(max({pk}) {f} AS TEXT)"));
-        cols.push(match &table.config.blob_column {
-            Some(b) => format!("count({}) {f}", qi(b)),
-            None => "0".into(),
+        cols.push(format!("CAST(min(k_) {f} AS TEXT)"));
+        cols.push(format!("CAST(max(k_) {f} AS TEXT)"));
+        cols.push(if table.config.blob_column.is_some() {
+            format!("count(b_) {f}")
+        } else {
+            "0".into()
         });
     }
     let sql = format!(
-        "SELECT {} FROM {} GROUP BY {tc}",
+        "SELECT {} FROM (SELECT {} FROM {}) s GROUP BY t_",
         cols.join(", "),
+        inner.join(", "),
         qi(&table.name)
     );
     let n = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
