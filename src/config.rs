@@ -74,19 +74,25 @@ pub struct SourceSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
-    /// `s3://bucket/prefix`, `file:///absolute/dir`, or a directory relative to lethe.toml.
+    /// `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix` (or `azure://`),
+    /// `file:///absolute/dir`, or a directory relative to lethe.toml. Credentials come from the
+    /// cloud's standard environment (`AWS_*`, `GOOGLE_*`, `AZURE_*`), never from this file.
     pub url: String,
-    /// S3-compatible endpoint (R2, MinIO, a test server), e.g. `https://<account>.r2.cloudflarestorage.com`.
-    /// Default: `AWS_ENDPOINT_URL`, else AWS.
+    /// Endpoint instead of the cloud's own. S3: an S3-compatible service (R2, MinIO, a test
+    /// server), e.g. `https://<account>.r2.cloudflarestorage.com` (default `AWS_ENDPOINT_URL`,
+    /// else AWS). GCS: the JSON/XML API base URL (default `https://storage.googleapis.com`).
+    /// Azure: the account URL, e.g. `https://<account>.blob.core.windows.net` (default
+    /// `AZURE_STORAGE_ENDPOINT`, else that).
     #[serde(default)]
     pub endpoint: Option<String>,
-    /// Region (`auto` for R2). Default: `AWS_REGION`, else `us-east-1`.
+    /// S3 only: region (`auto` for R2). Default: `AWS_REGION`, else `us-east-1`.
     #[serde(default)]
     pub region: Option<String>,
-    /// Allow plain-HTTP endpoints (test servers only). Default: `AWS_ALLOW_HTTP`, else false.
+    /// Allow plain-HTTP endpoints (test servers only). Default: `AWS_ALLOW_HTTP` /
+    /// `GOOGLE_ALLOW_HTTP` / `AZURE_ALLOW_HTTP`, else false.
     #[serde(default)]
     pub allow_http: Option<bool>,
-    /// Path-style requests (`endpoint/bucket/key`) instead of virtual-hosted style. Default false.
+    /// S3 only: path-style requests (`endpoint/bucket/key`) instead of virtual-hosted style. Default false.
     #[serde(default)]
     pub path_style: Option<bool>,
 }
@@ -338,10 +344,11 @@ pub enum SourceUrl {
 }
 
 /// A validated object-store location and its settings. Credentials are never here: they come
-/// from the standard `AWS_*` environment (or the instance's role).
+/// from the standard `AWS_*` / `GOOGLE_*` / `AZURE_*` environment (or the instance's role).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct StoreSpec {
-    /// `file:///abs/dir` or `s3://bucket[/prefix]`.
+    /// `file:///abs/dir`, `s3://bucket[/prefix]`, `gs://bucket[/prefix]` or
+    /// `az://container[/prefix]` (also `azure://`).
     pub url: String,
     pub endpoint: Option<String>,
     pub region: Option<String>,
@@ -482,7 +489,7 @@ impl Config {
                 invalid(
                     key,
                     m,
-                    "write s3://bucket/prefix, file:///absolute/dir or a directory path",
+                    "write s3://bucket/prefix, gs://bucket/prefix, az://container/prefix, file:///absolute/dir or a directory path",
                 )
             })?;
             Ok(StoreSpec {
@@ -576,22 +583,28 @@ impl Config {
     }
 }
 
-/// `file:///abs` and `s3://bucket[/prefix]` stay; a bare path becomes `file://` + the absolute
-/// path; other schemes are refused until their backends are built.
+/// `file:///abs`, `s3://`, `gs://`, `az://` and `azure://` URLs stay (less a trailing `/`); a
+/// bare path becomes `file://` + the absolute path; other schemes are refused.
 fn store_url_of(base: &Path, url: &str) -> Result<String, String> {
     if url.starts_with("file://") {
         return Ok(url.to_string());
     }
-    if let Some(rest) = url.strip_prefix("s3://") {
-        let bucket = rest.split('/').next().unwrap_or_default();
-        if bucket.is_empty() {
-            return Err("no bucket after s3://".into());
+    for (scheme, what) in [
+        ("s3://", "bucket"),
+        ("gs://", "bucket"),
+        ("az://", "container"),
+        ("azure://", "container"),
+    ] {
+        if let Some(rest) = url.strip_prefix(scheme) {
+            if rest.split('/').next().unwrap_or_default().is_empty() {
+                return Err(format!("no {what} after {scheme}"));
+            }
+            return Ok(url.trim_end_matches('/').to_string());
         }
-        return Ok(url.trim_end_matches('/').to_string());
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(format!(
-            "scheme {scheme}:// is not supported (use s3://, file:// or a path; gs:// and az:// are not built yet)"
+            "scheme {scheme}:// is not supported (use s3://, gs://, az://, file:// or a path)"
         ));
     }
     let p = resolve(base, url);
@@ -668,5 +681,29 @@ mod tests {
         assert!(e.to_string().contains("audit.lock_retain"), "{e}");
         let e = parse(&format!("{base}[audit]\nkeep = \"1y\"\n")).unwrap_err();
         assert!(e.to_string().contains("keep"), "{e}");
+    }
+
+    #[test]
+    fn cloud_store_urls_are_accepted_and_empty_buckets_refused() {
+        let with = |store: &str| {
+            parse(&format!(
+                "[source]\nurl = \"sqlite://db.sqlite\"\n[store]\nurl = \"{store}\"\n"
+            ))
+        };
+        for u in ["s3://b/p", "gs://b/p", "az://c/p", "azure://c/p", "gs://b"] {
+            assert_eq!(with(&format!("{u}/")).unwrap().store.url, u);
+        }
+        for (u, what) in [("gs://", "bucket"), ("az:///p", "container")] {
+            let e = with(u).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("no {what}")) && e.contains("gs://bucket"),
+                "{e}"
+            );
+        }
+        let e = with("ftp://x/y").unwrap_err().to_string();
+        assert!(
+            e.contains("ftp:// is not supported") && e.contains("az://"),
+            "{e}"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! - [`jobs`]: `jobs/*.toml`, job definitions (name, schedule, steps);
 //! - [`keys`]: the keyring (master key, per-tenant data keys) and Parquet key material;
 //! - [`source`]: the primary database (SQLite or PostgreSQL), streamed into Arrow record batches;
-//! - [`store`]: object stores by URL (`file://`, `s3://`);
+//! - [`store`]: object stores by URL (`file://`, `s3://`, `gs://`, `az://`);
 //! - [`s3`]: what object_store cannot do on S3 (object versions, Object Lock), via aws-sdk-s3;
 //! - [`snapshot`]: encrypted Parquet snapshots, their manifests, `ls`, `verify` and `restore`;
 //! - [`check`]: validation of every configuration file at once;

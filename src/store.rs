@@ -1,12 +1,28 @@
 //! Object stores by URL. Everything lethe keeps — snapshots, manifests, later analytics,
 //! certificates and audit records — goes through [`Store`], so the local directory of the demo
-//! and S3/R2 in production take the same code path (`file://`, `s3://bucket/prefix`).
+//! and S3/R2, GCS or Azure Blob in production take the same code path (`file://`,
+//! `s3://bucket/prefix`, `gs://bucket/prefix`, `az://container/prefix`).
+//!
+//! Credentials are never in lethe.toml: they come from each cloud's standard environment
+//! (`AWS_*`, `GOOGLE_*`, `AZURE_*`). A GCS or Azure store with no credential in the
+//! environment is refused at open, naming the variables to set, instead of letting the client
+//! fall back to a cloud metadata server that is not there (and retry it for minutes).
+//!
+//! Danger: on GCS and Azure lethe deletes the current object only. A bucket with object
+//! versioning or soft delete keeps what a purge removed; on those clouds keep them off for the
+//! snapshot store (or expire noncurrent versions by a lifecycle rule within the promise).
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::ClientConfigKey;
+use object_store::StaticCredentialProvider;
 use object_store::aws::AmazonS3Builder;
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::gcp::{
+    GcpCredential, GcpSigningCredential, GoogleCloudStorageBuilder, GoogleConfigKey,
+};
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
@@ -60,6 +76,175 @@ impl StoreError {
     }
 }
 
+const GCS_FIX: &str = "set GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT) to a service-account JSON file, or GOOGLE_SERVICE_ACCOUNT_KEY to its contents; for an emulator set STORAGE_EMULATOR_HOST=http://host:port";
+const AZURE_FIX: &str = "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_KEY, or AZURE_CLIENT_ID + AZURE_CLIENT_SECRET + AZURE_TENANT_ID; AZURE_CREDENTIAL_TYPE=managed_identity on an Azure VM); for Azurite set AZURE_STORAGE_USE_EMULATOR=true";
+
+/// The environment a store is opened from (a snapshot, so tests can pass their own).
+pub(crate) struct Env(Vec<(String, String)>);
+
+impl Env {
+    fn process() -> Env {
+        Env(std::env::vars().collect())
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn truthy(&self, key: &str) -> bool {
+        self.get(key)
+            .is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    }
+}
+
+/// GCS from `GOOGLE_*` (as object_store reads them), `STORAGE_EMULATOR_HOST` (the variable
+/// Google's own clients use for an emulator: plain HTTP, no signature) and `[store]
+/// endpoint` / `allow_http`. Err((message, fix)) when nothing could authenticate.
+fn gcs_builder(
+    spec: &StoreSpec,
+    env: &Env,
+    bucket: &str,
+) -> Result<GoogleCloudStorageBuilder, (String, &'static str)> {
+    if bucket.is_empty() {
+        return Err(("no bucket after gs://".into(), "write gs://bucket/prefix"));
+    }
+    let mut b = GoogleCloudStorageBuilder::new().with_bucket_name(bucket);
+    for (k, v) in &env.0 {
+        if k.starts_with("GOOGLE_")
+            && !v.is_empty()
+            && let Ok(key) = k.to_ascii_lowercase().parse()
+        {
+            b = b.with_config(key, v);
+        }
+    }
+    if let Some(p) = env.get("SERVICE_ACCOUNT") {
+        b = b.with_service_account_path(p);
+    }
+    let emulator = env.get("STORAGE_EMULATOR_HOST");
+    if let Some(host) = emulator {
+        let host = if host.contains("://") {
+            host.to_string()
+        } else {
+            format!("http://{host}")
+        };
+        // No signature, and an empty token: object_store's uploads fetch a token even when
+        // told to skip signing, which without this would ask a metadata server.
+        b = b
+            .with_base_url(host.trim_end_matches('/'))
+            .with_skip_signature(true)
+            .with_credentials(Arc::new(StaticCredentialProvider::new(GcpCredential {
+                bearer: String::new(),
+            })))
+            .with_signing_credentials(Arc::new(StaticCredentialProvider::new(
+                GcpSigningCredential {
+                    email: String::new(),
+                    private_key: None,
+                },
+            )))
+            .with_config(GoogleConfigKey::Client(ClientConfigKey::AllowHttp), "true");
+    }
+    if let Some(e) = &spec.endpoint {
+        b = b.with_base_url(e.trim_end_matches('/'));
+    }
+    if let Some(h) = spec.allow_http {
+        b = b.with_config(
+            GoogleConfigKey::Client(ClientConfigKey::AllowHttp),
+            h.to_string(),
+        );
+    }
+    let credential_vars = [
+        "GOOGLE_SERVICE_ACCOUNT",
+        "GOOGLE_SERVICE_ACCOUNT_PATH",
+        "GOOGLE_SERVICE_ACCOUNT_KEY",
+        "SERVICE_ACCOUNT",
+        "GOOGLE_APPLICATION_CREDENTIALS",
+        "GOOGLE_BEARER_TOKEN",
+    ];
+    let has_credentials = emulator.is_some()
+        || env.truthy("GOOGLE_SKIP_SIGNATURE")
+        || credential_vars.iter().any(|k| env.get(k).is_some())
+        // gcloud's application-default login, which object_store reads too.
+        || env
+            .get("HOME")
+            .is_some_and(|h| {
+                std::path::Path::new(h)
+                    .join(".config/gcloud/application_default_credentials.json")
+                    .exists()
+            })
+        // On Google Cloud the metadata server gives the instance's service account.
+        || env.get("GCE_METADATA_HOST").is_some()
+        || on_cloud("Google");
+    if !has_credentials {
+        return Err((
+            "no Google Cloud credentials in the environment".into(),
+            GCS_FIX,
+        ));
+    }
+    Ok(b)
+}
+
+/// Azure Blob from `AZURE_*` (as object_store reads them) and `[store] endpoint` /
+/// `allow_http`. Err((message, fix)) when nothing could authenticate.
+fn azure_builder(
+    spec: &StoreSpec,
+    env: &Env,
+    container: &str,
+) -> Result<MicrosoftAzureBuilder, (String, &'static str)> {
+    if container.is_empty() {
+        return Err((
+            "no container after az://".into(),
+            "write az://container/prefix",
+        ));
+    }
+    let mut b = MicrosoftAzureBuilder::new().with_container_name(container);
+    let mut credential = false;
+    for (k, v) in &env.0 {
+        if !k.starts_with("AZURE_") || v.is_empty() {
+            continue;
+        }
+        let Ok(key) = k.to_ascii_lowercase().parse::<AzureConfigKey>() else {
+            continue;
+        };
+        credential |= match key {
+            AzureConfigKey::AccessKey
+            | AzureConfigKey::SasKey
+            | AzureConfigKey::Token
+            | AzureConfigKey::ClientSecret
+            | AzureConfigKey::FederatedTokenFile
+            | AzureConfigKey::MsiEndpoint
+            | AzureConfigKey::ObjectId
+            | AzureConfigKey::MsiResourceId
+            | AzureConfigKey::CredentialType
+            | AzureConfigKey::FabricTokenServiceUrl => true,
+            AzureConfigKey::UseEmulator
+            | AzureConfigKey::UseAzureCli
+            | AzureConfigKey::SkipSignature => env.truthy(k),
+            _ => false,
+        };
+        b = b.with_config(key, v);
+    }
+    if let Some(e) = &spec.endpoint {
+        b = b.with_endpoint(e.trim_end_matches('/').to_string());
+    }
+    if let Some(h) = spec.allow_http {
+        b = b.with_allow_http(h);
+    }
+    if !credential {
+        return Err(("no Azure credentials in the environment".into(), AZURE_FIX));
+    }
+    Ok(b)
+}
+
+/// Whether this machine says it runs on `vendor`'s cloud (the DMI product name, as Google's
+/// own libraries check), so a metadata server is there to ask.
+fn on_cloud(vendor: &str) -> bool {
+    std::fs::read_to_string("/sys/class/dmi/id/product_name")
+        .is_ok_and(|n| n.trim_start().starts_with(vendor))
+}
+
 /// An object store and the URL it was opened from.
 #[derive(Clone)]
 pub struct Store {
@@ -74,10 +259,15 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open a store; a local directory is created if missing. S3 credentials come from the
-    /// standard `AWS_*` environment; transient failures (5xx, timeouts, throttling) are retried
-    /// with exponential backoff by the client (up to 10 times within 3 minutes).
+    /// Open a store; a local directory is created if missing. Credentials come from the
+    /// standard environment of each cloud (see the README); transient failures (5xx,
+    /// timeouts, throttling) are retried with exponential backoff by the client (up to 10
+    /// times within 3 minutes).
     pub fn open(spec: &StoreSpec) -> Result<Store, StoreError> {
+        Self::open_with_env(spec, &Env::process())
+    }
+
+    fn open_with_env(spec: &StoreSpec, env: &Env) -> Result<Store, StoreError> {
         let url = spec.url.as_str();
         let open_err = |message: String, fix: &str| StoreError::Open {
             url: url.into(),
@@ -99,10 +289,21 @@ impl Store {
                 inner: Arc::new(fs),
             });
         }
+        let cloud = |inner: Arc<dyn ObjectStore>, prefix: &str| {
+            let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
+                inner
+            } else {
+                Arc::new(PrefixStore::new(inner, prefix))
+            };
+            Store {
+                url: url.into(),
+                inner,
+            }
+        };
+        // One TLS provider for the process (ring; parquet's encryption already uses it).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-            // One TLS provider for the process (ring; parquet's encryption already uses it).
-            let _ = rustls::crypto::ring::default_provider().install_default();
             let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
             if let Some(e) = &spec.endpoint {
                 b = b.with_endpoint(e);
@@ -119,19 +320,38 @@ impl Store {
             let s3 = b.build().map_err(|e| {
                 open_err(e.to_string(), "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and store.endpoint, store.region for R2 or other S3-compatible stores)")
             })?;
-            let inner: Arc<dyn ObjectStore> = if prefix.is_empty() {
-                Arc::new(s3)
-            } else {
-                Arc::new(PrefixStore::new(s3, prefix))
-            };
-            return Ok(Store {
-                url: url.into(),
-                inner,
-            });
+            return Ok(cloud(Arc::new(s3), prefix));
+        }
+        if let Some(rest) = url.strip_prefix("gs://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let gcs = gcs_builder(spec, env, bucket)
+                .map_err(|(m, fix)| open_err(m, fix))?
+                .build()
+                .map_err(|e| open_err(e.to_string(), GCS_FIX))?;
+            return Ok(cloud(Arc::new(gcs), prefix));
+        }
+        if let Some(rest) = url
+            .strip_prefix("az://")
+            .or_else(|| url.strip_prefix("azure://"))
+        {
+            let (container, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            let az = azure_builder(spec, env, container)
+                .map_err(|(m, fix)| open_err(m, fix))?
+                .build()
+                .map_err(|e| {
+                    let m = e.to_string();
+                    let fix = if m.contains("Account must be specified") {
+                        "set AZURE_STORAGE_ACCOUNT_NAME to the storage account's name"
+                    } else {
+                        AZURE_FIX
+                    };
+                    open_err(m, fix)
+                })?;
+            return Ok(cloud(Arc::new(az), prefix));
         }
         Err(open_err(
             "unsupported scheme".into(),
-            "use s3://bucket/prefix or file:///absolute/dir",
+            "use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or file:///absolute/dir",
         ))
     }
 
@@ -188,5 +408,91 @@ impl Store {
             .await
             .map_err(self.op_err("list", prefix))?;
         Ok(r.common_prefixes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(url: &str, env: &[(&str, &str)]) -> Result<Store, StoreError> {
+        // HOME without gcloud's application-default login.
+        let home = tempfile::tempdir().unwrap();
+        let mut vars = vec![("HOME".to_string(), home.path().display().to_string())];
+        vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Store::open_with_env(&StoreSpec::local(url), &Env(vars))
+    }
+
+    fn open_err(url: &str, env: &[(&str, &str)]) -> String {
+        match open(url, env) {
+            Err(e) => {
+                assert!(e.is_configuration(), "{e}");
+                e.to_string()
+            }
+            Ok(s) => panic!("{s:?} opened"),
+        }
+    }
+
+    #[test]
+    fn gcs_without_credentials_names_the_variables() {
+        if on_cloud("Google") {
+            return; // the metadata server is a credential there
+        }
+        let e = open_err("gs://bucket/prefix", &[]);
+        assert!(
+            e.contains("no Google Cloud credentials")
+                && e.contains("GOOGLE_APPLICATION_CREDENTIALS")
+                && e.contains("STORAGE_EMULATOR_HOST"),
+            "{e}"
+        );
+        let s = open(
+            "gs://bucket/prefix",
+            &[("STORAGE_EMULATOR_HOST", "127.0.0.1:4443")],
+        )
+        .unwrap();
+        assert_eq!(s.url, "gs://bucket/prefix");
+        // A key file that does not exist is named.
+        let e = open_err(
+            "gs://bucket",
+            &[("GOOGLE_SERVICE_ACCOUNT", "/no/such/key.json")],
+        );
+        assert!(
+            e.contains("/no/such/key.json") || e.contains("No such file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn azure_without_credentials_or_account_names_the_variables() {
+        let e = open_err("az://container/prefix", &[]);
+        assert!(
+            e.contains("no Azure credentials")
+                && e.contains("AZURE_STORAGE_ACCOUNT_KEY")
+                && e.contains("AZURE_STORAGE_USE_EMULATOR"),
+            "{e}"
+        );
+        // A key without the account's name.
+        let e = open_err(
+            "azure://container",
+            &[("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")],
+        );
+        assert!(e.contains("set AZURE_STORAGE_ACCOUNT_NAME"), "{e}");
+        // `false` is no credential.
+        let e = open_err("az://container", &[("AZURE_STORAGE_USE_EMULATOR", "false")]);
+        assert!(e.contains("no Azure credentials"), "{e}");
+        for url in ["az://container/p", "azure://container/p"] {
+            let s = open(url, &[("AZURE_STORAGE_USE_EMULATOR", "true")]).unwrap();
+            assert_eq!(s.url, url);
+        }
+        let e = open_err("az:///p", &[("AZURE_STORAGE_USE_EMULATOR", "true")]);
+        assert!(e.contains("no container"), "{e}");
+    }
+
+    #[test]
+    fn unknown_schemes_list_the_supported_ones() {
+        let e = open_err("ftp://x/y", &[]);
+        for s in ["s3://", "gs://", "az://", "file://"] {
+            assert!(e.contains(s), "{e}");
+        }
     }
 }

@@ -14,13 +14,21 @@
 //!
 //! The password (in the URL or `PGPASSWORD`) never appears in logs or errors: URLs are shown
 //! redacted.
+//!
+//! Every connection lethe makes to PostgreSQL (snapshot scans, `check`, retention) goes through
+//! [`config`] and [`connect`], so all of them honour the URL's `sslmode` / `sslrootcert`
+//! (libpq's meanings, default `prefer`; see [`tls`]).
 
 use std::sync::mpsc::SyncSender;
 
 use bytes::{Buf, Bytes};
 use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::runtime::Handle;
 use tokio_postgres::{Client, NoTls};
+
+pub mod tls;
+use tls::{SslMode, TlsSettings};
 
 use super::fanout::{Builder, FanOut};
 use super::{ColType, Column, ScanEvent, ScanPlan, SourceError, TenantRow};
@@ -36,15 +44,40 @@ pub struct PgSource {
     client: Client,
 }
 
-/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`.
+/// `postgres://user:secret@host/db` → `postgres://user:***@host/db`; a `password=` parameter
+/// is masked too. Works on URLs `url` cannot parse (several hosts: `h1:5432,h2:5432`).
 pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
+    let (head, query) = match url.split_once('?') {
+        Some((h, q)) => (h, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match head.split_once("://") {
+        // The userinfo ends at the last '@' (a password may hold a raw '/' or '@'; masking
+        // too much beats showing a piece of it).
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, hosts_and_path)) => {
+                let user = match userinfo.split_once(':') {
+                    Some((user, _)) => format!("{user}:***"),
+                    None => userinfo.to_string(),
+                };
+                format!("{scheme}://{user}@{hosts_and_path}")
+            }
+            None => head.to_string(),
+        },
+        None => head.to_string(),
+    };
+    if let Some(q) = query {
+        let params: Vec<String> = q
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// A PostgreSQL error with the server's message (tokio-postgres prints only "db error").
@@ -60,38 +93,189 @@ fn block<F: std::future::Future>(h: &Handle, f: F) -> F::Output {
     tokio::task::block_in_place(|| h.block_on(f))
 }
 
+/// A parsed connection: tokio-postgres' settings and the TLS settings it cannot express
+/// (`verify-ca`, `verify-full`, `sslrootcert`).
+#[derive(Clone)]
+pub struct PgConfig {
+    pub pg: tokio_postgres::Config,
+    pub tls: TlsSettings,
+}
+
+/// Take libpq's TLS parameters out of a URL's query (tokio-postgres refuses `verify-*` and
+/// does not know `sslrootcert`): (the rest of the URL, sslmode, sslrootcert).
+fn split_tls_params(url: &str) -> (String, Option<String>, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None, None);
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let (mut mode, mut root, mut kept) = (None, None, Vec::new());
+    for p in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = p.split_once('=').unwrap_or((p, ""));
+        match decode(k).as_str() {
+            "sslmode" => mode = Some(decode(v)),
+            "sslrootcert" => root = Some(decode(v)),
+            _ => kept.push(p),
+        }
+    }
+    let rest = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (rest, mode, root)
+}
+
 /// Parse a `postgres://` URL into a connection config; the password comes from the URL or
-/// `PGPASSWORD`. Errors show the URL redacted.
-pub fn config(url: &str) -> Result<tokio_postgres::Config, SourceError> {
-    let mut config: tokio_postgres::Config =
-        url.parse()
-            .map_err(|e: tokio_postgres::Error| SourceError::Open {
-                url: redact(url),
-                message: e.to_string(),
-                fix: "write postgres://user@host:5432/database (password in PGPASSWORD)".into(),
-            })?;
+/// `PGPASSWORD`, `sslmode` / `sslrootcert` from the URL or `PGSSLMODE` / `PGSSLROOTCERT`.
+/// Errors show the URL redacted.
+pub fn config(url: &str) -> Result<PgConfig, SourceError> {
+    config_with_env(url, |k| std::env::var(k).ok())
+}
+
+fn config_with_env(
+    url: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<PgConfig, SourceError> {
+    let open_err = |message: String, fix: &str| SourceError::Open {
+        url: redact(url),
+        message,
+        fix: fix.into(),
+    };
+    let (rest, mode, root) = split_tls_params(url);
+    let mut config: tokio_postgres::Config = rest.parse().map_err(|e: tokio_postgres::Error| {
+        open_err(
+            e.to_string(),
+            "write postgres://user@host:5432/database (password in PGPASSWORD)",
+        )
+    })?;
     if config.get_password().is_none()
-        && let Ok(p) = std::env::var("PGPASSWORD")
+        && let Some(p) = env("PGPASSWORD")
     {
         config.password(p);
     }
+    let tls = TlsSettings::resolve(
+        mode.or_else(|| env("PGSSLMODE")).as_deref(),
+        root.or_else(|| env("PGSSLROOTCERT")).as_deref(),
+    )
+    .map_err(|m| {
+        open_err(
+            m,
+            "write sslmode=disable, prefer, require, verify-ca or verify-full (libpq's meanings) and, for verify-*, sslrootcert=/path/to/root.crt if the server's authority is not a public one",
+        )
+    })?;
+    config.ssl_mode(match tls.mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+            tokio_postgres::config::SslMode::Require
+        }
+    });
     config.application_name("lethe");
-    Ok(config)
+    Ok(PgConfig { pg: config, tls })
 }
 
-/// Connect with `config`; the connection is driven by a task on the current runtime.
-pub async fn connect(config: &tokio_postgres::Config, url: &str) -> Result<Client, SourceError> {
-    let (client, connection) = config.connect(NoTls).await.map_err(|e| SourceError::Open {
-        url: redact(url),
-        message: pg_error(&e),
-        fix: "check the host, port, database, user and password (PGPASSWORD)".into(),
-    })?;
+/// Drive a new connection by a task on the current runtime.
+fn spawn_connection<S, T>(
+    r: Result<(Client, tokio_postgres::Connection<S, T>), tokio_postgres::Error>,
+) -> Result<Client, tokio_postgres::Error>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client, connection) = r?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed");
         }
     });
     Ok(client)
+}
+
+/// Connect with `config` (TLS as its `sslmode` says); the connection is driven by a task on
+/// the current runtime. `url` is for messages (shown redacted).
+pub async fn connect(config: &PgConfig, url: &str) -> Result<Client, SourceError> {
+    let open_err = |message: String, fix: String| SourceError::Open {
+        url: redact(url),
+        message,
+        fix,
+    };
+    let connector = config.tls.connector().map_err(|e| match e {
+        tls::TlsSetupError::RootCert { path, message } => open_err(
+            format!("cannot use sslrootcert {}: {message}", path.display()),
+            "point sslrootcert at a readable PEM file of the CA certificates to trust".into(),
+        ),
+        tls::TlsSetupError::Rustls(m) => open_err(
+            format!("cannot set up TLS: {m}"),
+            "use sslmode=disable to connect without TLS".into(),
+        ),
+    })?;
+    let result = match connector {
+        None => spawn_connection(config.pg.connect(NoTls).await),
+        Some(connector) => match spawn_connection(config.pg.connect(connector).await) {
+            // libpq's `prefer`: when TLS fails, try again without it.
+            Err(e) if config.tls.mode == SslMode::Prefer && is_tls_failure(&e) => {
+                tracing::warn!(url = %redact(url), error = %e, "TLS failed; sslmode=prefer connects unencrypted");
+                let mut plain = config.pg.clone();
+                plain.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                spawn_connection(plain.connect(NoTls).await)
+            }
+            r => r,
+        },
+    };
+    result.map_err(|e| {
+        if let Some(r) = tls::rustls_error(&e) {
+            let (message, fix) = tls::explain(r, &config.tls, &first_host(&config.pg));
+            open_err(message, fix)
+        } else if e.to_string().contains("server does not support TLS") {
+            open_err(
+                format!(
+                    "sslmode={}: the server does not offer TLS",
+                    config.tls.mode.as_str()
+                ),
+                "turn TLS on in the server (ssl = on, ssl_cert_file, ssl_key_file in postgresql.conf) or, on a trusted network only, use sslmode=prefer".into(),
+            )
+        } else {
+            open_err(
+                pg_error(&e),
+                "check the host, port, database, user and password (PGPASSWORD)".into(),
+            )
+        }
+    })
+}
+
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    tls::rustls_error(e).is_some() || e.to_string().contains("TLS")
+}
+
+/// The host name TLS checks the certificate against (the first host of the URL).
+fn first_host(c: &tokio_postgres::Config) -> String {
+    match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    }
+}
+
+/// The TLS version of this session as the server sees it (`pg_stat_ssl`), or `None` when the
+/// session is not encrypted.
+pub async fn session_tls(client: &Client) -> Result<Option<String>, SourceError> {
+    let row = client
+        .query_one(
+            "SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .map_err(|e| SourceError::Query {
+            table: "pg_stat_ssl".into(),
+            message: pg_error(&e),
+        })?;
+    let ssl: bool = row.get(0);
+    Ok(ssl.then(|| row.get::<_, Option<String>>(1).unwrap_or_default()))
 }
 
 impl PgSource {
@@ -605,5 +789,56 @@ mod tests {
             "postgres://u:***@db:5432/app"
         );
         assert_eq!(redact("postgres://u@db/app"), "postgres://u@db/app");
+        assert_eq!(
+            redact("postgres://u:s3cret@h1:5432,h2:5433/app?sslmode=require"),
+            "postgres://u:***@h1:5432,h2:5433/app?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://u@db/app?sslmode=require&password=s3cret"),
+            "postgres://u@db/app?sslmode=require&password=***"
+        );
+        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
+        assert_eq!(
+            redact("postgres://u:pa/ss@word@db/app"),
+            "postgres://u:***@db/app"
+        );
+    }
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_the_url() {
+        let env = |_: &str| None;
+        let c = config_with_env(
+            "postgres://u@db:5432/app?options=-csearch_path%3Dx&sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem",
+            env,
+        )
+        .unwrap();
+        assert_eq!(c.tls.mode, SslMode::VerifyFull);
+        assert_eq!(
+            c.tls.root_cert,
+            Some(tls::RootCert::File("/etc/ca.pem".into()))
+        );
+        assert_eq!(
+            c.pg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        );
+        assert_eq!(c.pg.get_options(), Some("-csearch_path=x"));
+        // libpq's default, and the environment when the URL is silent.
+        let c = config_with_env("postgres://u@db/app", env).unwrap();
+        assert_eq!(c.tls.mode, SslMode::Prefer);
+        let c = config_with_env("postgres://u@db/app", |k| {
+            (k == "PGSSLMODE").then(|| "disable".to_string())
+        })
+        .unwrap();
+        assert_eq!(c.tls.mode, SslMode::Disable);
+        assert_eq!(
+            c.pg.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Disable
+        );
+        // A bad mode names the fix, and the password stays hidden.
+        let e = config_with_env("postgres://u:s3cret@db/app?sslmode=verify", env)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("verify-full") && !e.contains("s3cret"), "{e}");
     }
 }

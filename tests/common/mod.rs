@@ -1,6 +1,8 @@
 //! Shared test helpers: a small demo environment in a temporary directory.
 #![allow(dead_code)]
 
+pub mod azurite;
+pub mod gcs;
 pub mod moto;
 pub mod pg;
 
