@@ -646,6 +646,12 @@ pub fn prepare(opts: &DemoOptions) -> crate::Result<(PathBuf, Option<Generated>)
     let dir = &opts.dir;
     let io =
         |e: std::io::Error| crate::Error::Usage(format!("cannot prepare {}: {e}", dir.display()));
+    if opts.tenants < 2 {
+        return Err(crate::Error::Usage(format!(
+            "--tenants {} is too few: the demo policy's override and legal hold name its first two tenants; use 2 or more",
+            opts.tenants
+        )));
+    }
     if let Some(url) = &opts.source
         && url::Url::parse(url).is_ok_and(|u| u.password().is_some())
     {

@@ -28,7 +28,10 @@ pub enum Error {
     Audit(#[from] crate::audit::AuditError),
     #[error("{0}")]
     Usage(String),
-    /// The job failed or refused (exit 1): a plan that changed, the brake, a failed verification.
+    /// Retention refused before deleting anything (exit 1): the plan changed, the brake.
+    #[error(transparent)]
+    Refused(#[from] crate::retention::Refusal),
+    /// The job failed (exit 1): a failed verification.
     #[error("{0}")]
     Failed(String),
 }

@@ -140,8 +140,10 @@ pub async fn retention_plan(
         Some(k) => k.subject_hash(s),
         None => "hmac:(no keyring yet)".to_string(),
     };
-    crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)
-        .map_err(|e| crate::Error::Failed(e.to_string()))
+    Ok(
+        crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)
+            .map_err(crate::retention::Refusal::Stale)?,
+    )
 }
 
 /// What `lethe run retention` did.
@@ -160,11 +162,12 @@ pub async fn run_retention(
 ) -> crate::Result<RetentionRun> {
     use crate::retention::{db::Db, execute};
     let cfg = &c.config;
-    let mut keyring = Keyring::open(&cfg.keyring, &cfg.master_key, true)?;
-    let signer = crate::sign::SigningKey::load_or_create(
-        &crate::sign::signing_key_path(&cfg.keyring),
-        true,
-    )?;
+    // Nothing is created before the plan passes its checks: a refused run leaves no trace.
+    let existing = if cfg.keyring.exists() {
+        Some(Keyring::open(&cfg.keyring, &cfg.master_key, false)?)
+    } else {
+        None
+    };
     let mut db = Db::open(&cfg.source, true, &cfg.retention)?;
     let store = Store::open(&cfg.store)?;
     let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
@@ -173,7 +176,10 @@ pub async fn run_retention(
         Some(b) => crate::snapshot::purge::s3_admin_for(b).await?,
         None => None,
     };
-    let keyed = keyring.tenants().map(String::from).collect();
+    let keyed = existing
+        .as_ref()
+        .map(|k| k.tenants().map(String::from).collect())
+        .unwrap_or_default();
     let started = std::time::Instant::now();
     let inv = crate::retention::inventory(c, &mut db, &store, keyed, now).await?;
     tracing::info!(
@@ -182,10 +188,14 @@ pub async fn run_retention(
         runs = inv.runs.len(),
         "inventory taken"
     );
-    let hash = |s: &str| keyring.subject_hash(s);
+    let hash = |s: &str| match &existing {
+        Some(k) => k.subject_hash(s),
+        None => "hmac:(no keyring yet)".to_string(),
+    };
     let plan =
         crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)
-            .map_err(|e| crate::Error::Failed(e.to_string()))?;
+            .map_err(crate::retention::Refusal::Stale)?;
+    let now_text = crate::retention::plan::bound_text(now);
     let confirm = format!(
         "lethe run retention --now {} --plan-hash {}",
         crate::retention::plan::bound_text(now),
@@ -193,11 +203,12 @@ pub async fn run_retention(
     );
     match expect_hash {
         Some(h) if h != plan.hash => {
-            return Err(crate::Error::Failed(format!(
-                "the plan differs from the one confirmed ({h}): now {}. Nothing was deleted. Review it with `lethe plan --now {}` and confirm the new hash",
-                plan.hash,
-                crate::retention::plan::bound_text(now)
-            )));
+            return Err(crate::retention::Refusal::PlanChanged {
+                confirmed: h.to_string(),
+                current: plan.hash.clone(),
+                now: now_text,
+            }
+            .into());
         }
         Some(_) => {}
         None if !plan.brake.is_empty() => {
@@ -211,14 +222,23 @@ pub async fn run_retention(
                     )
                 })
                 .collect();
-            return Err(crate::Error::Failed(format!(
-                "safety brake: this run would change more than the configured limits allow without confirmation — {}. Nothing was deleted. Review with `lethe plan --now {}`, then confirm exactly that plan: {confirm}",
-                what.join("; "),
-                crate::retention::plan::bound_text(now)
-            )));
+            return Err(crate::retention::Refusal::Brake {
+                what: what.join("; "),
+                now: now_text,
+                confirm,
+            }
+            .into());
         }
         None => {}
     }
+    let mut keyring = match existing {
+        Some(k) => k,
+        None => Keyring::open(&cfg.keyring, &cfg.master_key, true)?,
+    };
+    let signer = crate::sign::SigningKey::load_or_create(
+        &crate::sign::signing_key_path(&cfg.keyring),
+        true,
+    )?;
     let lock = crate::audit::object_lock_writer(cfg).await?;
     let mut audit = crate::audit::AuditLog::open(store.clone(), signer, lock).await?;
     audit

@@ -478,6 +478,19 @@ impl Policy {
                     ));
                 }
                 match parse_retain(&oc.retain) {
+                    Ok(r)
+                        if r != Retain::Forever
+                            && file
+                                .categories
+                                .get(cat)
+                                .is_some_and(|c| c.exception.is_some()) =>
+                    {
+                        problems.push(p(
+                            &format!("{key}.retain"),
+                            format!("category {cat:?} is a statutory exception; a tenant override may not shorten it"),
+                            "remove the override (or write \"forever\" to keep longer)",
+                        ));
+                    }
                     Ok(r) => {
                         m.insert(cat.clone(), r);
                     }
@@ -563,6 +576,29 @@ impl Policy {
                         "set anchor = \"<timestamp column>\" here or time_column in the data map",
                     ));
                 }
+            }
+        }
+        for t in &dm.tables {
+            let cats: Vec<&Category> = t
+                .config
+                .categories
+                .iter()
+                .filter_map(|c| self.categories.get(c))
+                .collect();
+            if let Some(ex) = cats.iter().find(|c| c.exception.is_some())
+                && let Some(del) = cats
+                    .iter()
+                    .find(|c| c.exception.is_none() && c.action == Action::Delete)
+            {
+                problems.push(Problem::new(
+                    &t.file,
+                    format!("tables.{}.categories", t.name),
+                    format!(
+                        "category {:?} deletes rows of a table that the statutory exception {:?} must keep",
+                        del.name, ex.name
+                    ),
+                    "give the table only the exception category, or split the data into two tables",
+                ));
             }
         }
         for (i, h) in self.legal_holds.iter().enumerate() {

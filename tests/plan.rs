@@ -80,6 +80,7 @@ fn answer(
         pending_blobs: 0,
         runs: vec![],
         pins: vec![],
+        undated_runs: vec![],
     }
 }
 
@@ -96,6 +97,12 @@ fn run(tenant: &str, days_ago: i64, committed: bool) -> RunInfo {
 fn tenant(id: &str, cancelled_days_ago: Option<i64>) -> TenantInfo {
     TenantInfo {
         id: id.into(),
+        status: if cancelled_days_ago.is_some() {
+            "cancelled"
+        } else {
+            "active"
+        }
+        .into(),
         cancelled_at: cancelled_days_ago.map(|d| now() - TimeDelta::days(d)),
     }
 }
@@ -470,4 +477,92 @@ fn holds_pins_and_newest_runs_always_win() {
             }
         }
     }
+}
+
+/// Regressions from review: a category hold keeps every category's rows of its table; a
+/// reactivated tenant (status active, an old cancelled_at) is not terminated; a subject hold on a
+/// table without subject columns keeps the whole table; undated runs keep the tenant's key.
+#[test]
+fn holds_cover_whole_tables_and_reactivated_tenants_keep_their_data() {
+    let (dm, policy) = fixtures();
+    let hold = LegalHold {
+        tenant: "toko-makmur".into(),
+        table: None,
+        category: Some("inactive_accounts".into()),
+        subject: None,
+        reason: "Labour dispute, ref PHI-9".into(),
+        placed_by: "legal@lethe.example".into(),
+        placed_at: None,
+    };
+    let subject_hold = LegalHold {
+        tenant: "toko-makmur".into(),
+        table: Some("revoked_tokens".into()),
+        category: None,
+        subject: Some("someone@example.com".into()),
+        reason: "Fraud inquiry, ref F-2".into(),
+        placed_by: "dpo@lethe.example".into(),
+        placed_at: None,
+    };
+    let mut reactivated = tenant("salon-cantik", Some(300));
+    reactivated.status = "active".into();
+    let mut inv = answer(
+        &dm,
+        &policy,
+        vec![
+            tenant("toko-makmur", None),
+            reactivated,
+            tenant("gym-bugar", Some(300)),
+        ],
+        vec![hold, subject_hold],
+        |_, _, _| 4,
+    );
+    inv.undated_runs = vec!["gym-bugar".into()];
+    let p = plan(
+        &inv,
+        &dm,
+        &policy,
+        &RetentionSection::default(),
+        now(),
+        &hash,
+    )
+    .unwrap();
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| a.tenant == "toko-makmur" && a.table == "accounts"),
+        "a hold on inactive_accounts also keeps the deleted_accounts rows of accounts"
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| a.tenant == "toko-makmur" && a.table == "revoked_tokens"),
+        "a subject hold on a table without subject columns keeps the table"
+    );
+    assert!(
+        !p.actions
+            .iter()
+            .any(|a| a.tenant == "salon-cantik" && a.category == "termination"),
+        "a reactivated tenant is not terminated"
+    );
+    assert!(
+        p.actions
+            .iter()
+            .any(|a| a.tenant == "gym-bugar" && a.category == "termination")
+    );
+    assert!(
+        p.shred_keys.is_empty(),
+        "an undated run keeps the key: {:?}",
+        p.shred_keys
+    );
+}
+
+#[test]
+fn an_override_may_not_shorten_a_statutory_exception() {
+    let text = std::fs::read_to_string(repo("jobs/retention.toml")).unwrap()
+        + "\n[tenants.toko-makmur.categories.billing_records]\nretain = \"1y\"\n";
+    let e = Policy::from_str(Path::new("retention.toml"), &text).unwrap_err();
+    assert!(e.to_string().contains("statutory exception"), "{e}");
+    let text = std::fs::read_to_string(repo("jobs/retention.toml")).unwrap()
+        + "\n[tenants.toko-makmur.categories.billing_records]\nretain = \"forever\"\n";
+    assert!(Policy::from_str(Path::new("retention.toml"), &text).is_ok());
 }

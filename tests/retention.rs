@@ -421,7 +421,7 @@ fn plan_changes_nothing_and_a_bad_policy_deletes_nothing() {
         out.contains("legal_hold"),
         "the plan shows what is held back: {out}"
     );
-    assert_eq!(common::files(&d.dir), before, "plan changed a file");
+    assert_same_files(&common::files(&d.dir), &before, "plan changed a file");
 
     let policy = d.dir.join("jobs/retention.toml");
     let good = std::fs::read_to_string(&policy).unwrap();
@@ -442,10 +442,10 @@ fn plan_changes_nothing_and_a_bad_policy_deletes_nothing() {
                 "{what}: names the file: {err}"
             );
         }
-        assert_eq!(
-            common::files(&d.dir),
-            before,
-            "{what} policy: something changed"
+        assert_same_files(
+            &common::files(&d.dir),
+            &before,
+            format!("{what} policy: something changed"),
         );
     }
     std::fs::remove_file(&policy).unwrap();
@@ -778,4 +778,84 @@ fn a_pinned_run_is_kept_until_unpinned() {
         "unpinned: purged"
     );
     assert!(!run_dirs(&d, &t).is_empty(), "the newest run stays");
+}
+
+/// Review regressions on the embedded default: a non-canonical SQLite anchor stops the run
+/// before anything goes; a legal hold naming an unknown tenant stops it too; a blob shared with
+/// a kept row stays.
+#[test]
+fn fail_closed_on_odd_anchors_unknown_hold_targets_and_shared_blobs() {
+    let d = demo(3, 20);
+    no_brake(&d);
+    let cfg = d.config.to_str().unwrap();
+    let t = plain_tenant(&d);
+    let db = d.db();
+    // An epoch number in a timestamp column: it would sort below every text cutoff.
+    sql(
+        &db,
+        &format!(
+            "INSERT INTO attendance_checkins VALUES (910001, '{t}', 1, 'E', 1893456000, 0, 0, NULL)"
+        ),
+    );
+    let before = common::files(&d.dir);
+    let (code, out, err) = lethe(&["--config", cfg, "run", "retention"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("attendance_checkins") && err.contains("checked_in_at"),
+        "{err}"
+    );
+    assert_same_files(&common::files(&d.dir), &before, "nothing changed");
+    sql(&db, "DELETE FROM attendance_checkins WHERE id = 910001");
+
+    // A hold naming a tenant that does not exist (a typo) protects nothing: refuse.
+    let policy = d.dir.join("jobs/retention.toml");
+    let good = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        good.replacen("tenant = \"klinik-sehat\"", "tenant = \"klinik-sehatt\"", 1),
+    )
+    .unwrap();
+    let (code, out, err) = lethe(&["--config", cfg, "run", "retention"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("klinik-sehatt"), "{err}");
+    std::fs::write(&policy, good).unwrap();
+
+    // A blob referenced by an expired row and by a fresh one stays.
+    let now = Utc::now() - TimeDelta::seconds(5);
+    let key = format!("selfies/{t}/shared.jpg");
+    std::fs::create_dir_all(d.dir.join(format!("blobs/selfies/{t}"))).unwrap();
+    std::fs::write(d.dir.join("blobs").join(&key), b"jpg").unwrap();
+    sql(
+        &db,
+        &format!(
+            "INSERT INTO attendance_checkins VALUES (910002, '{t}', 1, 'E', '{}', 0, 0, '{key}');
+         INSERT INTO attendance_checkins VALUES (910003, '{t}', 1, 'E', '{}', 0, 0, '{key}');",
+            ts(now - TimeDelta::days(200)),
+            ts(now - TimeDelta::days(1))
+        ),
+    );
+    let run = retention_at(&d, now);
+    assert!(run.outcome.verified());
+    assert_eq!(
+        ids(&db, "SELECT id FROM attendance_checkins WHERE id >= 910002"),
+        BTreeSet::from([910003])
+    );
+    assert!(
+        d.dir.join("blobs").join(&key).exists(),
+        "the kept row's blob stays"
+    );
+}
+
+/// Two directory snapshots are equal; on failure, names the differing paths only.
+fn assert_same_files(
+    got: &BTreeMap<PathBuf, Vec<u8>>,
+    want: &BTreeMap<PathBuf, Vec<u8>>,
+    what: impl std::fmt::Display,
+) {
+    let diff: Vec<&PathBuf> = got
+        .keys()
+        .chain(want.keys())
+        .filter(|p| got.get(*p) != want.get(*p))
+        .collect();
+    assert!(diff.is_empty(), "{what}: files differ: {diff:?}");
 }

@@ -105,7 +105,7 @@ fn large_files_go_up_as_multipart_and_verify() {
         return;
     };
     moto.create_bucket("lethe-big");
-    let d = demo(1, 30);
+    let d = demo(2, 30);
     // One tenant with ~40 MB of hex message bodies (~20 MB after zstd): three 8 MiB parts.
     let conn = rusqlite::Connection::open(d.db()).unwrap();
     conn.execute(

@@ -187,7 +187,7 @@ async fn a_run_that_crashed_before_commit_is_invisible_to_ls_and_restore_and_rep
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_flipped_byte_in_any_snapshot_file_fails_verify_naming_the_file() {
-    let d = demo(1, 60);
+    let d = demo(2, 60);
     let run = snapshot(&d).await;
     let (_, store, kr) = open(&d);
     assert!(

@@ -69,13 +69,29 @@ pub fn lit(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
-/// An instant as an SQL literal both dialects compare correctly (see the module doc).
-pub fn ts_lit(t: DateTime<Utc>) -> String {
-    if t.timestamp_subsec_micros() == 0 {
-        lit(&t.format("%Y-%m-%d %H:%M:%S").to_string())
+/// An instant as an SQL literal the dialect compares correctly (see the module doc): with an
+/// explicit `+00` offset on PostgreSQL (exact for `timestamptz` whatever the session's time
+/// zone, e.g. behind a pooler that drops `SET TIME ZONE`), canonical UTC text on SQLite.
+pub fn ts_lit(d: Dialect, t: DateTime<Utc>) -> String {
+    let mut s = if t.timestamp_subsec_micros() == 0 {
+        t.format("%Y-%m-%d %H:%M:%S").to_string()
     } else {
-        lit(&t.format("%Y-%m-%d %H:%M:%S%.6f").to_string())
+        t.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
+    };
+    if d == Dialect::Postgres {
+        s.push_str("+00");
     }
+    lit(&s)
+}
+
+/// SQLite: a stored anchor compares correctly with [`ts_lit`] only as canonical UTC text
+/// `YYYY-MM-DD HH:MM:SS[.f…]` (numbers sort below all text; offsets compare as text).
+pub fn sqlite_canonical(col: &str) -> String {
+    let d = "[0-9]";
+    let pat = format!("{d}{d}{d}{d}-{d}{d}-{d}{d} {d}{d}:{d}{d}:{d}{d}");
+    format!(
+        "(typeof({col}) = 'text' AND substr({col}, 1, 19) GLOB '{pat}' AND (length({col}) = 19 OR (length({col}) > 20 AND substr({col}, 20, 1) = '.' AND substr({col}, 21) NOT GLOB '*[^0-9]*')))"
+    )
 }
 
 fn sqlite_text(v: ValueRef<'_>) -> Option<String> {
@@ -124,9 +140,17 @@ impl Db {
                 let client =
                     tokio::task::block_in_place(|| handle.block_on(pg_connect(&config, u)))?;
                 let mut db = Db::Postgres { handle, client };
+                // standard_conforming_strings: literals mean what `lit` assumes, whatever the
+                // server's default. Planning sessions are read-only.
                 let setup = format!(
-                    "SET TIME ZONE 'UTC'; SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'; SET idle_in_transaction_session_timeout = '60s'",
-                    cfg.lock_timeout_ms, cfg.statement_timeout_ms
+                    "SET TIME ZONE 'UTC'; SET standard_conforming_strings = on; SET lock_timeout = '{}ms'; SET statement_timeout = '{}ms'; SET idle_in_transaction_session_timeout = '60s'{}",
+                    cfg.lock_timeout_ms,
+                    cfg.statement_timeout_ms,
+                    if write {
+                        ""
+                    } else {
+                        "; SET default_transaction_read_only = on"
+                    }
                 );
                 db.query(&setup).map_err(|e| SourceError::Open {
                     url: redact(u),
@@ -165,16 +189,7 @@ impl Db {
             Db::Postgres { handle, client } => {
                 let msgs =
                     tokio::task::block_in_place(|| handle.block_on(client.simple_query(sql)))
-                        .map_err(|e| DbError {
-                            retry: matches!(
-                                e.code(),
-                                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
-                                    || *c == SqlState::QUERY_CANCELED
-                                    || *c == SqlState::T_R_DEADLOCK_DETECTED
-                                    || *c == SqlState::T_R_SERIALIZATION_FAILURE
-                            ),
-                            message: pg_error(&e),
-                        })?;
+                        .map_err(|e| pg_db_error(&e))?;
                 let mut out: Vec<Row> = Vec::new();
                 let mut current: Vec<Row> = Vec::new();
                 for m in msgs {
@@ -196,6 +211,44 @@ impl Db {
                 Ok(out)
             }
         }
+    }
+
+    /// Run one statement with bind parameters (PostgreSQL; every selected column must be text).
+    /// SQLite inlines values and ignores `params`.
+    pub fn query_p(&mut self, sql: &str, params: &Params) -> Result<Vec<Row>, DbError> {
+        if params.subjects.is_empty() && params.pads.is_none() {
+            return self.query(sql);
+        }
+        let Db::Postgres { handle, client } = self else {
+            return self.query(sql);
+        };
+        use tokio_postgres::types::{ToSql, Type};
+        let mut types = vec![Type::TEXT_ARRAY; params.subjects.len()];
+        let mut values: Vec<&(dyn ToSql + Sync)> = params
+            .subjects
+            .iter()
+            .map(|s| s as &(dyn ToSql + Sync))
+            .collect();
+        if let Some((inner, outer)) = &params.pads {
+            types.extend([Type::BYTEA, Type::BYTEA]);
+            values.push(inner);
+            values.push(outer);
+        }
+        let rows = tokio::task::block_in_place(|| {
+            handle.block_on(async {
+                let st = client.prepare_typed(sql, &types).await?;
+                client.query(&st, &values).await
+            })
+        })
+        .map_err(|e| pg_db_error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.get::<_, Option<String>>(i))
+                    .collect()
+            })
+            .collect())
     }
 
     /// SQLite: run `stmts` in one `BEGIN IMMEDIATE` transaction and return the rows of the
@@ -257,6 +310,19 @@ impl Db {
     }
 }
 
+fn pg_db_error(e: &tokio_postgres::Error) -> DbError {
+    DbError {
+        retry: matches!(
+            e.code(),
+            Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE
+                || *c == SqlState::QUERY_CANCELED
+                || *c == SqlState::T_R_DEADLOCK_DETECTED
+                || *c == SqlState::T_R_SERIALIZATION_FAILURE
+        ),
+        message: pg_error(e),
+    }
+}
+
 fn sqlite_err(e: rusqlite::Error) -> DbError {
     let retry = matches!(
         &e,
@@ -269,8 +335,10 @@ fn sqlite_err(e: rusqlite::Error) -> DbError {
     }
 }
 
-/// `COALESCE(<any subject column> IN (…), FALSE)` for a held subject list.
-fn subject_match(table: &Table, subjects: &[String]) -> String {
+/// "Any subject column holds a held subject". PostgreSQL takes the subjects as bind parameter
+/// `$1` (so they never appear in statement text, which the server may log); SQLite, which logs
+/// nothing, as literals.
+fn subject_match(d: Dialect, table: &Table, subjects: &[String], param: usize) -> String {
     let list = subjects
         .iter()
         .map(|s| lit(s))
@@ -280,17 +348,42 @@ fn subject_match(table: &Table, subjects: &[String]) -> String {
         .config
         .subject_columns
         .iter()
-        .map(|c| format!("COALESCE(CAST({} AS TEXT) IN ({list}), FALSE)", qi(c)))
+        .map(|c| match d {
+            Dialect::Postgres => format!(
+                "COALESCE(CAST({} AS TEXT) = ANY(${param}::text[]), FALSE)",
+                qi(c)
+            ),
+            Dialect::Sqlite => format!("COALESCE(CAST({} AS TEXT) IN ({list}), FALSE)", qi(c)),
+        })
         .collect::<Vec<_>>()
         .join(" OR ")
 }
 
+/// Bind parameters of a PostgreSQL statement: `$1…$n` lists of held subjects (one per
+/// selection in the statement), then the keyed hash's inner and outer HMAC pads when there are.
+/// Neither ever appears in statement text, which the server may log.
+#[derive(Debug, Clone, Default)]
+pub struct Params {
+    pub subjects: Vec<Vec<String>>,
+    pub pads: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Params {
+    /// The `$n` a new subject list gets.
+    fn add_subjects(&mut self, s: &[String]) -> usize {
+        self.subjects.push(s.to_vec());
+        self.subjects.len()
+    }
+}
+
 /// The WHERE clause of a selection over `tenants`; `with_exclusion` leaves held subjects out.
 pub fn predicate(
+    d: Dialect,
     table: &Table,
     sel: &Selection,
     tenants: &[String],
     with_exclusion: bool,
+    params: &mut Params,
 ) -> String {
     let mut p = Vec::new();
     let list = tenants
@@ -300,24 +393,36 @@ pub fn predicate(
         .join(", ");
     p.push(format!("{} IN ({list})", qi(&table.config.tenant_column)));
     if let (Some(a), Some(c)) = (&sel.anchor, sel.cutoff) {
-        p.push(format!("{} <= {}", qi(a), ts_lit(c)));
+        p.push(format!("{} <= {}", qi(a), ts_lit(d, c)));
+        if d == Dialect::Sqlite {
+            p.push(sqlite_canonical(&qi(a)));
+        }
     }
     match &sel.change {
         Change::Delete => {}
-        Change::Anonymize { columns, .. } => p.push(format!(
+        // Keyed hashes are 64 hex digits: a hashed value is not hashed again.
+        Change::Anonymize { columns, hash } => p.push(format!(
             "({})",
             columns
                 .iter()
-                .map(|c| format!("{} IS NOT NULL", qi(c)))
+                .map(|c| if *hash {
+                    format!(
+                        "({0} IS NOT NULL AND CAST({0} AS TEXT) !~ '^[0-9a-f]{{64}}$')",
+                        qi(c)
+                    )
+                } else {
+                    format!("{} IS NOT NULL", qi(c))
+                })
                 .collect::<Vec<_>>()
                 .join(" OR ")
         )),
         Change::Flag { column } => p.push(format!("{} IS NULL", qi(column))),
     }
     if with_exclusion && !sel.excluded_subjects.is_empty() {
+        let n = params.add_subjects(&sel.excluded_subjects);
         p.push(format!(
             "NOT ({})",
-            subject_match(table, &sel.excluded_subjects)
+            subject_match(d, table, &sel.excluded_subjects, n)
         ));
     }
     p.join(" AND ")
@@ -346,29 +451,34 @@ pub fn table_stats(
     if let Some(b) = &table.config.blob_column {
         inner.push(format!("{} AS b_", qi(b)));
     }
-    let mut cols = vec!["CAST(t_ AS TEXT)".to_string(), "count(*)".to_string()];
+    let d = db.dialect();
+    let mut params = Params::default();
+    let mut cols = vec![
+        "CAST(t_ AS TEXT)".to_string(),
+        "CAST(count(*) AS TEXT)".to_string(),
+    ];
     for (g, (sel, tenants)) in groups.iter().enumerate() {
         inner.push(format!(
             "({}) AS g{g}_",
-            predicate(table, sel, tenants, true)
+            predicate(d, table, sel, tenants, true, &mut params)
         ));
         let f = format!("FILTER (WHERE g{g}_)");
         let anchor = |agg: &str| match &sel.anchor {
             Some(_) => format!("CAST({agg}(a{g}_) {f} AS TEXT)"),
-            None => "NULL".into(),
+            None => "CAST(NULL AS TEXT)".into(),
         };
         if let Some(a) = &sel.anchor {
             inner.push(format!("{} AS a{g}_", qi(a)));
         }
-        cols.push(format!("count(*) {f}"));
+        cols.push(format!("CAST(count(*) {f} AS TEXT)"));
         cols.push(anchor("min"));
         cols.push(anchor("max"));
         cols.push(format!("CAST(min(k_) {f} AS TEXT)"));
         cols.push(format!("CAST(max(k_) {f} AS TEXT)"));
         cols.push(if table.config.blob_column.is_some() {
-            format!("count(b_) {f}")
+            format!("CAST(count(b_) {f} AS TEXT)")
         } else {
-            "0".into()
+            "CAST(0 AS TEXT)".into()
         });
     }
     let sql = format!(
@@ -388,7 +498,7 @@ pub fn table_stats(
                 .collect()
         })
         .collect();
-    for r in db.query(&sql).map_err(|e| e.on(&table.name))? {
+    for r in db.query_p(&sql, &params).map_err(|e| e.on(&table.name))? {
         let Some(t) = r[0].clone() else { continue };
         totals.insert(t.clone(), n(&r[1]));
         for (g, stats) in out.iter_mut().enumerate() {
@@ -409,13 +519,15 @@ pub fn table_stats(
         if sel.excluded_subjects.is_empty() {
             continue;
         }
+        let mut params = Params::default();
+        let pred = predicate(d, table, sel, tenants, false, &mut params);
+        let n = params.add_subjects(&sel.excluded_subjects);
         let sql = format!(
-            "SELECT CAST({tc} AS TEXT), count(*) FROM {} WHERE {} AND ({}) GROUP BY {tc}",
+            "SELECT CAST({tc} AS TEXT), CAST(count(*) AS TEXT) FROM {} WHERE {pred} AND ({}) GROUP BY {tc}",
             qi(&table.name),
-            predicate(table, sel, tenants, false),
-            subject_match(table, &sel.excluded_subjects)
+            subject_match(d, table, &sel.excluded_subjects, n)
         );
-        for r in db.query(&sql).map_err(|e| e.on(&table.name))? {
+        for r in db.query_p(&sql, &params).map_err(|e| e.on(&table.name))? {
             if let (Some(t), Some(c)) = (&r[0], &r[1])
                 && let Some(s) = stats.get_mut(t)
             {
@@ -514,7 +626,9 @@ pub fn change_batch(
     let t = qi(&table.name);
     let pk = qi(&table.config.primary_key);
     let tc = qi(&table.config.tenant_column);
-    let pred = predicate(table, sel, tenants, true);
+    let dialect = db.dialect();
+    let mut params = Params::default();
+    let pred = predicate(dialect, table, sel, tenants, true, &mut params);
     let range_sql = match range {
         Range::Window(lo, hi) => format!("{pk} BETWEEN {lo} AND {hi}"),
         Range::Next { after, n } => format!(
@@ -525,16 +639,15 @@ pub fn change_batch(
                 .unwrap_or_default()
         ),
     };
-    let dialect = db.dialect();
     let set = match &sel.change {
         Change::Delete => None,
-        Change::Flag { column } => Some(format!("{} = {}", qi(column), ts_lit(now))),
+        Change::Flag { column } => Some(format!("{} = {}", qi(column), ts_lit(dialect, now))),
         Change::Anonymize { columns, hash } => Some(
             columns
                 .iter()
                 .map(|c| {
                     let v = if *hash {
-                        keyed_hash_sql(dialect, c, subject_key)?
+                        keyed_hash_sql(dialect, c, subject_key, &mut params)?
                     } else {
                         "NULL".into()
                     };
@@ -570,7 +683,7 @@ pub fn change_batch(
             let max_key = if keyset {
                 "CAST((SELECT max(k_) FROM d) AS TEXT)"
             } else {
-                "NULL"
+                "CAST(NULL AS TEXT)"
             };
             let outbox = if blob.is_some() {
                 format!(
@@ -580,9 +693,9 @@ pub fn change_batch(
                 String::new()
             };
             let sql = format!(
-                "WITH d AS ({change} {returning}){outbox} SELECT CAST(t_ AS TEXT), count(*), {max_key} FROM d GROUP BY t_"
+                "WITH d AS ({change} {returning}){outbox} SELECT CAST(t_ AS TEXT), CAST(count(*) AS TEXT), {max_key} FROM d GROUP BY t_"
             );
-            db.query(&sql)?
+            db.query_p(&sql, &params)?
         }
         Dialect::Sqlite => {
             let mut stmts = Vec::new();
@@ -627,22 +740,27 @@ pub fn change_batch(
     Ok(out)
 }
 
-/// SQL for HMAC-SHA256(key, value) as hex (PostgreSQL only: `sha256()` is built in since 11).
-fn keyed_hash_sql(d: Dialect, col: &str, key: &[u8; 32]) -> Result<String, DbError> {
+/// SQL for HMAC-SHA256(key, value) as hex (PostgreSQL only: `sha256()` is built in since 11);
+/// the pads travel as bind parameters.
+fn keyed_hash_sql(
+    d: Dialect,
+    col: &str,
+    key: &[u8; 32],
+    params: &mut Params,
+) -> Result<String, DbError> {
     match d {
         Dialect::Postgres => {
-            let pad = |b: u8| {
-                crate::util::hex(
-                    &key.iter()
-                        .map(|k| k ^ b)
-                        .chain(std::iter::repeat_n(b, 32))
-                        .collect::<Vec<_>>(),
-                )
+            let pad = |b: u8| -> Vec<u8> {
+                key.iter()
+                    .map(|k| k ^ b)
+                    .chain(std::iter::repeat_n(b, 32))
+                    .collect()
             };
+            params.pads = Some((pad(0x36), pad(0x5c)));
+            let inner = params.subjects.len() + 1;
+            let outer = inner + 1;
             Ok(format!(
-                "encode(sha256('\\x{}'::bytea || sha256('\\x{}'::bytea || convert_to(CAST({} AS TEXT), 'UTF8'))), 'hex')",
-                pad(0x5c),
-                pad(0x36),
+                "encode(sha256(${outer}::bytea || sha256(${inner}::bytea || convert_to(CAST({} AS TEXT), 'UTF8'))), 'hex')",
                 qi(col)
             ))
         }
@@ -662,18 +780,25 @@ pub fn remaining(
     sel: &Selection,
     tenants: &[String],
 ) -> Result<u64, SourceError> {
+    let mut params = Params::default();
     let sql = format!(
-        "SELECT count(*) FROM {} WHERE {}",
+        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE {}",
         qi(&table.name),
-        predicate(table, sel, tenants, true)
+        predicate(db.dialect(), table, sel, tenants, true, &mut params)
     );
-    let r = db.query(&sql).map_err(|e| e.on(&table.name))?;
+    let r = db.query_p(&sql, &params).map_err(|e| e.on(&table.name))?;
     Ok(r[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0))
 }
 
-/// Up to `n` pending blob deletions: (outbox id, tenant, blob key).
-pub fn outbox_next(db: &mut Db, n: u64) -> Result<Vec<(i64, String, String)>, SourceError> {
-    let sql = format!("SELECT id, tenant, blob_key FROM {OUTBOX} ORDER BY id LIMIT {n}");
+/// Up to `n` pending blob deletions after outbox id `after`: (outbox id, tenant, blob key).
+pub fn outbox_next(
+    db: &mut Db,
+    after: i64,
+    n: u64,
+) -> Result<Vec<(i64, String, String)>, SourceError> {
+    let sql = format!(
+        "SELECT CAST(id AS TEXT), tenant, blob_key FROM {OUTBOX} WHERE id > {after} ORDER BY id LIMIT {n}"
+    );
     Ok(db
         .query(&sql)
         .map_err(|e| e.on(OUTBOX))?
@@ -682,11 +807,88 @@ pub fn outbox_next(db: &mut Db, n: u64) -> Result<Vec<(i64, String, String)>, So
         .collect())
 }
 
-/// Forget outbox entries up to `id` (their blobs are verified gone).
-pub fn outbox_done(db: &mut Db, id: i64) -> Result<(), SourceError> {
-    db.query(&format!("DELETE FROM {OUTBOX} WHERE id <= {id}"))
+/// Forget exactly these outbox entries (their blobs are verified gone, or still referenced).
+pub fn outbox_done(db: &mut Db, ids: &[i64]) -> Result<(), SourceError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let list = ids
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    db.query(&format!("DELETE FROM {OUTBOX} WHERE id IN ({list})"))
         .map_err(|e| e.on(OUTBOX))
         .map(|_| ())
+}
+
+/// Which of `keys` a row of the data map still references (a blob shared by several rows, or
+/// referenced again since it was enqueued, must stay).
+pub fn referenced_blobs(
+    db: &mut Db,
+    dm: &DataMap,
+    keys: &[String],
+) -> Result<std::collections::BTreeSet<String>, SourceError> {
+    let mut out = std::collections::BTreeSet::new();
+    if keys.is_empty() {
+        return Ok(out);
+    }
+    let list = keys.iter().map(|k| lit(k)).collect::<Vec<_>>().join(", ");
+    for t in &dm.tables {
+        let Some(b) = &t.config.blob_column else {
+            continue;
+        };
+        let sql = format!(
+            "SELECT DISTINCT CAST({0} AS TEXT) FROM {1} WHERE CAST({0} AS TEXT) IN ({list})",
+            qi(b),
+            qi(&t.name)
+        );
+        for r in db.query(&sql).map_err(|e| e.on(&t.name))? {
+            if let Some(k) = &r[0] {
+                out.insert(k.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Is the primary key of `table` an integer column (so batches may walk it in windows)?
+pub fn pk_is_integer(db: &mut Db, table: &Table) -> Result<bool, SourceError> {
+    let sql = match db.dialect() {
+        Dialect::Postgres => format!(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = {} AND column_name = {} AND table_schema = ANY (current_schemas(false)) LIMIT 1",
+            lit(&table.name),
+            lit(&table.config.primary_key)
+        ),
+        Dialect::Sqlite => format!(
+            "SELECT type FROM pragma_table_info({}) WHERE name = {}",
+            lit(&table.name),
+            lit(&table.config.primary_key)
+        ),
+    };
+    let r = db.query(&sql).map_err(|e| e.on(&table.name))?;
+    let ty = r
+        .first()
+        .and_then(|r| r[0].clone())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    Ok(matches!(ty.as_str(), "smallint" | "integer" | "bigint") || ty.contains("int"))
+}
+
+/// SQLite: rows of `table` whose `anchor` is not canonical UTC text (they would compare wrongly
+/// with the cutoff: numbers sort below all text, offsets compare as text).
+pub fn non_canonical_anchors(db: &mut Db, table: &Table, anchor: &str) -> Result<u64, SourceError> {
+    if db.dialect() != Dialect::Sqlite {
+        return Ok(0);
+    }
+    let sql = format!(
+        "SELECT count(*) FROM {} WHERE {} IS NOT NULL AND NOT {}",
+        qi(&table.name),
+        qi(anchor),
+        sqlite_canonical(&qi(anchor))
+    );
+    let r = db.query(&sql).map_err(|e| e.on(&table.name))?;
+    Ok(r[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0))
 }
 
 /// Every table of the data map that has a tenant column value in `tenants`, by name.

@@ -57,6 +57,8 @@ pub struct Outcome {
     pub plan_hash: String,
     pub units: Vec<UnitOutcome>,
     pub blobs_deleted: u64,
+    /// Blobs left pending in the outbox (Object Lock, store errors); retried next run.
+    pub blobs_failed: u64,
     pub runs: Vec<RunOutcome>,
     /// Runs kept because they were pinned between planning and execution.
     pub runs_skipped: Vec<String>,
@@ -68,7 +70,9 @@ impl Outcome {
         self.units.iter().flat_map(|u| u.rows.values()).sum()
     }
     pub fn verified(&self) -> bool {
-        self.units.iter().all(|u| u.remaining == 0) && self.runs.iter().all(|r| r.verified)
+        self.units.iter().all(|u| u.remaining == 0)
+            && self.runs.iter().all(|r| r.verified)
+            && self.blobs_failed == 0
     }
 }
 
@@ -140,29 +144,32 @@ fn run_batches(
         }
     };
     let target = env.batch_rows.max(1);
+    // Windows only over an integer key, with arithmetic that cannot overflow (i128).
+    let int_key = db::pk_is_integer(env.db, table)?;
     let int_range = units.iter().try_fold((i64::MAX, i64::MIN), |(lo, hi), u| {
         let a: i64 = u.stats.min_pk.as_deref()?.parse().ok()?;
         let b: i64 = u.stats.max_pk.as_deref()?.parse().ok()?;
         Some((lo.min(a), hi.max(b)))
     });
     let mut windows = false;
-    if let Some((lo, hi)) = int_range.filter(|(lo, hi)| lo <= hi) {
+    if let Some((lo, hi)) = int_range.filter(|(lo, hi)| int_key && lo <= hi) {
         windows = true;
-        let expected: u64 = units.iter().map(|u| u.rows).sum::<u64>().max(1);
-        let span = (hi - lo) as u64 + 1;
-        let mut width = ((span as u128 * target as u128 / expected as u128) as u64).clamp(1, span);
-        let mut at = lo;
+        let expected = units.iter().map(|u| u.rows).sum::<u64>().max(1) as i128;
+        let span = hi as i128 - lo as i128 + 1;
+        let target = target as i128;
+        let mut width = (span * target / expected).clamp(1, span);
+        let mut at = lo as i128;
+        let hi = hi as i128;
         while at <= hi {
-            let end = at.saturating_add(width as i64 - 1).min(hi);
-            let r = batch_with_retry(env, sel, tenants, &Range::Window(at, end))?;
+            let end = (at + width - 1).min(hi);
+            let r = batch_with_retry(env, sel, tenants, &Range::Window(at as i64, end as i64))?;
             add(&r);
             crash_point("after a row batch");
-            let n = r.rows();
+            let n = r.rows() as i128;
             width = if n == 0 {
-                width.saturating_mul(2)
+                width * 2
             } else {
-                ((width as u128 * target as u128 / n as u128) as u64)
-                    .clamp((width / 4).max(1), width.saturating_mul(4))
+                (width * target / n).clamp((width / 4).max(1), width * 4)
             }
             .clamp(1, span);
             if end == hi {
@@ -208,11 +215,26 @@ fn run_batches(
     Ok((done, left, changing, verifying))
 }
 
-/// Delete the blobs the outbox lists, verify each is gone, then forget them.
-pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<u64> {
+/// What a pass over the blob outbox did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BlobPass {
+    /// Deleted and verified gone (HEAD: not found).
+    pub deleted: u64,
+    /// Still referenced by a row (shared blobs): left in place, entry dropped.
+    pub kept_referenced: u64,
+    /// Could not be deleted (Object Lock, store errors, bad keys): left in the outbox and
+    /// retried on every run; the run is not verified while any is left.
+    pub failed: u64,
+}
+
+/// Delete the blobs the outbox lists — unless a row still references them — verify each is
+/// gone, then forget exactly those entries. One blob that cannot go stays pending; the others
+/// proceed. Blob keys never reach logs or errors (they may embed identifiers).
+pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<BlobPass> {
     let pending = db::pending_blobs(env.db)?;
+    let mut pass = BlobPass::default();
     if pending == 0 {
-        return Ok(0);
+        return Ok(pass);
     }
     let Some(blobs) = env.blobs else {
         return Err(crate::Error::Usage(format!(
@@ -226,77 +248,79 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<u
             Utc::now(),
         )
         .await?;
-    let mut deleted = 0u64;
+    let mut after = 0i64;
     loop {
-        let batch = db::outbox_next(env.db, 500)?;
+        let batch = db::outbox_next(env.db, after, 500)?;
         let Some(last) = batch.last().map(|b| b.0) else {
             break;
         };
+        after = last;
+        let keys: Vec<String> = batch.iter().map(|b| b.2.clone()).collect();
+        let referenced = db::referenced_blobs(env.db, env.dm, &keys)?;
+        let mut done = Vec::new();
         for (id, _tenant, key) in &batch {
-            let path = ObjPath::parse(key).map_err(|_| {
-                crate::Error::Usage(format!(
-                    "{} entry {id} holds a blob key that is not a valid object path; fix or remove the entry (and the blob by hand)",
-                    db::OUTBOX
-                ))
-            })?;
-            if let Some(admin) = env.blobs_s3 {
-                // A versioned bucket: every version and delete marker of the blob.
-                let p = admin.purge_key(path.as_ref()).await?;
-                if !p.locked.is_empty() {
-                    return Err(crate::Error::Failed(format!(
-                        "blob of {} entry {id} is under Object Lock until {}; it stays pending and is retried on every run",
-                        db::OUTBOX,
-                        p.locked[0]
-                            .retain_until
-                            .as_deref()
-                            .unwrap_or("a legal hold is released")
-                    )));
-                }
+            if referenced.contains(key) {
+                pass.kept_referenced += 1;
+                done.push(*id);
+                continue;
             }
-            match blobs.inner.delete(&path).await {
-                Ok(()) => {}
-                Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => {
-                    return Err(crate::store::StoreError::Op {
-                        url: blobs.url.clone(),
-                        op: "delete",
-                        key: format!("(blob of {} entry {id})", db::OUTBOX),
-                        source: e,
-                    }
-                    .into());
+            match delete_blob(blobs, env.blobs_s3, key).await {
+                Ok(()) => {
+                    pass.deleted += 1;
+                    done.push(*id);
+                }
+                Err(why) => {
+                    pass.failed += 1;
+                    tracing::warn!(outbox_id = id, problem = %why, "blob not deleted; it stays pending and is retried next run");
                 }
             }
             crash_point("after a blob delete");
-            match blobs.inner.head(&path).await {
-                Err(object_store::Error::NotFound { .. }) => deleted += 1,
-                Ok(_) => {
-                    return Err(crate::Error::Failed(format!(
-                        "blob of {} entry {id} is still there after its delete; nothing more is deleted this run",
-                        db::OUTBOX
-                    )));
-                }
-                Err(e) => {
-                    return Err(crate::store::StoreError::Op {
-                        url: blobs.url.clone(),
-                        op: "head",
-                        key: format!("(blob of {} entry {id})", db::OUTBOX),
-                        source: e,
-                    }
-                    .into());
-                }
-            }
         }
-        db::outbox_done(env.db, last)?;
+        db::outbox_done(env.db, &done)?;
         crash_point("after an outbox batch");
     }
     env.audit
         .append(
-            json!({"step": "blobs", "phase": "end", "plan_hash": plan_hash, "deleted": deleted,
-                   "verified": "HEAD returned not-found for every blob"}),
+            json!({"step": "blobs", "phase": "end", "plan_hash": plan_hash,
+                   "deleted": pass.deleted, "kept_still_referenced": pass.kept_referenced,
+                   "failed_left_pending": pass.failed,
+                   "verified": "HEAD returned not-found for every deleted blob"}),
             Utc::now(),
         )
         .await?;
-    Ok(deleted)
+    Ok(pass)
+}
+
+/// Delete one blob (every version on a versioned bucket) and check it is gone. The error
+/// describes the failure without the key.
+async fn delete_blob(blobs: &Store, s3: Option<&S3Admin>, key: &str) -> Result<(), String> {
+    let path = ObjPath::parse(key).map_err(|_| "the key is not a valid object path".to_string())?;
+    if key.is_empty() {
+        return Err("the key is empty".into());
+    }
+    if let Some(admin) = s3 {
+        let p = admin
+            .purge_key(path.as_ref())
+            .await
+            .map_err(|_| "the version purge failed".to_string())?;
+        if let Some(l) = p.locked.first() {
+            return Err(format!(
+                "under Object Lock until {}",
+                l.retain_until
+                    .as_deref()
+                    .unwrap_or("its legal hold is released")
+            ));
+        }
+    }
+    match blobs.inner.delete(&path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+        Err(_) => return Err("the store refused the delete".into()),
+    }
+    match blobs.inner.head(&path).await {
+        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Ok(_) => Err("still present after its delete".into()),
+        Err(_) => Err("the store could not confirm the delete".into()),
+    }
 }
 
 /// Execute `plan`. Rows first (per table and selection, across tenants), then their blobs,
@@ -308,7 +332,9 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
     };
     env.db.ensure_outbox().map_err(|e| e.on(db::OUTBOX))?;
     // Work an interrupted run left behind comes first.
-    out.blobs_deleted += drain_outbox(env, &plan.hash).await?;
+    let b = drain_outbox(env, &plan.hash).await?;
+    out.blobs_deleted += b.deleted;
+    out.blobs_failed += b.failed;
 
     let mut groups: BTreeMap<(&str, &Selection), Vec<&RowAction>> = BTreeMap::new();
     for a in &plan.actions {
@@ -360,7 +386,9 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
             seconds: started.elapsed().as_secs_f64(),
         });
         if table.config.blob_column.is_some() {
-            out.blobs_deleted += drain_outbox(env, &plan.hash).await?;
+            let b = drain_outbox(env, &plan.hash).await?;
+            out.blobs_deleted += b.deleted;
+            out.blobs_failed += b.failed;
         }
     }
 

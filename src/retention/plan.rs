@@ -116,7 +116,24 @@ pub struct PinInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantInfo {
     pub id: String,
+    /// The status column's value; only `cancelled` (or `canceled`) with a cancellation time
+    /// counts as cancelled — a reactivated tenant keeps its data whatever `cancelled_at` says.
+    #[serde(default = "active")]
+    pub status: String,
     pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+fn active() -> String {
+    "active".into()
+}
+
+impl TenantInfo {
+    /// When the tenant was cancelled, if it is cancelled now.
+    pub fn cancelled(&self) -> Option<DateTime<Utc>> {
+        let s = self.status.trim().to_ascii_lowercase();
+        self.cancelled_at
+            .filter(|_| s == "cancelled" || s == "canceled")
+    }
 }
 
 /// Everything the planner knows about the world, read at one moment.
@@ -135,6 +152,9 @@ pub struct Inventory {
     pub pins: Vec<PinInfo>,
     /// Tenants that still have a data key in the keyring.
     pub keyed_tenants: Vec<String>,
+    /// Tenants with a run whose time cannot be read: such runs are kept, and so is the key.
+    #[serde(default)]
+    pub undated_runs: Vec<String>,
 }
 
 /// One unit to execute.
@@ -258,18 +278,21 @@ pub fn all_holds<'a>(policy: &'a Policy, inv: &'a Inventory) -> Vec<&'a LegalHol
         .collect()
 }
 
-fn hold_covers(h: &LegalHold, tenant: &str, table: &Table, category: &str) -> bool {
+/// Does hold `h` keep the whole unit? A category hold covers every unit of a table that has
+/// that category (a row of `accounts` may be both an inactive and a deleted account); a subject
+/// hold covers whole units of tables where subjects cannot be told apart (no subject columns).
+pub fn hold_covers(h: &LegalHold, tenant: &str, table: &Table, category: &str) -> bool {
     h.tenant == tenant
         && h.table.as_deref().is_none_or(|t| t == table.name)
-        && h.category.as_deref().is_none_or(|c| {
-            c == category
-                || (category == TERMINATION && table.config.categories.iter().any(|x| x == c))
-        })
+        && h.category
+            .as_deref()
+            .is_none_or(|c| c == category || table.config.categories.iter().any(|x| x == c))
+        && (h.subject.is_none() || table.config.subject_columns.is_empty())
 }
 
 /// Is `tenant` terminated at `now` (cancelled, and its primary-data deadline passed)?
 pub fn terminated(policy: &Policy, t: &TenantInfo, now: DateTime<Utc>) -> bool {
-    t.cancelled_at
+    t.cancelled()
         .and_then(|c| policy.termination_after.after(c))
         .is_some_and(|deadline| deadline <= now)
 }
@@ -312,7 +335,11 @@ pub fn selections(
                     .iter()
                     .filter(|h| h.subject.is_some())
                     .filter(|h| {
-                        h.tenant == t.id && h.table.as_deref().is_none_or(|x| x == table.name)
+                        h.tenant == t.id
+                            && h.table.as_deref().is_none_or(|x| x == table.name)
+                            && h.category
+                                .as_deref()
+                                .is_none_or(|c| table.config.categories.iter().any(|x| x == c))
                     })
                     .filter_map(|h| h.subject.clone())
                     .collect();
@@ -347,11 +374,13 @@ pub fn selections(
                 let Some(cat) = policy.categories.get(cname) else {
                     continue;
                 };
+                // A statutory exception is never shortened by a tenant override.
                 let retain = policy
                     .overrides
                     .get(&t.id)
                     .and_then(|o| o.get(cname))
                     .copied()
+                    .filter(|r| cat.exception.is_none() || *r == Retain::Forever)
                     .unwrap_or(cat.retain);
                 let Retain::For(span) = retain else { continue };
                 let Some(anchor) = anchor_of(cat.anchor.as_deref(), table) else {
@@ -423,7 +452,7 @@ pub fn plan(
             .expect("selections come from the data map");
         if let Some(h) = holds
             .iter()
-            .find(|h| h.subject.is_none() && hold_covers(h, &key.tenant, table, &key.category))
+            .find(|h| hold_covers(h, &key.tenant, table, &key.category))
         {
             if stats.rows + stats.held_by_subject > 0 {
                 held_back.push(HeldBack {
@@ -473,7 +502,7 @@ pub fn plan(
                 .expect("tenant");
             format!(
                 "tenant cancelled {}; primary data goes {} after cancellation",
-                bound_text(t.cancelled_at.expect("terminated tenants are cancelled")),
+                bound_text(t.cancelled().expect("terminated tenants are cancelled")),
                 policy.termination_after
             )
         } else {
@@ -639,7 +668,7 @@ fn plan_backups(
         };
         let hold = holds.iter().find(|h| h.tenant == tenant);
         let deadline = info
-            .cancelled_at
+            .cancelled()
             .and_then(|c| b.after_termination.after(c))
             .filter(|d| *d <= now);
         let newest_committed: Vec<&str> = runs
@@ -653,7 +682,7 @@ fn plan_backups(
             let due = if let Some(d) = deadline {
                 Some(format!(
                     "tenant cancelled {}; backups go {} after cancellation ({})",
-                    bound_text(info.cancelled_at.expect("cancelled")),
+                    bound_text(info.cancelled().expect("cancelled")),
                     b.after_termination,
                     bound_text(d)
                 ))
@@ -728,6 +757,7 @@ fn plan_backups(
         if purged_all
             && b.crypto_shred_on_termination
             && inv.keyed_tenants.contains(&tenant.to_string())
+            && !inv.undated_runs.iter().any(|t| t == tenant)
         {
             shred.push(tenant.to_string());
         }
@@ -735,7 +765,7 @@ fn plan_backups(
     // A terminated tenant whose runs are all gone already still has its key shredded.
     for t in &inv.tenants {
         let past = t
-            .cancelled_at
+            .cancelled()
             .and_then(|c| b.after_termination.after(c))
             .is_some_and(|d| d <= now);
         if past
@@ -744,6 +774,7 @@ fn plan_backups(
             && !holds.iter().any(|h| h.tenant == t.id)
             && !shred.contains(&t.id)
             && inv.keyed_tenants.contains(&t.id)
+            && !inv.undated_runs.contains(&t.id)
         {
             shred.push(t.id.clone());
         }
