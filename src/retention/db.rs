@@ -385,13 +385,28 @@ pub fn predicate(
     with_exclusion: bool,
     params: &mut Params,
 ) -> String {
-    let mut p = Vec::new();
     let list = tenants
         .iter()
         .map(|t| lit(t))
         .collect::<Vec<_>>()
         .join(", ");
-    p.push(format!("{} IN ({list})", qi(&table.config.tenant_column)));
+    format!(
+        "{} IN ({list}) AND {}",
+        qi(&table.config.tenant_column),
+        due(d, table, sel, with_exclusion, params)
+    )
+}
+
+/// The selection's condition on a row, whatever its tenant (the inventory groups by tenant and
+/// reads each group's tenants only; every changing statement adds the tenant list).
+fn due(
+    d: Dialect,
+    table: &Table,
+    sel: &Selection,
+    with_exclusion: bool,
+    params: &mut Params,
+) -> String {
+    let mut p = vec!["TRUE".to_string()];
     if let (Some(a), Some(c)) = (&sel.anchor, sel.cutoff) {
         p.push(format!("{} <= {}", qi(a), ts_lit(d, c)));
         if d == Dialect::Sqlite {
@@ -445,46 +460,31 @@ pub fn table_stats(
 > {
     let tc = qi(&table.config.tenant_column);
     let pk = qi(&table.config.primary_key);
-    // Each selection's predicate is evaluated once per row, in the inner query; the outer
-    // aggregates only test the resulting flag.
-    let mut inner = vec![format!("{tc} AS t_"), format!("{pk} AS k_")];
-    if let Some(b) = &table.config.blob_column {
-        inner.push(format!("{} AS b_", qi(b)));
-    }
     let d = db.dialect();
     let mut params = Params::default();
     let mut cols = vec![
-        "CAST(t_ AS TEXT)".to_string(),
+        format!("CAST({tc} AS TEXT)"),
         "CAST(count(*) AS TEXT)".to_string(),
     ];
-    for (g, (sel, tenants)) in groups.iter().enumerate() {
-        inner.push(format!(
-            "({}) AS g{g}_",
-            predicate(d, table, sel, tenants, true, &mut params)
-        ));
-        let f = format!("FILTER (WHERE g{g}_)");
+    for (sel, _) in groups {
+        let f = format!("FILTER (WHERE {})", due(d, table, sel, true, &mut params));
         let anchor = |agg: &str| match &sel.anchor {
-            Some(_) => format!("CAST({agg}(a{g}_) {f} AS TEXT)"),
+            Some(a) => format!("CAST({agg}({}) {f} AS TEXT)", qi(a)),
             None => "CAST(NULL AS TEXT)".into(),
         };
-        if let Some(a) = &sel.anchor {
-            inner.push(format!("{} AS a{g}_", qi(a)));
-        }
         cols.push(format!("CAST(count(*) {f} AS TEXT)"));
         cols.push(anchor("min"));
         cols.push(anchor("max"));
-        cols.push(format!("CAST(min(k_) {f} AS TEXT)"));
-        cols.push(format!("CAST(max(k_) {f} AS TEXT)"));
-        cols.push(if table.config.blob_column.is_some() {
-            format!("CAST(count(b_) {f} AS TEXT)")
-        } else {
-            "CAST(0 AS TEXT)".into()
+        cols.push(format!("CAST(min({pk}) {f} AS TEXT)"));
+        cols.push(format!("CAST(max({pk}) {f} AS TEXT)"));
+        cols.push(match &table.config.blob_column {
+            Some(b) => format!("CAST(count({}) {f} AS TEXT)", qi(b)),
+            None => "CAST(0 AS TEXT)".into(),
         });
     }
     let sql = format!(
-        "SELECT {} FROM (SELECT {} FROM {}) s GROUP BY t_",
+        "SELECT {} FROM {} GROUP BY {tc}",
         cols.join(", "),
-        inner.join(", "),
         qi(&table.name)
     );
     let n = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
