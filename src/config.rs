@@ -533,11 +533,11 @@ impl Config {
                 "remove the key to use the default",
             ));
         }
-        if !(1..=22).contains(&s.zstd_level) {
+        if !(-7..=22).contains(&s.zstd_level) || s.zstd_level == 0 {
             return Err(invalid(
                 "snapshot.zstd_level",
-                format!("{} is outside 1..=22", s.zstd_level),
-                "use 1 (fast) to 9; the default is 1",
+                format!("{} is outside -7..=22 (0 excluded)", s.zstd_level),
+                "use a negative level (zstd's fast modes, -1 to -7) for speed, 1 to 9 for size",
             ));
         }
 
