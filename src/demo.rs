@@ -734,16 +734,29 @@ pub async fn load_into_postgres(sqlite: &Path, url: &str) -> Result<Option<u64>,
     let client = postgres::connect(&config, url)
         .await
         .map_err(|e| e.to_string())?;
-    let exists: bool = client
-        .query_one("SELECT to_regclass('tenants') IS NOT NULL", &[])
+    let row = client
+        .query_one(
+            "SELECT to_regclass('tenants') IS NOT NULL, to_regclass('lethe_demo') IS NOT NULL",
+            &[],
+        )
         .await
-        .map_err(|e| pg_err(&e))?
-        .get(0);
-    if exists {
+        .map_err(|e| pg_err(&e))?;
+    let (exists, ours): (bool, bool) = (row.get(0), row.get(1));
+    if exists && ours {
         return Ok(None);
     }
+    if exists {
+        // The demo deletes data (it runs retention): never on tables it did not create.
+        return Err(
+            "the database already has a `tenants` table the demo did not create; point --source at an empty database or schema"
+                .into(),
+        );
+    }
     client
-        .batch_execute(&format!("BEGIN; {}", postgres_schema()))
+        .batch_execute(&format!(
+            "BEGIN; {} CREATE TABLE lethe_demo (created_at timestamptz NOT NULL DEFAULT now()); INSERT INTO lethe_demo DEFAULT VALUES;",
+            postgres_schema()
+        ))
         .await
         .map_err(|e| pg_err(&e))?;
     let db = Connection::open(sqlite).map_err(|e| pg_err(&e))?;

@@ -1250,3 +1250,63 @@ fn postgres_over_tls_honours_sslmode() {
     );
     assert!(!all.contains("s3cret-pw"), "password shown: {all}");
 }
+
+/// `lethe demo --source` builds the demo in PostgreSQL and runs the whole pipeline there
+/// (snapshot and retention); it refuses a database whose tables it did not create, because the
+/// demo deletes data.
+#[test]
+fn demo_on_postgres_runs_everything_and_refuses_foreign_tables() {
+    let Some(pg) = PgSchema::create("demo_pg") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let d = dir.to_str().unwrap();
+    let args = [
+        "demo",
+        "--dir",
+        d,
+        "--tenants",
+        "3",
+        "--days",
+        "60",
+        "--source",
+        &pg.url,
+    ];
+    let (code, out, err) = common::lethe(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("loaded") && out.contains("retention as of"),
+        "{out}"
+    );
+    // Again: the demo's own tables are reused.
+    let (code, out, err) = common::lethe(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("reusing the demo tables"), "{out}");
+
+    let Some(other) = PgSchema::create("demo_pg_foreign") else {
+        return;
+    };
+    other.execute(
+        "CREATE TABLE tenants (id text PRIMARY KEY); INSERT INTO tenants VALUES ('acme');",
+    );
+    let dir2 = tmp.path().join("demo2");
+    let (code, out, err) = common::lethe(&[
+        "demo",
+        "--dir",
+        dir2.to_str().unwrap(),
+        "--tenants",
+        "3",
+        "--days",
+        "60",
+        "--source",
+        &other.url,
+    ]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("did not create"), "{err}");
+    assert_eq!(
+        pg_count(&other, "SELECT count(*) FROM tenants"),
+        1,
+        "untouched"
+    );
+}
