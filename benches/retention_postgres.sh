@@ -108,7 +108,9 @@ psql -X -v ON_ERROR_STOP=1 -f "$WORK/delete_batched.sql" 2>&1 | grep -o 'batched
 t1=$(date +%s.%N)
 echo "10k-id batches: $(echo "$t1 - $t0" | bc -l | cut -c1-5) s"
 
-echo; echo "== lethe run retention (fresh copy) with a concurrent writer ($WRITER_RATE inserts/s)"
+RUNS=${RUNS:-3}
+echo; echo "== lethe run retention with a concurrent writer ($WRITER_RATE inserts/s), $RUNS runs, each on a fresh copy"
+run_lethe() {
 reset_copy
 rm -rf "$WORK/store" "$WORK/keys"
 hash=$("$lethe" -q --config "$WORK/lethe.toml" plan --now "$now" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hash"])')
@@ -117,40 +119,56 @@ rm -f "$WORK"/pgbench_log.*
 bench_pid=$!
 sleep 3
 t0=$(date +%s.%N)
-/usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$lethe" --config "$WORK/lethe.toml" run retention --now "$now" --plan-hash "$hash" \
+/usr/bin/time -f '%e %M' -o "$WORK/time.txt" "$lethe" -v --config "$WORK/lethe.toml" run retention --now "$now" --plan-hash "$hash" \
   > "$WORK/lethe.out" 2> "$WORK/lethe.log"
 t1=$(date +%s.%N)
 wait $bench_pid || true
-cat "$WORK/lethe.out"
 deleted=$(python3 - "$WORK/lethe.log" <<'PY'
 import json, sys
-n, s = 0, 0.0
+n = 0
 for line in open(sys.argv[1]):
     try: r = json.loads(line)
     except ValueError: continue
-    if r.get("message") == "rows done":
-        n += r.get("rows", 0)
+    if r.get("message") == "retention done":
+        n = r.get("rows", 0)
 print(n)
 PY
 )
 read -r wall rss_kb < "$WORK/time.txt"
-python3 - "$WORK" "$t0" "$t1" "$deleted" "$wall" "$rss_kb" <<'PY'
-import glob, sys
+python3 - "$WORK" "$t0" "$t1" "$deleted" "$wall" "$rss_kb" <<'PY' | tee -a "$WORK/runs.txt"
+import glob, json, sys
 work, t0, t1, deleted, wall, rss = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
-lat_all, lat_during = [], []
+lat = []
 for f in glob.glob(work + "/pgbench_log.*"):
     for line in open(f):
         p = line.split()
-        # client_id transaction_no time(us) script_no time_epoch time_us [schedule_lag]
-        lat = int(p[2]) / 1e6
         end = int(p[4]) + int(p[5]) / 1e6
-        lat_all.append(lat)
         if t0 <= end <= t1 + 0.5:
-            lat_during.append(lat)
-lat_during.sort()
-p99 = lat_during[int(len(lat_during) * 0.99)] if lat_during else 0
-print(f"lethe: {deleted} rows deleted in {wall:.2f} s wall (whole process: plan, delete, verify, audit) = {deleted / wall:,.0f} rows/s; peak RSS {rss / 1024:.0f} MiB")
-print(f"writer: {len(lat_during)} inserts during the run, worst latency {max(lat_during):.3f} s, p99 {p99:.3f} s (all {len(lat_all)}: worst {max(lat_all):.3f} s)")
+            lat.append(int(p[2]) / 1e6)
+phase = {}
+for line in open(work + "/lethe.log"):
+    try: r = json.loads(line)
+    except ValueError: continue
+    if r.get("message") == "inventory taken": phase["inventory"] = r["seconds"]
+    if r.get("message") == "rows done":
+        phase["delete"] = phase.get("delete", 0) + r["seconds_changing"]
+        phase["verify"] = phase.get("verify", 0) + r["seconds_verifying"]
+print(f"run: {deleted} rows in {wall:.2f} s = {deleted / wall:,.0f} rows/s whole process "
+      f"(inventory {phase.get('inventory', 0):.2f} s, deletes {phase.get('delete', 0):.2f} s = {deleted / max(phase.get('delete', 1e-9), 1e-9):,.0f} rows/s, "
+      f"verification {phase.get('verify', 0):.2f} s); peak RSS {rss / 1024:.0f} MiB; writer worst {max(lat):.3f} s over {len(lat)} inserts")
+PY
+}
+rm -f "$WORK/runs.txt"
+for i in $(seq "$RUNS"); do run_lethe; done
+cat "$WORK/lethe.out"
+python3 - "$WORK/runs.txt" <<'PY'
+import re, statistics, sys
+rows = [l for l in open(sys.argv[1]) if l.startswith("run:")]
+walls = sorted(float(re.search(r"in ([0-9.]+) s", l).group(1)) for l in rows)
+worst = max(float(re.search(r"writer worst ([0-9.]+)", l).group(1)) for l in rows)
+n = int(re.search(r"run: (\d+) rows", rows[0]).group(1))
+med = statistics.median(walls)
+print(f"lethe median: {med:.2f} s = {n / med:,.0f} rows/s whole process (min/max {walls[0]:.2f}/{walls[-1]:.2f} s); writer's worst stall over all runs {worst:.3f} s")
 PY
 left=$(psql -XAtc "SELECT count(*) FROM ret_messages WHERE created_at <= '$cutoff'")
 echo "due rows left: $left"

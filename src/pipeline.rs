@@ -276,6 +276,17 @@ pub async fn run_retention(
         .expire(chrono::Utc::now(), crate::policy::Span::Months(12))
         .await?;
     audit.checkpoint(chrono::Utc::now()).await?;
+    tracing::info!(
+        plan = %plan.hash,
+        rows = outcome.rows(),
+        blobs = outcome.blobs_deleted,
+        blobs_left_pending = outcome.blobs_failed,
+        runs_purged = outcome.runs.len(),
+        keys_shredded = outcome.shredded.len(),
+        seconds = started.elapsed().as_secs_f64(),
+        verified = outcome.verified(),
+        "retention done"
+    );
     if !outcome.verified() {
         return Err(crate::Error::Failed(format!(
             "retention ran but verification found rows or objects left (see the audit log's end records, plan {})",

@@ -376,7 +376,7 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
             )
             .await?;
         crash_point("after an end record");
-        tracing::info!(table = %sel.table, category, action = sel.change.verb(), rows = rows.values().sum::<u64>(), remaining, seconds_changing = changing, seconds_verifying = verifying, "rows done");
+        tracing::debug!(table = %sel.table, category, action = sel.change.verb(), rows = rows.values().sum::<u64>(), remaining, seconds_changing = changing, seconds_verifying = verifying, "rows done");
         out.units.push(UnitOutcome {
             table: sel.table.clone(),
             category: category.to_string(),
