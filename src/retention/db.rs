@@ -773,7 +773,9 @@ fn keyed_hash_sql(
     }
 }
 
-/// Rows of `sel` over `tenants` still present (the verification re-query).
+/// Rows of `sel` over `tenants` still present (the verification re-query). Counted per tenant
+/// over the due condition alone and summed for `tenants`: the same answer as a `tenant IN (…)`
+/// filter, without testing the tenant list on every row.
 pub fn remaining(
     db: &mut Db,
     table: &Table,
@@ -781,13 +783,18 @@ pub fn remaining(
     tenants: &[String],
 ) -> Result<u64, SourceError> {
     let mut params = Params::default();
+    let tc = qi(&table.config.tenant_column);
     let sql = format!(
-        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE {}",
+        "SELECT CAST({tc} AS TEXT), CAST(count(*) AS TEXT) FROM {} WHERE {} GROUP BY {tc}",
         qi(&table.name),
-        predicate(db.dialect(), table, sel, tenants, true, &mut params)
+        due(db.dialect(), table, sel, true, &mut params)
     );
-    let r = db.query_p(&sql, &params).map_err(|e| e.on(&table.name))?;
-    Ok(r[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0))
+    let rows = db.query_p(&sql, &params).map_err(|e| e.on(&table.name))?;
+    Ok(rows
+        .iter()
+        .filter(|r| r[0].as_ref().is_some_and(|t| tenants.contains(t)))
+        .filter_map(|r| r[1].as_deref().and_then(|n| n.parse::<u64>().ok()))
+        .sum())
 }
 
 /// Up to `n` pending blob deletions after outbox id `after`: (outbox id, tenant, blob key).
