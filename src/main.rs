@@ -13,8 +13,9 @@ use lethe::store::Store;
 /// lethe keeps a multi-tenant SaaS's personal data inside the promises its privacy policy makes:
 /// encrypted per-tenant snapshots, retention, erasure with signed certificates, audit.
 ///
-/// Start with `lethe demo`: it builds a synthetic multi-tenant database in ./lethe-demo and
-/// snapshots it into encrypted Parquet. Then point --config at ./lethe-demo/lethe.toml.
+/// Start with `lethe demo`: it builds a synthetic multi-tenant database in ./lethe-demo, snapshots
+/// it into encrypted Parquet and applies the retention policy. Then point --config at
+/// ./lethe-demo/lethe.toml and try `plan`, `audit verify`, `snapshot ls`.
 #[derive(Parser)]
 #[command(name = "lethe", version, max_term_width = 100)]
 struct Cli {
@@ -38,7 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the embedded demo (synthetic tenants in SQLite, a local store) and snapshot it.
+    /// Build the embedded demo (synthetic tenants in SQLite, a local store), snapshot it and run
+    /// retention.
     ///
     /// Safe to run again: the database, blobs and keyring are kept and a new snapshot run is added.
     Demo(DemoArgs),
@@ -529,6 +531,11 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
         }
         Command::Run(r) => match r.step.as_str() {
             "snapshot" => {
+                if r.plan_hash.is_some() || r.now.is_some() {
+                    return Err(lethe::Error::Usage(
+                        "--plan-hash and --now apply to retention only".into(),
+                    ));
+                }
                 let run = lethe::pipeline::run_snapshot(&cli.config, &r.tenants).await?;
                 print_snapshot_summary(&run);
                 Ok(if run.failed.is_empty() {
@@ -538,6 +545,11 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                 })
             }
             "retention" => {
+                if !r.tenants.is_empty() {
+                    return Err(lethe::Error::Usage(
+                        "--tenant applies to snapshot only: retention always plans every tenant (a legal hold or override is what keeps a tenant's data)".into(),
+                    ));
+                }
                 let c = lethe::check::check(&cli.config)?;
                 let now = lethe::pipeline::clock(r.now)?;
                 let run = lethe::pipeline::run_retention(&c, now, r.plan_hash.as_deref()).await?;
