@@ -130,7 +130,22 @@ pub async fn retention_plan(
         None
     };
     let mut db = crate::retention::db::Db::open(&cfg.source, false, &cfg.retention)?;
-    let store = Store::open(&cfg.store)?;
+    // A local store that does not exist yet has no runs: plan against an empty directory
+    // rather than create the store (planning changes nothing anywhere).
+    let empty = tempfile::tempdir().map_err(|e| crate::Error::Usage(format!("temp dir: {e}")))?;
+    let missing_local = cfg
+        .store
+        .url
+        .strip_prefix("file://")
+        .is_some_and(|p| !std::path::Path::new(p).exists());
+    let store = if missing_local {
+        Store::open(&crate::config::StoreSpec::local(format!(
+            "file://{}",
+            empty.path().display()
+        )))?
+    } else {
+        Store::open(&cfg.store)?
+    };
     let keyed = keyring
         .as_ref()
         .map(|k| k.tenants().map(String::from).collect())
