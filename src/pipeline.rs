@@ -116,6 +116,51 @@ pub fn clock(
     }
 }
 
+/// The keyring if it exists: planning never creates one (before the first snapshot there is
+/// none, and a refused run must leave no trace).
+fn existing_keyring(cfg: &crate::config::Config) -> crate::Result<Option<Keyring>> {
+    Ok(if cfg.keyring.exists() {
+        Some(Keyring::open(&cfg.keyring, &cfg.master_key, false)?)
+    } else {
+        None
+    })
+}
+
+/// The one planning path of `lethe plan` and `lethe run retention`: inventory at `now`, then
+/// the pure planner, with subjects hashed under the keyring's subject key.
+async fn plan_with(
+    c: &Checked,
+    db: &mut crate::retention::db::Db,
+    store: &Store,
+    keyring: Option<&Keyring>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> crate::Result<crate::retention::plan::RetentionPlan> {
+    let keyed = keyring
+        .map(|k| k.tenants().map(String::from).collect())
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let inv = crate::retention::inventory(c, db, store, keyed, now).await?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        units = inv.units.len(),
+        runs = inv.runs.len(),
+        "inventory taken"
+    );
+    let hash = |s: &str| match keyring {
+        Some(k) => k.subject_hash(s),
+        None => "hmac:(no keyring yet)".to_string(),
+    };
+    Ok(crate::retention::plan::plan(
+        &inv,
+        &c.data_map,
+        &c.policy,
+        &c.config.retention,
+        now,
+        &hash,
+    )
+    .map_err(crate::retention::Refusal::Stale)?)
+}
+
 /// Plan retention at `now` without changing anything anywhere: the database is opened read-only,
 /// nothing is written to the store or the keyring.
 pub async fn retention_plan(
@@ -123,22 +168,18 @@ pub async fn retention_plan(
     now: chrono::DateTime<chrono::Utc>,
 ) -> crate::Result<crate::retention::plan::RetentionPlan> {
     let cfg = &c.config;
-    // Before the first snapshot there is no keyring yet; planning must not create one.
-    let keyring = if cfg.keyring.exists() {
-        Some(Keyring::open(&cfg.keyring, &cfg.master_key, false)?)
-    } else {
-        None
-    };
+    let keyring = existing_keyring(cfg)?;
     let mut db = crate::retention::db::Db::open(&cfg.source, false, &cfg.retention)?;
     // A local store that does not exist yet has no runs: plan against an empty directory
-    // rather than create the store (planning changes nothing anywhere).
-    let empty = tempfile::tempdir().map_err(|e| crate::Error::Usage(format!("temp dir: {e}")))?;
+    // rather than create the store.
     let missing_local = cfg
         .store
         .url
         .strip_prefix("file://")
         .is_some_and(|p| !std::path::Path::new(p).exists());
+    let empty;
     let store = if missing_local {
+        empty = tempfile::tempdir().map_err(|e| crate::Error::Usage(format!("temp dir: {e}")))?;
         Store::open(&crate::config::StoreSpec::local(format!(
             "file://{}",
             empty.path().display()
@@ -146,19 +187,7 @@ pub async fn retention_plan(
     } else {
         Store::open(&cfg.store)?
     };
-    let keyed = keyring
-        .as_ref()
-        .map(|k| k.tenants().map(String::from).collect())
-        .unwrap_or_default();
-    let inv = crate::retention::inventory(c, &mut db, &store, keyed, now).await?;
-    let hash = |s: &str| match &keyring {
-        Some(k) => k.subject_hash(s),
-        None => "hmac:(no keyring yet)".to_string(),
-    };
-    Ok(
-        crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)
-            .map_err(crate::retention::Refusal::Stale)?,
-    )
+    plan_with(c, &mut db, &store, keyring.as_ref(), now).await
 }
 
 /// What `lethe run retention` did.
@@ -178,11 +207,7 @@ pub async fn run_retention(
     use crate::retention::{db::Db, execute};
     let cfg = &c.config;
     // Nothing is created before the plan passes its checks: a refused run leaves no trace.
-    let existing = if cfg.keyring.exists() {
-        Some(Keyring::open(&cfg.keyring, &cfg.master_key, false)?)
-    } else {
-        None
-    };
+    let existing = existing_keyring(cfg)?;
     let mut db = Db::open(&cfg.source, true, &cfg.retention)?;
     let store = Store::open(&cfg.store)?;
     let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
@@ -191,25 +216,8 @@ pub async fn run_retention(
         Some(b) => crate::snapshot::purge::s3_admin_for(b).await?,
         None => None,
     };
-    let keyed = existing
-        .as_ref()
-        .map(|k| k.tenants().map(String::from).collect())
-        .unwrap_or_default();
     let started = std::time::Instant::now();
-    let inv = crate::retention::inventory(c, &mut db, &store, keyed, now).await?;
-    tracing::info!(
-        seconds = started.elapsed().as_secs_f64(),
-        units = inv.units.len(),
-        runs = inv.runs.len(),
-        "inventory taken"
-    );
-    let hash = |s: &str| match &existing {
-        Some(k) => k.subject_hash(s),
-        None => "hmac:(no keyring yet)".to_string(),
-    };
-    let plan =
-        crate::retention::plan::plan(&inv, &c.data_map, &c.policy, &cfg.retention, now, &hash)
-            .map_err(crate::retention::Refusal::Stale)?;
+    let plan = plan_with(c, &mut db, &store, existing.as_ref(), now).await?;
     let now_text = crate::retention::plan::bound_text(now);
     let confirm = format!(
         "lethe run retention --now {} --plan-hash {}",

@@ -696,40 +696,29 @@ mod tests {
         assert_eq!(Span::Months(1).cutoff(t(2026, 3, 31)), Some(end_of_feb));
     }
 
-    /// Tiny deterministic generator for the property tests (no dependency needed).
-    struct SplitMix(u64);
-    impl SplitMix {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
+    /// An instant in 2023..2027, biased towards month ends and midnights (the demo's
+    /// deterministic generator drives the property test).
+    fn instant(g: &mut crate::demo::Rng) -> DateTime<Utc> {
+        let base = Utc.with_ymd_and_hms(2023, 1, 1, 0, 0, 0).unwrap();
+        let mut t = base + TimeDelta::days(g.below(4 * 366) as i64);
+        if g.below(3) == 0 {
+            // Snap to one of the last four days of the month.
+            let last = first_of_next_month(t).unwrap() - TimeDelta::days(1);
+            t = last - TimeDelta::days(g.below(4) as i64);
         }
-        /// An instant in 2023..2027, biased towards month ends and midnights.
-        fn instant(&mut self) -> DateTime<Utc> {
-            let base = Utc.with_ymd_and_hms(2023, 1, 1, 0, 0, 0).unwrap();
-            let day = (self.next() % (4 * 366)) as i64;
-            let mut t = base + TimeDelta::days(day);
-            if self.next() % 3 == 0 {
-                // Snap to one of the last four days of the month.
-                let last = first_of_next_month(t).unwrap() - TimeDelta::days(1);
-                t = last - TimeDelta::days((self.next() % 4) as i64);
-            }
-            let secs = match self.next() % 4 {
-                0 => 0,
-                1 => 86_399,
-                _ => (self.next() % 86_400) as i64,
-            };
-            t.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() + TimeDelta::seconds(secs)
-        }
+        let secs = match g.below(4) {
+            0 => 0,
+            1 => 86_399,
+            _ => g.below(86_400) as i64,
+        };
+        t.date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc() + TimeDelta::seconds(secs)
     }
 
     /// Property: for every span, anchor and now, `after(a) <= now` iff `a <= cutoff(now)`, and
     /// `after` is monotone. Checked on 200k generated cases including month ends and leap days.
     #[test]
     fn cutoff_is_the_exact_inverse_of_after() {
-        let mut g = SplitMix(7);
+        let mut g = crate::demo::Rng::new(7);
         let spans = [
             Span::Minutes(30),
             Span::Hours(1),
@@ -741,11 +730,11 @@ mod tests {
         ];
         for i in 0..200_000 {
             let span = spans[i % spans.len()];
-            let now = g.instant();
+            let now = instant(&mut g);
             let a = match g.next() % 3 {
                 // Near the cutoff, to hit the boundary to the second.
                 0 => span.cutoff(now).unwrap() + TimeDelta::seconds((g.next() % 5) as i64 - 2),
-                _ => g.instant(),
+                _ => instant(&mut g),
             };
             let expired = span.after(a).unwrap() <= now;
             assert_eq!(
@@ -753,7 +742,7 @@ mod tests {
                 a <= span.cutoff(now).unwrap(),
                 "{span} anchor {a} now {now}"
             );
-            let b = g.instant();
+            let b = instant(&mut g);
             if a <= b {
                 assert!(
                     span.after(a) <= span.after(b),

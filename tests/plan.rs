@@ -314,20 +314,6 @@ fn an_inventory_for_another_time_or_policy_is_refused() {
     );
 }
 
-struct Gen(u64);
-impl Gen {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// Properties over 300 generated worlds: holds always win; pinned runs, held tenants' runs and
 /// the newest committed run of a tenant before its backup deadline are never purged; a purged
 /// committed run always has a newer committed run that stays; statutory tables are never
@@ -337,7 +323,7 @@ fn holds_pins_and_newest_runs_always_win() {
     let (dm, policy) = fixtures();
     let names = ["a-1", "b-2", "c-3", "d-4", "e-5"];
     let cats: Vec<String> = policy.categories.keys().cloned().collect();
-    let mut g = Gen(11);
+    let mut g = lethe::demo::Rng::new(11);
     for case in 0..300 {
         let tenants: Vec<TenantInfo> = names
             .iter()

@@ -205,37 +205,9 @@ fn postgres_to_s3_round_trip_with_types() {
     assert_eq!(code, 0, "{out}\n{err}");
     let (code, out, err) = lethe_env(&["--config", cfg, "snapshot", "verify"], &env);
     assert_eq!(code, 0, "{out}\n{err}");
-    let out_dir = d.dir.join("restored");
-    let (code, out, err) = lethe_env(
-        &[
-            "--config",
-            cfg,
-            "snapshot",
-            "restore",
-            "--tenant",
-            "klinik-sehat",
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let files: Vec<(String, std::path::PathBuf, u64)> = out
-        .lines()
-        .filter(|l| l.contains(" rows "))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (
-                w[0].to_string(),
-                std::path::PathBuf::from(w[3]),
-                w[1].parse().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(files.len(), 15, "{out}");
     // PostgreSQL was loaded from the demo's SQLite file: restored rows equal it cell by cell,
     // and bigint/double/text/boolean/date/timestamptz map to Int64/Float64/Utf8/Boolean/Date32/Timestamp(µs, UTC).
-    common::assert_restore_equals_sqlite(&files, &d.db(), "klinik-sehat");
+    restore_equals_source(&d, &env, "klinik-sehat", "restored");
 }
 
 #[test]
@@ -915,7 +887,14 @@ fn snapshot_verify_restore(d: &common::Demo, env: &[(&str, String)], restore_to:
     let (code, out, err) = lethe_env(&["--config", cfg, "snapshot", "verify"], env);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("3 runs, 45 files"), "{out}");
-    let out_dir = d.dir.join(restore_to);
+    restore_equals_source(&d, env, "kopi-senja", restore_to);
+}
+
+/// `snapshot restore` of `tenant` into `out` under the demo directory: every one of the 15 tables
+/// comes back and equals the SQLite source cell by cell, types included.
+fn restore_equals_source(d: &common::Demo, env: &[(&str, String)], tenant: &str, out: &str) {
+    let cfg = d.config.to_str().unwrap();
+    let out_dir = d.dir.join(out);
     let (code, out, err) = lethe_env(
         &[
             "--config",
@@ -923,7 +902,7 @@ fn snapshot_verify_restore(d: &common::Demo, env: &[(&str, String)], restore_to:
             "snapshot",
             "restore",
             "--tenant",
-            "kopi-senja",
+            tenant,
             "--out",
             out_dir.to_str().unwrap(),
         ],
@@ -943,7 +922,7 @@ fn snapshot_verify_restore(d: &common::Demo, env: &[(&str, String)], restore_to:
         })
         .collect();
     assert_eq!(files.len(), 15, "{out}");
-    common::assert_restore_equals_sqlite(&files, &d.db(), "kopi-senja");
+    common::assert_restore_equals_sqlite(&files, &d.db(), tenant);
 }
 
 /// Every object `list` finds is under `prefix` and holds no personal data; returns the count.
@@ -1060,35 +1039,7 @@ fn snapshot_in_gcs_verifies_and_restores() {
     let (code, out, err) = lethe_env(&["--config", cfg, "snapshot", "verify"], &env);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("3 runs, 45 files"), "{out}");
-    let out_dir = d.dir.join("restored-gs");
-    let (code, out, err) = lethe_env(
-        &[
-            "--config",
-            cfg,
-            "snapshot",
-            "restore",
-            "--tenant",
-            "kopi-senja",
-            "--out",
-            out_dir.to_str().unwrap(),
-        ],
-        &env,
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let restored: Vec<(String, std::path::PathBuf, u64)> = out
-        .lines()
-        .filter(|l| l.contains(" rows "))
-        .map(|l| {
-            let w: Vec<&str> = l.split_whitespace().collect();
-            (
-                w[0].to_string(),
-                std::path::PathBuf::from(w[3]),
-                w[1].parse().unwrap(),
-            )
-        })
-        .collect();
-    assert_eq!(restored.len(), 15, "{out}");
-    common::assert_restore_equals_sqlite(&restored, &d.db(), "kopi-senja");
+    restore_equals_source(&d, &env, "kopi-senja", "restored-gs");
     assert!(!root.exists(), "read from the local store");
 
     // The endpoint from lethe.toml; credentials from a service-account file that, as the

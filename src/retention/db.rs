@@ -173,19 +173,7 @@ impl Db {
     /// the rows of the last statement that returned any.
     pub fn query(&mut self, sql: &str) -> Result<Vec<Row>, DbError> {
         match self {
-            Db::Sqlite(c) => {
-                let mut st = c.prepare(sql).map_err(|e| DbError {
-                    message: e.to_string(),
-                    retry: false,
-                })?;
-                let n = st.column_count();
-                let mut rows = st.query([]).map_err(sqlite_err)?;
-                let mut out = Vec::new();
-                while let Some(r) = rows.next().map_err(sqlite_err)? {
-                    out.push((0..n).map(|i| sqlite_text(r.get_ref_unwrap(i))).collect());
-                }
-                Ok(out)
-            }
+            Db::Sqlite(c) => sqlite_rows(c, sql),
             Db::Postgres { handle, client } => {
                 let msgs =
                     tokio::task::block_in_place(|| handle.block_on(client.simple_query(sql)))
@@ -261,21 +249,8 @@ impl Db {
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(sqlite_err)?;
         let mut out = Vec::new();
-        for (i, sql) in stmts.iter().enumerate() {
-            let mut st = tx.prepare(sql).map_err(sqlite_err)?;
-            let n = st.column_count();
-            let mut rows = st.query([]).map_err(sqlite_err)?;
-            let mut these = Vec::new();
-            while let Some(r) = rows.next().map_err(sqlite_err)? {
-                these.push(
-                    (0..n)
-                        .map(|i| sqlite_text(r.get_ref_unwrap(i)))
-                        .collect::<Row>(),
-                );
-            }
-            if i == stmts.len() - 1 {
-                out = these;
-            }
+        for sql in stmts {
+            out = sqlite_rows(&tx, sql)?;
         }
         tx.commit().map_err(sqlite_err)?;
         Ok(out)
@@ -308,6 +283,18 @@ impl Db {
         };
         self.query(&sql).map(|_| ())
     }
+}
+
+/// Every row of one SQLite statement, as text.
+fn sqlite_rows(c: &rusqlite::Connection, sql: &str) -> Result<Vec<Row>, DbError> {
+    let mut st = c.prepare(sql).map_err(sqlite_err)?;
+    let n = st.column_count();
+    let mut rows = st.query([]).map_err(sqlite_err)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(sqlite_err)? {
+        out.push((0..n).map(|i| sqlite_text(r.get_ref_unwrap(i))).collect());
+    }
+    Ok(out)
 }
 
 fn pg_db_error(e: &tokio_postgres::Error) -> DbError {
@@ -898,7 +885,7 @@ pub fn non_canonical_anchors(db: &mut Db, table: &Table, anchor: &str) -> Result
     Ok(r[0][0].as_deref().and_then(|s| s.parse().ok()).unwrap_or(0))
 }
 
-/// Every table of the data map that has a tenant column value in `tenants`, by name.
+/// The data-map table a plan names (plans are built from the data map, so it exists).
 pub fn table<'a>(dm: &'a DataMap, name: &str) -> &'a Table {
     dm.table(name).expect("plans name data-map tables")
 }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
-use serde::Serialize;
 use serde_json::json;
 
 use crate::audit::AuditLog;
@@ -23,11 +22,11 @@ use crate::retention::crash_point;
 use crate::retention::db::{self, Db, Range};
 use crate::retention::plan::{RetentionPlan, RowAction, Selection};
 use crate::s3::S3Admin;
-use crate::snapshot::purge::purge_run;
+use crate::snapshot::purge::{RunPurge, purge_run};
 use crate::store::Store;
 
 /// What one group of units (one table, one selection, several tenants) did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct UnitOutcome {
     pub table: String,
     pub category: String,
@@ -39,27 +38,15 @@ pub struct UnitOutcome {
     pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct RunOutcome {
-    pub tenant: String,
-    pub run_id: String,
-    pub objects_deleted: u64,
-    pub versions_deleted: u64,
-    pub delete_markers_deleted: u64,
-    pub locked: Vec<String>,
-    pub verified: bool,
-    pub method: &'static str,
-}
-
 /// What a retention run did.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Outcome {
     pub plan_hash: String,
     pub units: Vec<UnitOutcome>,
     pub blobs_deleted: u64,
     /// Blobs left pending in the outbox (Object Lock, store errors); retried next run.
     pub blobs_failed: u64,
-    pub runs: Vec<RunOutcome>,
+    pub runs: Vec<RunPurge>,
     /// Runs kept because they were pinned between planning and execution.
     pub runs_skipped: Vec<String>,
     pub shredded: Vec<String>,
@@ -436,16 +423,7 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
             )
             .await?;
         crash_point("after a run purge");
-        out.runs.push(RunOutcome {
-            tenant: r.tenant.clone(),
-            run_id: r.run_id.clone(),
-            objects_deleted: p.objects_deleted,
-            versions_deleted: p.versions_deleted,
-            delete_markers_deleted: p.delete_markers_deleted,
-            locked,
-            verified: p.verified,
-            method: p.method,
-        });
+        out.runs.push(p);
     }
 
     for t in &plan.shred_keys {

@@ -6,9 +6,10 @@
 //! `LETHE_REQUIRE_SERVICES=1` (set by `.ci/run`), which turns the skip into a failure.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use super::server::{Server, Spec};
 
 /// Azurite's well-known development account and key (public, in Microsoft's docs).
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -16,34 +17,22 @@ pub const KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 pub struct Azurite {
-    child: Child,
+    _server: Server,
     pub port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn required() -> bool {
-    std::env::var("LETHE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
 impl Azurite {
     /// Start a server, or `None` (after a loud message) when Azurite is not installed.
     pub fn start(test: &str) -> Option<Azurite> {
-        let bin = std::env::var("LETHE_TEST_AZURITE").unwrap_or_else(|_| "azurite-blob".into());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let child = match Command::new(&bin)
-            .args([
+        let spec = Spec {
+            env: "LETHE_TEST_AZURITE",
+            default_bin: "azurite-blob",
+            what: "Azure Blob test server",
+            install: "npm install azurite@3.35.0 (node_modules/.bin/azurite-blob)",
+        };
+        // In memory, telemetry off; its working directory (a temp dir) takes anything else.
+        let server = Server::start(test, &spec, |port| {
+            [
                 "--blobHost",
                 "127.0.0.1",
                 "--blobPort",
@@ -51,43 +40,15 @@ impl Azurite {
                 "--inMemoryPersistence",
                 "--disableTelemetry",
                 "--silent",
-            ])
-            // Its working directory is where it would write anything else.
-            .current_dir(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                if required() {
-                    panic!(
-                        "{test}: LETHE_REQUIRE_SERVICES=1 but azurite-blob ({bin}) cannot start: {e}"
-                    );
-                }
-                eprintln!(
-                    "\n*** SKIPPED {test}: no Azure Blob test server ({bin}: {e}); npm install azurite@3.35.0 and set LETHE_TEST_AZURITE to node_modules/.bin/azurite-blob ***\n"
-                );
-                return None;
-            }
-        };
-        let mut az = Azurite {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = az.child.try_wait() {
-                panic!("azurite-blob exited before listening: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "azurite-blob did not listen on port {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(az)
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+        })?;
+        Some(Azurite {
+            port: server.port,
+            _server: server,
+        })
     }
 
     /// The blob service URL, as `AZURITE_BLOB_STORAGE_URL` wants it (no account).

