@@ -714,6 +714,11 @@ fn retention_on_postgres_with_a_versioned_s3_store() {
         ),
     );
     assert!(held_before > 0);
+    // What must stay: every message not yet due, and kopi-senja's old ones (kept forever).
+    let keep = format!(
+        "SELECT count(*) FROM messages WHERE created_at > '{cutoff}' OR tenant_id = 'kopi-senja'"
+    );
+    let keep_before = pg_count(&pg, &keep);
 
     let now_s = now.to_rfc3339();
     let (code, out, err) = lethe_env(
@@ -723,6 +728,24 @@ fn retention_on_postgres_with_a_versioned_s3_store() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("backup runs purged: 1"), "{out}");
     assert_eq!(pg_count(&pg, &due), 0, "due messages left in PostgreSQL");
+    assert_eq!(
+        pg_count(&pg, &keep),
+        keep_before,
+        "not one message too many"
+    );
+    let flag_cutoff = (now - chrono::TimeDelta::days(366))
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string();
+    assert_eq!(
+        pg_count(
+            &pg,
+            &format!(
+                "SELECT count(*) FROM accounts WHERE flagged_inactive_at IS NOT NULL AND (last_login_at IS NULL OR last_login_at > '{flag_cutoff}')"
+            )
+        ),
+        0,
+        "only accounts inactive for 12 months are flagged"
+    );
     assert_eq!(
         pg_count(
             &pg,
