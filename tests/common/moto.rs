@@ -33,10 +33,36 @@ impl Moto {
                 port.to_string(),
             ]
         })?;
-        Some(Moto {
+        let moto = Moto {
             port: server.port,
             _server: server,
-        })
+        };
+        // moto 5.2.x answers GetBucketVersioning with XML the AWS SDK cannot parse: a moto
+        // found on PATH may be that one. Probe it; an unusable server is a loud skip too.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let usable = rt.block_on(async {
+            let c = moto.sdk();
+            c.create_bucket().bucket("lethe-probe").send().await.is_ok()
+                && c.get_bucket_versioning()
+                    .bucket("lethe-probe")
+                    .send()
+                    .await
+                    .is_ok()
+        });
+        if !usable {
+            let why = "the moto server found is not 5.1.22 (its GetBucketVersioning answer does not parse)";
+            if std::env::var("LETHE_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
+                panic!("{test}: LETHE_REQUIRE_SERVICES=1 but {why}");
+            }
+            eprintln!(
+                "\n*** SKIPPED {test}: {why}; pip install 'moto[server]==5.1.22' and set LETHE_TEST_MOTO ***\n"
+            );
+            return None;
+        }
+        Some(moto)
     }
 
     pub fn endpoint(&self) -> String {
