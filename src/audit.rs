@@ -103,6 +103,9 @@ pub enum AuditError {
         "refusing to expire the audit log: {key}: {problem}\n  fix: run `lethe audit verify`; expiry never deletes evidence of tampering, so resolve it first"
     )]
     Tampered { key: String, problem: String },
+    /// The run no longer holds its lease: nothing more may be recorded (or deleted).
+    #[error(transparent)]
+    Lease(#[from] crate::lease::LeaseError),
     #[error("the audit log is full: seq {seq} would not fit 12 digits")]
     Exhausted { seq: u64 },
     #[error("audit time {at} plus {span} is out of range")]
@@ -372,6 +375,107 @@ async fn list_seqs(
     Ok((seqs, strays))
 }
 
+/// What pairs a `start` record with its `end`: the step and the fields naming what it acted on.
+fn pairing_key(event: &serde_json::Value) -> String {
+    let f = |k: &str| event.get(k).map(|v| v.to_string()).unwrap_or_default();
+    format!(
+        "{}|{}|{}|{}|{}|{}",
+        f("step"),
+        f("plan_hash"),
+        f("table"),
+        f("category"),
+        f("tenant"),
+        f("run_id")
+    )
+}
+
+/// Seqs of `start` records without their `end` (nor a `recovery` record closing them), in order.
+fn unclosed_starts<'a>(events: impl Iterator<Item = (u64, &'a serde_json::Value)>) -> Vec<u64> {
+    let mut open: Vec<(u64, String)> = Vec::new();
+    for (seq, e) in events {
+        match e.get("phase").and_then(|p| p.as_str()) {
+            Some("start") => open.push((seq, pairing_key(e))),
+            Some("end") => {
+                let k = pairing_key(e);
+                if let Some(i) = open.iter().rposition(|(_, o)| *o == k) {
+                    open.remove(i);
+                }
+            }
+            _ if e.get("step").and_then(|s| s.as_str()) == Some("recovery") => {
+                let closes: Vec<u64> = e
+                    .get("closes")
+                    .and_then(|c| c.as_array())
+                    .map(|a| a.iter().filter_map(|v| v.as_u64()).collect())
+                    .unwrap_or_default();
+                open.retain(|(s, _)| !closes.contains(s));
+            }
+            _ => {}
+        }
+    }
+    open.into_iter().map(|(s, _)| s).collect()
+}
+
+/// A record of the log as something outside the log remembers it: the keyring directory's
+/// anchor file (written after every checkpoint), a snapshot manifest (the newest checkpoint when
+/// the snapshot ran). A log that ends before it, or holds another record there, was truncated
+/// or rewritten.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub seq: u64,
+    pub record_hash: String,
+    /// Where this anchor was found (a file or an object key); not stored.
+    #[serde(skip)]
+    pub source: String,
+}
+
+/// The anchor file beside the keyring: kept where an attacker with write access to `audit/`
+/// in the store cannot rewrite it.
+pub fn anchor_path(keyring: &std::path::Path) -> std::path::PathBuf {
+    keyring
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join("audit-anchor.json")
+}
+
+/// Record `cp` in the anchor file (never moving it backwards).
+pub fn write_anchor(keyring: &std::path::Path, cp: &CheckpointRef) -> std::io::Result<()> {
+    let path = anchor_path(keyring);
+    if let Some(old) = read_anchor(&path)
+        && old.seq >= cp.seq
+    {
+        return Ok(());
+    }
+    let a = Anchor {
+        seq: cp.seq,
+        record_hash: cp.record_hash.clone(),
+        source: String::new(),
+    };
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&a).expect("serializable"))?;
+    std::fs::rename(&tmp, &path)
+}
+
+/// The anchor file's anchor, if there is one.
+pub fn read_anchor(path: &std::path::Path) -> Option<Anchor> {
+    let b = std::fs::read(path).ok()?;
+    let mut a: Anchor = serde_json::from_slice(&b).ok()?;
+    a.source = path.display().to_string();
+    Some(a)
+}
+
+/// The newest checkpoint in the store as stored (signature not checked), with its key.
+pub async fn newest_checkpoint(store: &Store) -> Result<Option<(String, Checkpoint)>, StoreError> {
+    let (cps, _) = list_seqs(store, CHECKPOINTS).await?;
+    for (_, key) in cps.iter().rev() {
+        if let Some(b) = store.get_opt(&ObjPath::from(key.as_str())).await?
+            && let Ok(cp) = serde_json::from_slice::<Checkpoint>(&b)
+        {
+            return Ok(Some((key.clone(), cp)));
+        }
+    }
+    Ok(None)
+}
+
 async fn delete_if_present(store: &Store, key: &str) -> Result<bool, StoreError> {
     match store.inner.delete(&ObjPath::from(key)).await {
         Ok(()) => Ok(true),
@@ -396,6 +500,9 @@ pub struct AuditLog {
     store: Store,
     signer: SigningKey,
     lock: Option<ObjectLockWriter>,
+    /// The lease of the run writing: checked before every record (and so before every
+    /// destructive step, which records its start first).
+    lease: Option<std::sync::Arc<crate::lease::Lease>>,
     /// The last record written (or, once every record has expired, the newest checkpoint's).
     head: Option<RecordRef>,
 }
@@ -425,8 +532,50 @@ impl AuditLog {
             store,
             signer,
             lock,
+            lease: None,
             head,
         })
+    }
+
+    /// Check `lease` before every record from now on.
+    pub fn guard(&mut self, lease: std::sync::Arc<crate::lease::Lease>) {
+        self.lease = Some(lease);
+    }
+
+    /// Close the `start` records an interrupted run left without their `end`: one `recovery`
+    /// record lists them (their outcome is unknown; the run that follows re-counts and finishes
+    /// the work). Only records after the newest checkpoint are looked at: a run checkpoints last,
+    /// so an interrupted run's records are all there. Returns the seqs closed.
+    pub async fn close_interrupted(&mut self, at: DateTime<Utc>) -> Result<Vec<u64>, AuditError> {
+        let Some(head) = self.head.clone() else {
+            return Ok(vec![]);
+        };
+        let (cps, _) = list_seqs(&self.store, CHECKPOINTS).await?;
+        let from = cps.keys().next_back().map_or(0, |c| c + 1);
+        let mut events = Vec::new();
+        for seq in from..=head.seq {
+            let Some(b) = self.store.get_opt(&ObjPath::from(record_key(seq))).await? else {
+                continue;
+            };
+            if let Ok(r) = serde_json::from_slice::<Record>(&b) {
+                events.push((seq, r.event));
+            }
+        }
+        let open = unclosed_starts(events.iter().map(|(s, e)| (*s, e)));
+        if open.is_empty() {
+            return Ok(open);
+        }
+        tracing::warn!(
+            records = ?open,
+            "an earlier run was interrupted between a start record and its end; recording that their outcome is unknown (this run re-counts and finishes the work)"
+        );
+        self.append(
+            serde_json::json!({"step": "recovery", "phase": "note", "closes": open,
+                "reason": "the run that wrote these start records was interrupted before their end; the following run re-counted and finished the work"}),
+            at,
+        )
+        .await?;
+        Ok(open)
     }
 
     /// The last record (`None` for an empty log).
@@ -454,6 +603,9 @@ impl AuditLog {
                 serde_json::Value::Object(_) => unreachable!(),
             };
             return Err(AuditError::EventNotObject { got });
+        }
+        if let Some(l) = &self.lease {
+            l.ensure()?;
         }
         let (seq, prev) = match &self.head {
             Some(h) => (h.seq + 1, h.hash.clone()),
@@ -840,6 +992,10 @@ pub enum FindingKind {
     BadCheckpoint,
     /// An object under `audit/records/` or `audit/checkpoints/` that is not `<12 digits>.json`.
     Unexpected,
+    /// The log is shorter than (or differs from) what was anchored outside it.
+    Truncated,
+    /// A `start` record without its `end` (and no recovery record) inside the checkpointed range.
+    StartWithoutEnd,
     /// Note: records after the newest checkpoint.
     NotYetCheckpointed,
     /// Note: an expiry announced by a valid signed marker did not finish.
@@ -916,6 +1072,16 @@ struct Loaded {
 /// Verify the audit chain and its checkpoints against `public_key` (32 raw Ed25519 bytes).
 /// Violations are findings in the report; `Err` only when the store cannot be read.
 pub async fn verify(store: &Store, public_key: &[u8]) -> Result<AuditReport, AuditError> {
+    verify_anchored(store, public_key, &[]).await
+}
+
+/// [`verify`], and also against `anchors` kept outside the log: a log that is shorter than an
+/// anchor, or empty while one exists, was truncated.
+pub async fn verify_anchored(
+    store: &Store,
+    public_key: &[u8],
+    anchors: &[Anchor],
+) -> Result<AuditReport, AuditError> {
     let mut findings = Vec::new();
     let mut notes = Vec::new();
     let finding = |key: String, kind: FindingKind, problem: String| Finding { key, kind, problem };
@@ -1128,6 +1294,73 @@ pub async fn verify(store: &Store, public_key: &[u8]) -> Result<AuditReport, Aud
         ));
     }
 
+    // Outside anchors: the log must reach them, with the same record there.
+    for a in anchors {
+        let reaches = newest_checkpoint.is_some_and(|c| c >= a.seq);
+        if !reaches {
+            findings.push(finding(
+                record_key(a.seq),
+                FindingKind::Truncated,
+                format!(
+                    "{} anchors record {} ({}), but the log {}: records were removed or the log was rewritten",
+                    a.source,
+                    a.seq,
+                    a.record_hash,
+                    match (newest_checkpoint, last_seq) {
+                        (None, None) => "is empty".to_string(),
+                        (None, Some(l)) => format!("has no valid checkpoint (last record {l})"),
+                        (Some(c), _) => format!("is checkpointed only up to {c}"),
+                    }
+                ),
+            ));
+            continue;
+        }
+        if let Some(r) = by_seq.get(&a.seq)
+            && r.hash != a.record_hash
+        {
+            findings.push(finding(
+                r.key.clone(),
+                FindingKind::Truncated,
+                format!(
+                    "its hash differs from the one {} anchors: the log was rewritten",
+                    a.source
+                ),
+            ));
+        } else if let Some(cp) = valid.get(&a.seq)
+            && cp.record_hash != a.record_hash
+        {
+            findings.push(finding(
+                checkpoint_key(a.seq),
+                FindingKind::Truncated,
+                format!(
+                    "vouches for another record than the one {} anchors: the log was rewritten",
+                    a.source
+                ),
+            ));
+        }
+    }
+
+    // Every start needs its end: a start without one inside the checkpointed range means a
+    // destructive step whose outcome was never recorded (two runs at once, or an edit).
+    let parsed = records
+        .iter()
+        .filter_map(|r| r.record.as_ref().map(|rec| (r.seq, &rec.event)));
+    for seq in unclosed_starts(parsed) {
+        let f = finding(
+            record_key(seq),
+            FindingKind::StartWithoutEnd,
+            "a start record without its end: the outcome of this destructive step was never recorded (two runs at once, or records removed)".into(),
+        );
+        if newest_checkpoint.is_some_and(|c| seq <= c) {
+            findings.push(f);
+        } else {
+            notes.push(Finding {
+                problem: "a start record without its end yet (a run in progress, or interrupted: the next run records it)".into(),
+                ..f
+            });
+        }
+    }
+
     let unanchored: Vec<&Loaded> = records
         .iter()
         .filter(|r| newest_checkpoint.is_none_or(|c| r.seq > c))
@@ -1174,7 +1407,7 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let root = dir.path().join("store");
             let store =
-                Store::open(&StoreSpec::local(format!("file://{}", root.display()))).unwrap();
+                Store::create(&StoreSpec::local(format!("file://{}", root.display()))).unwrap();
             let keydir = dir.path().join("keys");
             Fixture {
                 _dir: dir,

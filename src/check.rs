@@ -138,6 +138,17 @@ pub fn check(config_path: &Path) -> Result<Checked, crate::Error> {
     })
 }
 
+/// `lethe check`: [`check`], then the preflight of the live data, the keys and the stores —
+/// everything a plan or a run would refuse, reported at once.
+pub async fn check_all(config_path: &Path) -> Result<Checked, crate::Error> {
+    let c = check(config_path)?;
+    let problems = crate::preflight::for_check(&c).await?;
+    if !problems.is_empty() {
+        return Err(crate::Error::Check(Problems(problems)));
+    }
+    Ok(c)
+}
+
 /// What the retention engine needs beyond a valid policy: somewhere to delete blobs from, and
 /// SQL it can run on this source.
 fn retention_problems(config: &Config, dm: &DataMap, policy: &Policy) -> Vec<Problem> {

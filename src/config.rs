@@ -26,6 +26,14 @@ pub enum ConfigError {
         "{path}: {message}\n  fix: correct the TOML; the keys lethe.toml accepts are listed in the README"
     )]
     Parse { path: PathBuf, message: String },
+    #[error("environment variable {var} (it overrides `{key}` of {path}): {message}\n  fix: {fix}")]
+    InvalidEnv {
+        var: String,
+        path: PathBuf,
+        key: String,
+        message: String,
+        fix: String,
+    },
     #[error("{path}: `{key}`: {message}\n  fix: {fix}")]
     Invalid {
         path: PathBuf,
@@ -411,47 +419,71 @@ impl Config {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        if let Some(v) = env("LETHE_SOURCE_URL") {
-            file.source.url = v;
-        }
-        if let Some(v) = env("LETHE_STORE_URL") {
-            file.store.url = v;
-        }
-        if let Some(v) = env("LETHE_BLOBS_URL") {
-            match &mut file.blobs {
-                Some(b) => b.url = v,
-                None => {
-                    file.blobs = Some(StoreSection {
-                        url: v,
-                        endpoint: None,
-                        region: None,
-                        allow_http: None,
-                        path_style: None,
-                    })
-                }
+        // Which keys came from the environment: their errors name the variable, not the file.
+        let mut from_env: Vec<(&'static str, &'static str)> = Vec::new();
+        for (var, key) in OVERRIDES {
+            let Some(v) = env(var) else { continue };
+            if v.trim().is_empty() {
+                return Err(ConfigError::InvalidEnv {
+                    var: var.into(),
+                    path: path.to_path_buf(),
+                    key: key.into(),
+                    message: "is set but empty".into(),
+                    fix: format!("unset {var} to use lethe.toml's value, or give it a value"),
+                });
+            }
+            from_env.push((key, var));
+            match key {
+                "source.url" => file.source.url = v,
+                "store.url" => file.store.url = v,
+                "blobs.url" => match &mut file.blobs {
+                    Some(b) => b.url = v,
+                    None => {
+                        file.blobs = Some(StoreSection {
+                            url: v,
+                            endpoint: None,
+                            region: None,
+                            allow_http: None,
+                            path_style: None,
+                        })
+                    }
+                },
+                "keys.keyring" => file.keys.keyring = v,
+                "keys.master_key" => file.keys.master_key = v,
+                _ => unreachable!("every override names a key"),
             }
         }
-        if let Some(v) = env("LETHE_KEYS_KEYRING") {
-            file.keys.keyring = v;
-        }
-        if let Some(v) = env("LETHE_KEYS_MASTER_KEY") {
-            file.keys.master_key = v;
-        }
-        Self::validate(path, file)
+        Self::validate(path, file, &from_env)
     }
 
-    fn validate(path: &Path, f: ConfigFile) -> Result<Config, ConfigError> {
+    fn validate(
+        path: &Path,
+        f: ConfigFile,
+        from_env: &[(&'static str, &'static str)],
+    ) -> Result<Config, ConfigError> {
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let base = if base.as_os_str().is_empty() {
             PathBuf::from(".")
         } else {
             base
         };
-        let invalid = |key: &str, message: String, fix: &str| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            key: key.into(),
-            message,
-            fix: fix.into(),
+        let invalid = |key: &str, message: String, fix: &str| match from_env
+            .iter()
+            .find(|(k, _)| *k == key)
+        {
+            Some((_, var)) => ConfigError::InvalidEnv {
+                var: (*var).into(),
+                path: path.to_path_buf(),
+                key: key.into(),
+                message,
+                fix: fix.into(),
+            },
+            None => ConfigError::Invalid {
+                path: path.to_path_buf(),
+                key: key.into(),
+                message,
+                fix: fix.into(),
+            },
         };
 
         // `env:VAR` reads the URL (which may carry a password) from the environment.
@@ -475,6 +507,21 @@ impl Config {
             }
             SourceUrl::Sqlite(resolve(&base, rest))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // The README promises passwords never sit in lethe.toml: refuse one written there
+            // (from the environment — LETHE_SOURCE_URL or env:VAR — it is fine).
+            let in_file = !f.source.url.starts_with("env:")
+                && !from_env.iter().any(|(k, _)| *k == "source.url");
+            if in_file
+                && url::Url::parse(&url)
+                    .ok()
+                    .is_some_and(|u| u.password().is_some())
+            {
+                return Err(invalid(
+                    "source.url",
+                    "the URL carries a password; lethe.toml is no place for secrets".into(),
+                    "remove it from the URL and set PGPASSWORD, or write url = \"env:DATABASE_URL\" and keep the whole URL in that variable",
+                ));
+            }
             SourceUrl::Postgres(url)
         } else {
             return Err(invalid(
@@ -583,6 +630,15 @@ impl Config {
     }
 }
 
+/// The `LETHE_*` environment variables and the key each overrides.
+pub const OVERRIDES: [(&str, &str); 5] = [
+    ("LETHE_SOURCE_URL", "source.url"),
+    ("LETHE_STORE_URL", "store.url"),
+    ("LETHE_BLOBS_URL", "blobs.url"),
+    ("LETHE_KEYS_KEYRING", "keys.keyring"),
+    ("LETHE_KEYS_MASTER_KEY", "keys.master_key"),
+];
+
 /// `file:///abs`, `s3://`, `gs://`, `az://` and `azure://` URLs stay (less a trailing `/`); a
 /// bare path becomes `file://` + the absolute path; other schemes are refused.
 fn store_url_of(base: &Path, url: &str) -> Result<String, String> {
@@ -601,6 +657,11 @@ fn store_url_of(base: &Path, url: &str) -> Result<String, String> {
             }
             return Ok(url.trim_end_matches('/').to_string());
         }
+    }
+    if url == "~" || url.starts_with("~/") {
+        return Err(format!(
+            "{url:?} starts with ~, which lethe does not expand (it would be a directory named ~)"
+        ));
     }
     if let Some((scheme, _)) = url.split_once("://") {
         return Err(format!(

@@ -62,6 +62,21 @@ pub struct TableConfig {
     /// Columns holding personal data.
     #[serde(default)]
     pub personal_columns: Vec<String>,
+    /// Where each tenant's blobs live when the layout is per tenant, with `{tenant}` for the
+    /// tenant id, e.g. `"photos/{tenant}/"`. Set, a row's blob must lie under its own tenant's
+    /// prefix: retention refuses to delete any other (a row of one tenant can never make lethe
+    /// delete another tenant's photo), and `check` counts rows that break it.
+    #[serde(default)]
+    pub blob_prefix: Option<String>,
+}
+
+impl TableConfig {
+    /// The blob prefix of `tenant` (see [`TableConfig::blob_prefix`]).
+    pub fn blob_prefix_of(&self, tenant: &str) -> Option<String> {
+        self.blob_prefix
+            .as_ref()
+            .map(|p| p.replace("{tenant}", tenant))
+    }
 }
 
 impl TableConfig {
@@ -196,6 +211,25 @@ impl DataMap {
                         "no category",
                         "list at least one retention category, e.g. categories = [\"messages\"]",
                     ));
+                }
+                if let Some(p) = &config.blob_prefix {
+                    let bad = if config.blob_column.is_none() {
+                        Some("blob_prefix without blob_column")
+                    } else if p.matches("{tenant}").count() != 1 {
+                        Some("blob_prefix must contain {tenant} exactly once")
+                    } else if !p.ends_with('/') || p.starts_with('/') || p.contains("..") {
+                        Some("blob_prefix must be a relative key prefix ending in `/`")
+                    } else {
+                        None
+                    };
+                    if let Some(why) = bad {
+                        problems.push(Problem::new(
+                            path,
+                            format!("{key}.blob_prefix"),
+                            why,
+                            "write the per-tenant prefix of the blob keys, e.g. blob_prefix = \"photos/{tenant}/\"",
+                        ));
+                    }
                 }
                 if let Some(prev) = tables.get(&name) {
                     problems.push(Problem::new(

@@ -16,6 +16,9 @@ pub enum Error {
     Check(crate::check::Problems),
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
+    /// A key is missing while the store holds data made under it (exit 2): never recreated.
+    #[error(transparent)]
+    KeyMissing(#[from] crate::keys::KeyMissing),
     #[error(transparent)]
     Source(#[from] crate::source::SourceError),
     #[error(transparent)]
@@ -40,7 +43,7 @@ impl Error {
     /// 2 for bad usage or bad configuration, 1 for a failed job or a found violation.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Config(_) | Error::Check(_) | Error::Usage(_) => 2,
+            Error::Config(_) | Error::Check(_) | Error::Usage(_) | Error::KeyMissing(_) => 2,
             Error::Keys(e) if e.is_configuration() => 2,
             Error::Source(e) if e.is_configuration() => 2,
             Error::Store(e) if e.is_configuration() => 2,

@@ -46,7 +46,7 @@ pub enum KeyError {
     )]
     BadKeyring { path: PathBuf, message: String },
     #[error(
-        "keyring {path} does not exist\n  fix: run `lethe run snapshot` once to create it, or point keys.keyring at the existing keyring"
+        "keyring {path} does not exist\n  fix: if this installation has made snapshots before, restore the keyring and master key from your backup (a new keyring cannot read them) or point keys.keyring at them; on a new installation `lethe run snapshot` creates them"
     )]
     NoKeyring { path: PathBuf },
     #[error("master key {reference} is missing: {message}\n  fix: {fix}")]
@@ -107,6 +107,10 @@ struct KeyringFile {
     format: String,
     master_key_id: String,
     tenants: BTreeMap<String, TenantKeyEntry>,
+    /// `sha256:<hex>` of the id of every data key destroyed on purpose (crypto-shredding), so a
+    /// key that was shredded is told apart from one that was lost; the tenant is not named.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    shredded: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -182,7 +186,18 @@ fn read_master(reference: &SecretRef) -> Result<Option<Vec<u8>>, KeyError> {
             }
         },
         SecretRef::File(p) => match std::fs::read_to_string(p) {
-            Ok(t) => t,
+            Ok(t) => {
+                if let Ok(meta) = std::fs::metadata(p)
+                    && meta.permissions().mode() & 0o077 != 0
+                {
+                    tracing::warn!(
+                        path = %p.display(),
+                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
+                        "the master key is readable by other users; chmod 600 it"
+                    );
+                }
+                t
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => {
                 return Err(KeyError::MasterKeyMissing {
@@ -296,6 +311,7 @@ impl Keyring {
                 format: FORMAT.into(),
                 master_key_id: id.clone(),
                 tenants: BTreeMap::new(),
+                shredded: Vec::new(),
             };
             write_private(
                 path,
@@ -400,6 +416,11 @@ impl Keyring {
         let Some(entry) = self.file.tenants.remove(tenant) else {
             return Ok(false);
         };
+        let tomb = shredded_mark(&entry.key_id);
+        let new_tomb = !self.file.shredded.contains(&tomb);
+        if new_tomb {
+            self.file.shredded.push(tomb.clone());
+        }
         let saved = write_private(
             &self.path,
             serde_json::to_string_pretty(&self.file)
@@ -409,9 +430,22 @@ impl Keyring {
         if let Err(e) = saved {
             // Memory and disk must agree: the key still exists on disk.
             self.file.tenants.insert(tenant.into(), entry);
+            if new_tomb {
+                self.file.shredded.retain(|t| t != &tomb);
+            }
             return Err(e);
         }
         Ok(true)
+    }
+
+    /// Does the keyring hold a key for `tenant`?
+    pub fn has(&self, tenant: &str) -> bool {
+        self.file.tenants.contains_key(tenant)
+    }
+
+    /// Was the data key `key_id` destroyed on purpose (crypto-shredded) by this keyring?
+    pub fn was_shredded(&self, key_id: &str) -> bool {
+        self.file.shredded.contains(&shredded_mark(key_id))
     }
 
     fn wrap(&self, dek: &[u8]) -> Result<String, KeyError> {
@@ -443,6 +477,94 @@ impl Keyring {
             .ok()?;
         Some(plain.to_vec())
     }
+}
+
+fn shredded_mark(key_id: &str) -> String {
+    format!("sha256:{}", sha256_hex(key_id.as_bytes()))
+}
+
+/// The keys a store's contents were made under: what must exist before anything may write
+/// there again. Read from the newest committed manifest of a tenant and the newest audit
+/// checkpoint — a few GETs, whatever the store's size.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StoreKeys {
+    /// The master key id of a committed manifest, and the manifest's object key.
+    pub master: Option<(String, String)>,
+    /// The signing key id of the newest audit checkpoint, and the checkpoint's object key.
+    pub signing: Option<(String, String)>,
+}
+
+impl StoreKeys {
+    pub async fn read(store: &crate::store::Store) -> Result<StoreKeys, crate::Error> {
+        let mut out = StoreKeys::default();
+        for tenant in crate::snapshot::read::tenants(store).await? {
+            if let Some(m) = crate::snapshot::read::newest_committed(store, &tenant).await? {
+                out.master = Some((
+                    m.master_key_id.clone(),
+                    crate::snapshot::manifest_key(&m.tenant, &m.run_id).to_string(),
+                ));
+                break;
+            }
+        }
+        if let Some((key, cp)) = crate::audit::newest_checkpoint(store).await? {
+            out.signing = Some((cp.key_id, key));
+        }
+        Ok(out)
+    }
+}
+
+/// Why lethe will not create a key: the store already holds what was made under the old one.
+#[derive(Debug, Error)]
+#[error(
+    "{what} {path} is missing, but the store already holds {evidence} made under {key_id}\n  fix: restore {path} from your backup of the key files (a new key cannot read or vouch for what exists; lethe never recreates it over existing data). If the store is really meant to start over, move its contents away first"
+)]
+pub struct KeyMissing {
+    pub what: &'static str,
+    pub path: String,
+    pub evidence: String,
+    pub key_id: String,
+}
+
+/// Refuse to create keys over a store made under other keys (issue: deleting `keys/` and
+/// running a snapshot silently made every earlier snapshot unreadable). First use — an empty
+/// store — may create them.
+pub fn refuse_recreate(
+    keyring: &Path,
+    master: &SecretRef,
+    signing_key: &Path,
+    expected: &StoreKeys,
+) -> Result<(), KeyMissing> {
+    if let Some((id, at)) = &expected.master {
+        if !keyring.exists() {
+            return Err(KeyMissing {
+                what: "keyring",
+                path: keyring.display().to_string(),
+                evidence: format!("snapshots ({at})"),
+                key_id: format!("master key {id}"),
+            });
+        }
+        if let SecretRef::File(p) = master
+            && !p.exists()
+        {
+            return Err(KeyMissing {
+                what: "master key",
+                path: p.display().to_string(),
+                evidence: format!("snapshots ({at})"),
+                key_id: format!("master key {id}"),
+            });
+        }
+    }
+    if let Some((id, at)) = &expected.signing
+        && !signing_key.exists()
+    {
+        return Err(KeyMissing {
+            what: "audit signing key",
+            path: signing_key.display().to_string(),
+            evidence: format!("signed audit checkpoints ({at})"),
+            key_id: format!("signing key {id}"),
+        });
+    }
+    Ok(())
 }
 
 /// PKMT1 key material as parquet-mr / pyarrow "key tools" write it (internal storage).

@@ -12,6 +12,8 @@
 //! - [`s3`]: what object_store cannot do on S3 (object versions, Object Lock), via aws-sdk-s3;
 //! - [`snapshot`]: encrypted Parquet snapshots, their manifests, `ls`, `verify` and `restore`;
 //! - [`check`]: validation of every configuration file at once;
+//! - [`preflight`]: what in the live data and the stores would make a destructive run go wrong;
+//! - [`lease`]: leases under `locks/`, so that two destructive runs never overlap;
 //! - [`demo`]: the embedded demo (synthetic tenants in SQLite, a local store);
 //! - [`pipeline`]: the one module that orders the stages.
 //!
@@ -26,8 +28,10 @@ pub mod demo;
 pub mod error;
 pub mod jobs;
 pub mod keys;
+pub mod lease;
 pub mod pipeline;
 pub mod policy;
+pub mod preflight;
 pub mod retention;
 pub mod s3;
 pub mod sign;

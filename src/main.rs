@@ -250,6 +250,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The audit log's anchors kept outside it: the file beside the keyring, and the audit head
+/// every committed manifest recorded (the newest manifest of each tenant).
+async fn audit_anchors(
+    config: &lethe::config::Config,
+    store: &Store,
+) -> lethe::Result<Vec<lethe::audit::Anchor>> {
+    let mut out = Vec::new();
+    if let Some(a) = lethe::audit::read_anchor(&lethe::audit::anchor_path(&config.keyring)) {
+        out.push(a);
+    }
+    for t in read::tenants(store).await? {
+        if let Some(m) = read::newest_committed(store, &t).await?
+            && let Some(h) = &m.audit_head
+        {
+            out.push(lethe::audit::Anchor {
+                seq: h.seq,
+                record_hash: h.record_hash.clone(),
+                source: lethe::snapshot::manifest_key(&m.tenant, &m.run_id).to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
 fn human_bytes(b: u64) -> String {
     match b {
         b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
@@ -370,6 +394,19 @@ fn print_plan(plan: &lethe::retention::plan::RetentionPlan) {
             );
         }
     }
+    if !plan.orphans.is_empty() {
+        let choice = plan.orphans_policy.unwrap_or_default();
+        println!(
+            "\nrows of tenants the tenants table does not list (policy orphans = {}):",
+            serde_json::to_string(&choice).unwrap_or_default()
+        );
+        for o in &plan.orphans {
+            println!("  {o}");
+        }
+        if choice == lethe::policy::Orphans::Refuse {
+            println!("  `run retention` refuses while there are any (exit 1)");
+        }
+    }
     let t = &plan.totals;
     println!(
         "\ntotal: {} rows deleted, {} anonymized, {} flagged, {} blobs, {} backup runs; {} rows held back",
@@ -404,8 +441,16 @@ fn print_retention(run: &lethe::pipeline::RetentionRun) {
         println!("{cat:<20} {table:<20} {action:<10} {rows:>10}  re-query: 0 left");
     }
     println!(
-        "blobs deleted: {} (HEAD: not found); backup runs purged: {}; keys shredded: {}",
+        "blobs deleted: {} (each existed; HEAD now: not found){}; backup runs purged: {}; keys shredded: {}",
         o.blobs_deleted,
+        if o.blobs_absent > 0 {
+            format!(
+                "; already absent before the delete: {} (not counted as deleted)",
+                o.blobs_absent
+            )
+        } else {
+            String::new()
+        },
         o.runs.len(),
         o.shredded.len()
     );
@@ -518,7 +563,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             })
         }
         Command::Check => {
-            let c = lethe::check::check(&cli.config)?;
+            let c = lethe::check::check_all(&cli.config).await?;
             println!(
                 "ok: {} tables in the data map, {} policy categories (policy {} {}), {} job(s)",
                 c.data_map.tables.len(),
@@ -581,7 +626,8 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                 &lethe::sign::signing_key_path(&config.keyring),
                 false,
             )?;
-            let r = lethe::audit::verify(&store, &key.public_key()).await?;
+            let anchors = audit_anchors(&config, &store).await?;
+            let r = lethe::audit::verify_anchored(&store, &key.public_key(), &anchors).await?;
             if json {
                 println!(
                     "{}",
@@ -627,9 +673,13 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             let store = Store::open(&config.store)?;
             match s {
                 SnapshotCommand::Ls { tenant, json } => {
+                    let known = read::tenants(&store).await?;
                     let tenants = match tenant {
-                        Some(t) => vec![t],
-                        None => read::tenants(&store).await?,
+                        Some(t) => {
+                            read::unknown_tenants(std::slice::from_ref(&t), &known)?;
+                            vec![t]
+                        }
+                        None => known,
                     };
                     let mut all = Vec::new();
                     for t in &tenants {
@@ -642,12 +692,12 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                         );
                     } else {
                         println!(
-                            "{:<20} {:<24} {:<21} {:>6} {:>10} {:>11}",
+                            "{:<20} {:<24} {:<27} {:>6} {:>10} {:>11}",
                             "tenant", "run", "committed", "tables", "rows", "bytes"
                         );
                         for m in &all {
                             println!(
-                                "{:<20} {:<24} {:<21} {:>6} {:>10} {:>11}",
+                                "{:<20} {:<24} {:<27} {:>6} {:>10} {:>11}",
                                 m.tenant,
                                 m.run_id,
                                 m.committed_at,

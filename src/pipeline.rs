@@ -39,8 +39,13 @@ pub async fn run_snapshot(config: &Path, only: &[String]) -> crate::Result<Snaps
 pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<SnapshotRun> {
     let cfg = &c.config;
     let source = Source::open(&cfg.source)?;
-    let mut tenants = source.tenants(&c.data_map)?;
+    let list = source.tenants(&c.data_map)?;
     drop(source);
+    let mut tenants = list.valid;
+    let bad = if only.is_empty() { list.bad } else { vec![] };
+    for b in &bad {
+        tracing::error!(tenant = %b.shown, "{b}");
+    }
     if !only.is_empty() {
         for t in only {
             if !tenants.iter().any(|x| &x.id == t) {
@@ -51,11 +56,39 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
         }
         tenants.retain(|t| only.contains(&t.id));
     }
-    let store = Store::open(&cfg.store)?;
+    let store = Store::create(&cfg.store)?;
+    // Keys are never created over a store that holds what other keys made: a missing keyring,
+    // master key or signing key is restored from backup, not replaced.
+    let expected = crate::keys::StoreKeys::read(&store).await?;
+    crate::keys::refuse_recreate(
+        &cfg.keyring,
+        &cfg.master_key,
+        &crate::sign::signing_key_path(&cfg.keyring),
+        &expected,
+    )?;
     // Keys for every tenant first: the keyring is written by one task only.
     let mut keyring = Keyring::open(&cfg.keyring, &cfg.master_key, true)?;
     let mut jobs = Vec::new();
+    let mut lost_keys = Vec::new();
     for t in &tenants {
+        if !keyring.has(&t.id)
+            && let Some(m) = crate::snapshot::read::newest_committed(&store, &t.id).await?
+            && !keyring.was_shredded(&m.key_id)
+        {
+            // Its runs were made under a key this keyring does not hold and never destroyed:
+            // a new key would leave them unreadable. This tenant fails; the others go on.
+            lost_keys.push((
+                t.id.clone(),
+                format!(
+                    "the keyring {} has no data key for tenant {}, but its snapshots (e.g. run {}) were made under data key {}: restore the keyring from your backup; lethe does not create a new key over existing snapshots",
+                    cfg.keyring.display(),
+                    t.id,
+                    m.run_id,
+                    m.key_id
+                ),
+            ));
+            continue;
+        }
         let key = keyring.data_key_or_create(&t.id)?;
         jobs.push(TenantJob {
             tenant: t.id.clone(),
@@ -71,6 +104,12 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
         policy_hash: c.policy.hash.clone(),
         settings: cfg.snapshot.clone(),
         selective: !only.is_empty(),
+        audit_head: crate::audit::newest_checkpoint(&store)
+            .await?
+            .map(|(_, cp)| crate::snapshot::manifest::AuditHead {
+                seq: cp.seq,
+                record_hash: cp.record_hash,
+            }),
     };
     tracing::info!(tenants = jobs.len(), store = %cfg.store.url, "snapshot started");
     let results = snapshot_run(&store, spec, jobs).await;
@@ -93,6 +132,13 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
                 run.failed.push((tenant, e.to_string()));
             }
         }
+    }
+    for b in bad {
+        run.failed.push((b.shown.clone(), b.to_string()));
+    }
+    for (t, why) in lost_keys {
+        tracing::error!(tenant = %t, "{why}");
+        run.failed.push((t, why));
     }
     run.done.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     run.failed.sort();
@@ -126,12 +172,13 @@ fn existing_keyring(cfg: &crate::config::Config) -> crate::Result<Option<Keyring
     })
 }
 
-/// The one planning path of `lethe plan` and `lethe run retention`: inventory at `now`, then
-/// the pure planner, with subjects hashed under the keyring's subject key.
+/// The one planning path of `lethe plan` and `lethe run retention`: inventory at `now` (with
+/// the preflight), then the pure planner, with subjects hashed under the keyring's subject key.
 async fn plan_with(
     c: &Checked,
     db: &mut crate::retention::db::Db,
     store: &Store,
+    blobs: Option<&Store>,
     keyring: Option<&Keyring>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> crate::Result<crate::retention::plan::RetentionPlan> {
@@ -139,7 +186,7 @@ async fn plan_with(
         .map(|k| k.tenants().map(String::from).collect())
         .unwrap_or_default();
     let started = std::time::Instant::now();
-    let inv = crate::retention::inventory(c, db, store, keyed, now).await?;
+    let inv = crate::retention::inventory(c, db, store, blobs, keyed, now).await?;
     tracing::info!(
         seconds = started.elapsed().as_secs_f64(),
         units = inv.units.len(),
@@ -161,6 +208,11 @@ async fn plan_with(
     .map_err(crate::retention::Refusal::Stale)?)
 }
 
+/// The blob store, opened without creating anything (a missing local directory is an error).
+fn blob_store(cfg: &crate::config::Config) -> crate::Result<Option<Store>> {
+    Ok(cfg.blobs.as_ref().map(Store::open).transpose()?)
+}
+
 /// Plan retention at `now` without changing anything anywhere: the database is opened read-only,
 /// nothing is written to the store or the keyring.
 pub async fn retention_plan(
@@ -170,24 +222,20 @@ pub async fn retention_plan(
     let cfg = &c.config;
     let keyring = existing_keyring(cfg)?;
     let mut db = crate::retention::db::Db::open(&cfg.source, false, &cfg.retention)?;
+    let blobs = blob_store(cfg)?;
     // A local store that does not exist yet has no runs: plan against an empty directory
     // rather than create the store.
-    let missing_local = cfg
-        .store
-        .url
-        .strip_prefix("file://")
-        .is_some_and(|p| !std::path::Path::new(p).exists());
     let empty;
-    let store = if missing_local {
+    let store = if Store::exists(&cfg.store) {
+        Store::open(&cfg.store)?
+    } else {
         empty = tempfile::tempdir().map_err(|e| crate::Error::Usage(format!("temp dir: {e}")))?;
         Store::open(&crate::config::StoreSpec::local(format!(
             "file://{}",
             empty.path().display()
         )))?
-    } else {
-        Store::open(&cfg.store)?
     };
-    plan_with(c, &mut db, &store, keyring.as_ref(), now).await
+    plan_with(c, &mut db, &store, blobs.as_ref(), keyring.as_ref(), now).await
 }
 
 /// What `lethe run retention` did.
@@ -197,37 +245,96 @@ pub struct RetentionRun {
     pub outcome: crate::retention::execute::Outcome,
 }
 
-/// `lethe run retention`: plan at `now`, check the plan against `expect_hash` (or the brake),
-/// execute, audit, checkpoint.
+/// The lease every destructive run holds (retention now; erasure will share it), so that two
+/// never run at once.
+pub const DESTRUCTIVE_LEASE: &str = "destructive";
+
+/// A plan hash as people paste it: `sha256:<hex>` or the bare hex, any case.
+pub fn normalize_plan_hash(h: &str) -> String {
+    let h = h.trim();
+    let hex = h
+        .strip_prefix("sha256:")
+        .or_else(|| h.strip_prefix("SHA256:"))
+        .unwrap_or(h);
+    format!("sha256:{}", hex.to_ascii_lowercase())
+}
+
+/// `lethe run retention`: take the lease, plan at `now`, check the plan against `expect_hash`
+/// (or the brake), execute, audit, checkpoint, release.
 pub async fn run_retention(
     c: &Checked,
     now: chrono::DateTime<chrono::Utc>,
     expect_hash: Option<&str>,
+) -> crate::Result<RetentionRun> {
+    let cfg = &c.config;
+    let store = Store::create(&cfg.store)?;
+    // Keys are never created over a store that holds what other keys made.
+    let expected = crate::keys::StoreKeys::read(&store).await?;
+    crate::keys::refuse_recreate(
+        &cfg.keyring,
+        &cfg.master_key,
+        &crate::sign::signing_key_path(&cfg.keyring),
+        &expected,
+    )?;
+    let lease = std::sync::Arc::new(
+        crate::lease::Lease::acquire(&store, DESTRUCTIVE_LEASE, "lethe run retention")
+            .await
+            .map_err(crate::audit::AuditError::from)?,
+    );
+    let result = retention_locked(c, &store, now, expect_hash, lease.clone()).await;
+    match std::sync::Arc::try_unwrap(lease) {
+        Ok(l) => {
+            if let Err(e) = l.release().await {
+                tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+            }
+        }
+        Err(_) => tracing::warn!("the lease is still shared; it expires by itself"),
+    }
+    result
+}
+
+async fn retention_locked(
+    c: &Checked,
+    store: &Store,
+    now: chrono::DateTime<chrono::Utc>,
+    expect_hash: Option<&str>,
+    lease: std::sync::Arc<crate::lease::Lease>,
 ) -> crate::Result<RetentionRun> {
     use crate::retention::{db::Db, execute};
     let cfg = &c.config;
     // Nothing is created before the plan passes its checks: a refused run leaves no trace.
     let existing = existing_keyring(cfg)?;
     let mut db = Db::open(&cfg.source, true, &cfg.retention)?;
-    let store = Store::open(&cfg.store)?;
-    let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
+    let blobs = blob_store(cfg)?;
     let s3 = crate::snapshot::purge::s3_admin_for(&cfg.store).await?;
     let blobs_s3 = match &cfg.blobs {
         Some(b) => crate::snapshot::purge::s3_admin_for(b).await?,
         None => None,
     };
     let started = std::time::Instant::now();
-    let plan = plan_with(c, &mut db, &store, existing.as_ref(), now).await?;
+    let plan = plan_with(c, &mut db, store, blobs.as_ref(), existing.as_ref(), now).await?;
     let now_text = crate::retention::plan::bound_text(now);
     let confirm = format!(
         "lethe run retention --now {} --plan-hash {}",
         crate::retention::plan::bound_text(now),
         plan.hash
     );
-    match expect_hash {
+    if c.policy.orphans == crate::policy::Orphans::Refuse && !plan.orphans.is_empty() {
+        return Err(crate::retention::Refusal::Orphans {
+            what: plan
+                .orphans
+                .iter()
+                .map(|o| o.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+            policy: c.policy.path.display().to_string(),
+        }
+        .into());
+    }
+    match expect_hash.map(normalize_plan_hash) {
         Some(h) if h != plan.hash => {
             return Err(crate::retention::Refusal::PlanChanged {
-                confirmed: h.to_string(),
+                confirmed: h,
                 current: plan.hash.clone(),
                 now: now_text,
             }
@@ -264,6 +371,8 @@ pub async fn run_retention(
     )?;
     let lock = crate::audit::object_lock_writer(cfg).await?;
     let mut audit = crate::audit::AuditLog::open(store.clone(), signer, lock).await?;
+    audit.guard(lease);
+    audit.close_interrupted(chrono::Utc::now()).await?;
     audit
         .append(
             serde_json::json!({"step": "retention", "phase": "start", "plan_hash": plan.hash,
@@ -276,7 +385,7 @@ pub async fn run_retention(
     let mut env = execute::Env {
         dm: &c.data_map,
         db: &mut db,
-        store: &store,
+        store,
         blobs: blobs.as_ref(),
         s3: s3.as_ref(),
         blobs_s3: blobs_s3.as_ref(),
@@ -290,7 +399,8 @@ pub async fn run_retention(
     audit
         .append(
             serde_json::json!({"step": "retention", "phase": "end", "plan_hash": plan.hash,
-                "rows": outcome.rows(), "blobs": outcome.blobs_deleted, "runs_purged": outcome.runs.len(),
+                "rows": outcome.rows(), "blobs_deleted": outcome.blobs_deleted,
+                "blobs_already_absent": outcome.blobs_absent, "runs_purged": outcome.runs.len(),
                 "keys_shredded": outcome.shredded.len(), "verified": outcome.verified()}),
             chrono::Utc::now(),
         )
@@ -298,11 +408,16 @@ pub async fn run_retention(
     audit
         .expire(chrono::Utc::now(), crate::policy::Span::Months(12))
         .await?;
-    audit.checkpoint(chrono::Utc::now()).await?;
+    if let Some(cp) = audit.checkpoint(chrono::Utc::now()).await?
+        && let Err(e) = crate::audit::write_anchor(&cfg.keyring, &cp)
+    {
+        tracing::warn!(error = %e, file = %crate::audit::anchor_path(&cfg.keyring).display(), "could not record the audit anchor beside the keyring");
+    }
     tracing::info!(
         plan = %plan.hash,
         rows = outcome.rows(),
         blobs = outcome.blobs_deleted,
+        blobs_already_absent = outcome.blobs_absent,
         blobs_left_pending = outcome.blobs_failed,
         runs_purged = outcome.runs.len(),
         keys_shredded = outcome.shredded.len(),

@@ -21,7 +21,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, TimeDelta, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::check::{Problem, Problems};
 use crate::datamap::DataMap;
@@ -155,6 +155,23 @@ struct PolicyFile {
     #[serde(default)]
     legal_holds: Vec<LegalHold>,
     legal_holds_source: Option<LegalHoldsSource>,
+    /// Rows whose tenant the tenants table does not list: `refuse` (default), `delete`, `keep`.
+    #[serde(default)]
+    orphans: Option<String>,
+}
+
+/// What retention does with orphan rows — rows whose tenant id the tenants table does not
+/// list, which no rule would otherwise ever make due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Orphans {
+    /// Nothing is deleted while there are any (exit 1 naming table and tenant id).
+    #[default]
+    Refuse,
+    /// They go as a terminated tenant's rows would (statutory exceptions and holds stay).
+    Delete,
+    /// They stay; plans list them as held back.
+    Keep,
 }
 
 /// A category as written.
@@ -288,6 +305,7 @@ pub struct Policy {
     pub overrides: BTreeMap<String, BTreeMap<String, Retain>>,
     pub legal_holds: Vec<LegalHold>,
     pub legal_holds_source: Option<LegalHoldsSource>,
+    pub orphans: Orphans,
 }
 
 fn parse_retain(s: &str) -> Result<Retain, String> {
@@ -512,11 +530,25 @@ impl Policy {
                 ));
             }
         }
+        let orphans = match file.orphans.as_deref().map(str::trim) {
+            None | Some("refuse") => Orphans::Refuse,
+            Some("delete") => Orphans::Delete,
+            Some("keep") => Orphans::Keep,
+            Some(other) => {
+                problems.push(p(
+                    "orphans",
+                    format!("unknown choice {other:?}"),
+                    "write orphans = \"refuse\" (default: nothing is deleted while rows name an unknown tenant), \"delete\" or \"keep\"",
+                ));
+                Orphans::Refuse
+            }
+        };
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
         Ok(Policy {
             path: path.to_path_buf(),
+            orphans,
             version: file.version,
             hash: format!("sha256:{}", sha256_hex(text.as_bytes())),
             categories,

@@ -259,15 +259,30 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Open a store; a local directory is created if missing. Credentials come from the
+    /// Open an existing store. A local directory that does not exist is an error, never
+    /// created: reading, listing and checking leave no trace (a typo in a path, or a literal
+    /// `~`, must not become a new empty store that "holds nothing"). Credentials come from the
     /// standard environment of each cloud (see the README); transient failures (5xx,
     /// timeouts, throttling) are retried with exponential backoff by the client (up to 10
     /// times within 3 minutes).
     pub fn open(spec: &StoreSpec) -> Result<Store, StoreError> {
-        Self::open_with_env(spec, &Env::process())
+        Self::open_with_env(spec, &Env::process(), false)
     }
 
-    fn open_with_env(spec: &StoreSpec, env: &Env) -> Result<Store, StoreError> {
+    /// Open a store lethe is about to write to (a snapshot, an audit record); a local
+    /// directory is created if missing.
+    pub fn create(spec: &StoreSpec) -> Result<Store, StoreError> {
+        Self::open_with_env(spec, &Env::process(), true)
+    }
+
+    /// Does the store exist? (A local directory that is there; a cloud store always "is".)
+    pub fn exists(spec: &StoreSpec) -> bool {
+        spec.url
+            .strip_prefix("file://")
+            .is_none_or(|p| std::path::Path::new(p).is_dir())
+    }
+
+    fn open_with_env(spec: &StoreSpec, env: &Env, create: bool) -> Result<Store, StoreError> {
         let url = spec.url.as_str();
         let open_err = |message: String, fix: &str| StoreError::Open {
             url: url.into(),
@@ -275,12 +290,19 @@ impl Store {
             fix: fix.into(),
         };
         if let Some(path) = url.strip_prefix("file://") {
-            std::fs::create_dir_all(path).map_err(|e| {
-                open_err(
-                    e.to_string(),
-                    "check that the directory can be created and written",
-                )
-            })?;
+            if create {
+                std::fs::create_dir_all(path).map_err(|e| {
+                    open_err(
+                        e.to_string(),
+                        "check that the directory can be created and written",
+                    )
+                })?;
+            } else if !std::path::Path::new(path).is_dir() {
+                return Err(open_err(
+                    "the directory does not exist".into(),
+                    "check the URL (lethe.toml or its LETHE_* override); a local store is created by the first `lethe run snapshot`",
+                ));
+            }
             let fs = LocalFileSystem::new_with_prefix(path)
                 .map_err(|e| open_err(e.to_string(), "use file:///absolute/path"))?
                 .with_automatic_cleanup(true);
@@ -420,7 +442,7 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         let mut vars = vec![("HOME".to_string(), home.path().display().to_string())];
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        Store::open_with_env(&StoreSpec::local(url), &Env(vars))
+        Store::open_with_env(&StoreSpec::local(url), &Env(vars), false)
     }
 
     fn open_err(url: &str, env: &[(&str, &str)]) -> String {

@@ -81,6 +81,8 @@ fn answer(
         runs: vec![],
         pins: vec![],
         undated_runs: vec![],
+        orphans: vec![],
+        bad_tenants: vec![],
     }
 }
 

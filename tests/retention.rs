@@ -106,7 +106,7 @@ fn fake_old_run(d: &Demo, tenant: &str, now: DateTime<Utc>, days: i64) -> String
     m.run_id = id.clone();
     m.created_at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     m.committed_at = m.created_at.clone();
-    std::fs::write(dst.join("_manifest.json"), m.to_bytes()).unwrap();
+    std::fs::write(dst.join("_manifest.json"), m.to_bytes_unauthenticated()).unwrap();
     id
 }
 
@@ -853,8 +853,8 @@ fn fail_closed_on_odd_anchors_unknown_hold_targets_and_shared_blobs() {
 
     // A blob referenced by an expired row and by a fresh one stays.
     let now = Utc::now() - TimeDelta::seconds(5);
-    let key = format!("selfies/{t}/shared.jpg");
-    std::fs::create_dir_all(d.dir.join(format!("blobs/selfies/{t}"))).unwrap();
+    let key = format!("photos/{t}/shared.jpg");
+    std::fs::create_dir_all(d.dir.join(format!("blobs/photos/{t}"))).unwrap();
     std::fs::write(d.dir.join("blobs").join(&key), b"jpg").unwrap();
     sql(
         &db,

@@ -455,11 +455,13 @@ async fn put_fake_run(
         }],
         files,
         checksum: String::new(),
+        audit_head: None,
+        mac: String::new(),
     };
     store
         .put(
             &lethe::snapshot::manifest_key(tenant, run),
-            bytes::Bytes::from(m.to_bytes()),
+            bytes::Bytes::from(m.to_bytes_unauthenticated()),
         )
         .await
         .unwrap();
@@ -692,7 +694,7 @@ fn retention_on_postgres_with_a_versioned_s3_store() {
         let mut m = lethe::snapshot::Manifest::from_bytes(&store.get(&key).await.unwrap()).unwrap();
         m.created_at = old.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         store
-            .put(&key, bytes::Bytes::from(m.to_bytes()))
+            .put(&key, bytes::Bytes::from(m.to_bytes_unauthenticated()))
             .await
             .unwrap();
     });

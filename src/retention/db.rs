@@ -84,13 +84,31 @@ pub fn ts_lit(d: Dialect, t: DateTime<Utc>) -> String {
     lit(&s)
 }
 
-/// SQLite: a stored anchor compares correctly with [`ts_lit`] only as canonical UTC text
-/// `YYYY-MM-DD HH:MM:SS[.f…]` (numbers sort below all text; offsets compare as text).
+/// The SQL function every lethe SQLite connection has: 1 when its argument is an anchor lethe
+/// can compare exactly — canonical UTC text `YYYY-MM-DD HH:MM:SS[.f…]` naming a real instant
+/// ([`crate::source::sqlite::canonical_instant`], the rule the snapshot reader applies too) —
+/// else 0. `'2026-02-30 …'`, `'0000-00-00 …'`, numbers and offsets are 0.
+pub const SQLITE_ANCHOR_OK: &str = "lethe_anchor_ok";
+
+/// SQLite: a stored anchor compares correctly with [`ts_lit`] only when [`SQLITE_ANCHOR_OK`]
+/// holds (numbers sort below all text; offsets compare as text; an impossible date is no instant).
 pub fn sqlite_canonical(col: &str) -> String {
-    let d = "[0-9]";
-    let pat = format!("{d}{d}{d}{d}-{d}{d}-{d}{d} {d}{d}:{d}{d}:{d}{d}");
-    format!(
-        "(typeof({col}) = 'text' AND substr({col}, 1, 19) GLOB '{pat}' AND (length({col}) = 19 OR (length({col}) > 20 AND substr({col}, 20, 1) = '.' AND substr({col}, 21) NOT GLOB '*[^0-9]*')))"
+    format!("{SQLITE_ANCHOR_OK}({col})")
+}
+
+/// Register [`SQLITE_ANCHOR_OK`] on a connection.
+pub fn register_sqlite_functions(c: &rusqlite::Connection) -> rusqlite::Result<()> {
+    use rusqlite::functions::FunctionFlags;
+    c.create_scalar_function(
+        SQLITE_ANCHOR_OK,
+        1,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            Ok(match ctx.get_raw(0) {
+                ValueRef::Text(t) => crate::source::sqlite::canonical_instant(t).is_some() as i64,
+                _ => 0,
+            })
+        },
     )
 }
 
@@ -128,6 +146,7 @@ impl Db {
                     .map_err(|e| open_err(e.to_string()))?;
                 c.busy_timeout(std::time::Duration::from_millis(cfg.lock_timeout_ms))
                     .map_err(|e| open_err(e.to_string()))?;
+                register_sqlite_functions(&c).map_err(|e| open_err(e.to_string()))?;
                 Ok(Db::Sqlite(c))
             }
             SourceUrl::Postgres(u) => {
@@ -552,11 +571,13 @@ pub fn source_holds(db: &mut Db, table: &str) -> Result<Vec<LegalHold>, SourceEr
                 ),
             });
         };
+        // An empty cell means "any", as a missing key does in the policy file.
+        let any = |v: &Option<String>| v.clone().filter(|v| !v.trim().is_empty());
         holds.push(LegalHold {
             tenant,
-            table: r[1].clone(),
-            category: r[2].clone(),
-            subject: r[3].clone(),
+            table: any(&r[1]),
+            category: any(&r[2]),
+            subject: any(&r[3]),
             reason,
             placed_by,
             placed_at: r[6].clone(),
@@ -867,6 +888,28 @@ pub fn pk_is_integer(db: &mut Db, table: &Table) -> Result<bool, SourceError> {
         .unwrap_or_default()
         .to_ascii_lowercase();
     Ok(matches!(ty.as_str(), "smallint" | "integer" | "bigint") || ty.contains("int"))
+}
+
+/// Does the database itself keep `table`'s primary key unique and non-NULL (a PostgreSQL
+/// unique index on exactly that NOT NULL column; SQLite's `INTEGER PRIMARY KEY`, the rowid)?
+/// Otherwise preflight counts NULL and repeated keys.
+pub fn pk_is_enforced(db: &mut Db, table: &Table) -> Result<bool, SourceError> {
+    let sql = match db.dialect() {
+        Dialect::Postgres => format!(
+            "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass({}) AND i.indisunique AND i.indnatts = 1 AND a.attname = {} AND a.attnotnull",
+            lit(&qi(&table.name)),
+            lit(&table.config.primary_key)
+        ),
+        Dialect::Sqlite => format!(
+            "SELECT count(*) FROM pragma_table_info({0}) WHERE pk > 0 AND name = {1} AND upper(type) = 'INTEGER' \
+             AND (SELECT count(*) FROM pragma_table_info({0}) WHERE pk > 0) = 1",
+            lit(&table.name),
+            lit(&table.config.primary_key)
+        ),
+    };
+    let r = db.query(&sql).map_err(|e| e.on(&table.name))?;
+    Ok(r.first().and_then(|r| r[0].as_deref()) == Some("1"))
 }
 
 /// SQLite: rows of `table` whose `anchor` is not canonical UTC text (they would compare wrongly

@@ -43,7 +43,10 @@ pub struct UnitOutcome {
 pub struct Outcome {
     pub plan_hash: String,
     pub units: Vec<UnitOutcome>,
+    /// Blobs that existed and are gone now (verified by HEAD).
     pub blobs_deleted: u64,
+    /// Blobs the outbox listed that were not in the blob store to begin with: not deletions.
+    pub blobs_absent: u64,
     /// Blobs left pending in the outbox (Object Lock, store errors); retried next run.
     pub blobs_failed: u64,
     pub runs: Vec<RunPurge>,
@@ -205,8 +208,11 @@ fn run_batches(
 /// What a pass over the blob outbox did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BlobPass {
-    /// Deleted and verified gone (HEAD: not found).
+    /// Existed, deleted, and verified gone (HEAD: not found).
     pub deleted: u64,
+    /// Not in the store when lethe came to delete it (never there, or deleted by someone else):
+    /// counted apart — a delete of nothing is not a deletion.
+    pub absent: u64,
     /// Still referenced by a row (shared blobs): left in place, entry dropped.
     pub kept_referenced: u64,
     /// Could not be deleted (Object Lock, store errors, bad keys): left in the outbox and
@@ -245,15 +251,24 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
         let keys: Vec<String> = batch.iter().map(|b| b.2.clone()).collect();
         let referenced = db::referenced_blobs(env.db, env.dm, &keys)?;
         let mut done = Vec::new();
-        for (id, _tenant, key) in &batch {
+        for (id, tenant, key) in &batch {
             if referenced.contains(key) {
                 pass.kept_referenced += 1;
                 done.push(*id);
                 continue;
             }
+            if !within_tenant_prefix(env.dm, tenant, key) {
+                pass.failed += 1;
+                tracing::warn!(outbox_id = id, tenant = %tenant, "blob not deleted: it lies outside its tenant's blob_prefix (a row of one tenant never deletes another's blob); it stays pending until the data map or the outbox entry is fixed");
+                continue;
+            }
             match delete_blob(blobs, env.blobs_s3, key).await {
-                Ok(()) => {
+                Ok(Gone::Deleted) => {
                     pass.deleted += 1;
+                    done.push(*id);
+                }
+                Ok(Gone::Absent) => {
+                    pass.absent += 1;
                     done.push(*id);
                 }
                 Err(why) => {
@@ -269,22 +284,57 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
     env.audit
         .append(
             json!({"step": "blobs", "phase": "end", "plan_hash": plan_hash,
-                   "deleted": pass.deleted, "kept_still_referenced": pass.kept_referenced,
+                   "deleted": pass.deleted, "already_absent": pass.absent,
+                   "kept_still_referenced": pass.kept_referenced,
                    "failed_left_pending": pass.failed,
-                   "verified": "HEAD returned not-found for every deleted blob"}),
+                   "verified": "each deleted blob existed before its delete and HEAD returned not-found after it; already_absent were not in the store before lethe came"}),
             Utc::now(),
         )
         .await?;
     Ok(pass)
 }
 
-/// Delete one blob (every version on a versioned bucket) and check it is gone. The error
+/// Is `key` under one of `tenant`'s blob prefixes? Only decided when every blob table of the
+/// data map declares `blob_prefix` (a per-tenant layout); otherwise any key passes.
+fn within_tenant_prefix(dm: &DataMap, tenant: &str, key: &str) -> bool {
+    let prefixes: Vec<Option<String>> = dm
+        .tables
+        .iter()
+        .filter(|t| t.config.blob_column.is_some())
+        .map(|t| t.config.blob_prefix_of(tenant))
+        .collect();
+    if prefixes.iter().any(Option::is_none) {
+        return true;
+    }
+    prefixes
+        .iter()
+        .flatten()
+        .any(|p| key.starts_with(p.as_str()))
+}
+
+/// What deleting a blob found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gone {
+    /// It existed, and is gone now.
+    Deleted,
+    /// It was not there to begin with.
+    Absent,
+}
+
+/// Delete one blob (every version on a versioned bucket) and check it is gone: `Deleted` only
+/// when it existed before (HEAD, or a version purged) and HEAD finds nothing after. The error
 /// describes the failure without the key.
-async fn delete_blob(blobs: &Store, s3: Option<&S3Admin>, key: &str) -> Result<(), String> {
+async fn delete_blob(blobs: &Store, s3: Option<&S3Admin>, key: &str) -> Result<Gone, String> {
     let path = ObjPath::parse(key).map_err(|_| "the key is not a valid object path".to_string())?;
     if key.is_empty() {
         return Err("the key is empty".into());
     }
+    let existed = match blobs.inner.head(&path).await {
+        Ok(_) => true,
+        Err(object_store::Error::NotFound { .. }) => false,
+        Err(_) => return Err("the store could not say whether the blob exists".into()),
+    };
+    let mut versions_purged = false;
     if let Some(admin) = s3 {
         let p = admin
             .purge_key(path.as_ref())
@@ -298,13 +348,19 @@ async fn delete_blob(blobs: &Store, s3: Option<&S3Admin>, key: &str) -> Result<(
                     .unwrap_or("its legal hold is released")
             ));
         }
+        versions_purged = p.versions_deleted > 0;
     }
-    match blobs.inner.delete(&path).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(_) => return Err("the store refused the delete".into()),
+    if existed {
+        match blobs.inner.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(_) => return Err("the store refused the delete".into()),
+        }
     }
     match blobs.inner.head(&path).await {
-        Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(object_store::Error::NotFound { .. }) if existed || versions_purged => {
+            Ok(Gone::Deleted)
+        }
+        Err(object_store::Error::NotFound { .. }) => Ok(Gone::Absent),
         Ok(_) => Err("still present after its delete".into()),
         Err(_) => Err("the store could not confirm the delete".into()),
     }
@@ -321,6 +377,7 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
     // Work an interrupted run left behind comes first.
     let b = drain_outbox(env, &plan.hash).await?;
     out.blobs_deleted += b.deleted;
+    out.blobs_absent += b.absent;
     out.blobs_failed += b.failed;
 
     let mut groups: BTreeMap<(&str, &Selection), Vec<&RowAction>> = BTreeMap::new();
@@ -375,6 +432,7 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
         if table.config.blob_column.is_some() {
             let b = drain_outbox(env, &plan.hash).await?;
             out.blobs_deleted += b.deleted;
+            out.blobs_absent += b.absent;
             out.blobs_failed += b.failed;
         }
     }

@@ -47,6 +47,10 @@ pub enum Refusal {
         now: String,
         confirm: String,
     },
+    #[error(
+        "rows of tenants the tenants table does not list — {what}. No rule ever makes them due, so nothing is deleted while they exist (policy {policy}: orphans = \"refuse\")\n  fix: add the tenants to the tenants table, delete the rows, or set orphans = \"delete\" (they go as a terminated tenant's would) or \"keep\" in the policy"
+    )]
+    Orphans { what: String, policy: String },
     #[error(transparent)]
     Stale(#[from] plan::PlanError),
 }
@@ -89,57 +93,47 @@ fn run_time(run_id: &str, created: Option<&str>) -> Option<DateTime<Utc>> {
 }
 
 /// Read everything the planner needs: tenants, holds, counts for every due selection, pending
-/// blobs, snapshot runs and pins. Reads only.
+/// blobs, snapshot runs and pins. Reads only. Runs the preflight first: any finding that would
+/// make the run go wrong refuses the plan (exit 2) before a count is taken.
 pub async fn inventory(
     c: &Checked,
     db: &mut Db,
     store: &Store,
+    blobs: Option<&Store>,
     keyed_tenants: Vec<String>,
     now: DateTime<Utc>,
 ) -> crate::Result<Inventory> {
     let dm = &c.data_map;
     let policy = &c.policy;
-    let tenants: Vec<TenantInfo> = {
-        let src = Source::open(&c.config.source)?;
-        src.tenants(dm)?
-            .into_iter()
-            .map(|t| TenantInfo {
-                id: t.id,
-                status: t.status,
-                cancelled_at: t.cancelled_at,
-            })
-            .collect()
-    };
-    let mut source_holds = match &policy.legal_holds_source {
+    let list = Source::open(&c.config.source)?.tenants(dm)?;
+    let source_holds = match &policy.legal_holds_source {
         Some(s) => db::source_holds(db, &s.table)?,
         None => vec![],
     };
-    for h in &mut source_holds {
-        // An empty cell means "any", as a missing key does in the policy file.
-        for f in [&mut h.table, &mut h.category, &mut h.subject] {
-            if f.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                *f = None;
-            }
-        }
+    let findings = crate::preflight::data(c, db, &list, &source_holds, blobs).await?;
+    if !findings.problems.is_empty() {
+        return Err(crate::Error::Check(crate::check::Problems(
+            findings.problems,
+        )));
     }
-    refuse_what_matches_nothing(c, &tenants, &source_holds)?;
-    refuse_cascades(db, dm)?;
-    for t in &dm.tables {
-        for cname in &t.config.categories {
-            let Some(cat) = policy.categories.get(cname) else {
-                continue;
-            };
-            if let Some(a) = cat.anchor.as_deref().or(t.config.time_column.as_deref()) {
-                let bad = db::non_canonical_anchors(db, t, a)?;
-                if bad > 0 {
-                    return Err(crate::Error::Usage(format!(
-                        "table {} has {bad} rows whose {a} is not UTC text 'YYYY-MM-DD HH:MM:SS[.ffffff]' (numbers, offsets or other formats would compare wrongly with the cutoff); nothing is deleted until they are rewritten in that form",
-                        t.name
-                    )));
-                }
-            }
-        }
+    let mut tenants: Vec<TenantInfo> = list
+        .valid
+        .into_iter()
+        .map(|t| TenantInfo {
+            id: t.id,
+            status: t.status,
+            cancelled_at: t.cancelled_at,
+        })
+        .collect();
+    if policy.orphans == crate::policy::Orphans::Delete {
+        let ids: std::collections::BTreeSet<&str> = findings
+            .orphans
+            .iter()
+            .filter_map(|o| o.tenant.as_deref())
+            .collect();
+        tenants.extend(ids.into_iter().map(TenantInfo::orphan));
     }
+    let bad_tenants: Vec<String> = list.bad.iter().map(|b| b.shown.clone()).collect();
     let holds: Vec<_> = policy
         .legal_holds
         .iter()
@@ -222,108 +216,7 @@ pub async fn inventory(
         pins,
         keyed_tenants,
         undated_runs,
+        orphans: findings.orphans,
+        bad_tenants,
     })
-}
-
-/// A legal hold or an override that matches nothing protects nothing: a typo would let data go.
-/// Refuse to plan until it names a tenant of the tenants table, and a table and category of the
-/// data map and policy.
-fn refuse_what_matches_nothing(
-    c: &Checked,
-    tenants: &[TenantInfo],
-    source_holds: &[crate::policy::LegalHold],
-) -> crate::Result<()> {
-    let known = |t: &str| tenants.iter().any(|x| x.id == t);
-    let mut problems = Vec::new();
-    for (i, h) in c.policy.legal_holds.iter().enumerate() {
-        let at = format!("{} legal_holds[{i}]", c.policy.path.display());
-        check_hold(c, h, &at, &known, &mut problems);
-    }
-    if let Some(src) = &c.policy.legal_holds_source {
-        for (i, h) in source_holds.iter().enumerate() {
-            let at = format!("table {} row {}", src.table, i + 1);
-            check_hold(c, h, &at, &known, &mut problems);
-        }
-    }
-    for t in c.policy.overrides.keys() {
-        if !known(t) {
-            problems.push(format!(
-                "{} [tenants.{t}]: no tenant {t:?} in the tenants table (fix the id or remove the override)",
-                c.policy.path.display()
-            ));
-        }
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(crate::Error::Usage(format!(
-            "nothing is deleted until these name real things:\n  {}",
-            problems.join("\n  ")
-        )))
-    }
-}
-
-fn check_hold(
-    c: &Checked,
-    h: &crate::policy::LegalHold,
-    at: &str,
-    known: &dyn Fn(&str) -> bool,
-    problems: &mut Vec<String>,
-) {
-    if !known(&h.tenant) {
-        problems.push(format!(
-            "{at}: legal hold names tenant {:?}, which the tenants table does not list",
-            h.tenant
-        ));
-    }
-    if let Some(t) = &h.table
-        && c.data_map.table(t).is_none()
-    {
-        problems.push(format!(
-            "{at}: legal hold names table {t:?}, which the data map does not have"
-        ));
-    }
-    if let Some(cat) = &h.category
-        && !c.policy.categories.contains_key(cat)
-    {
-        problems.push(format!(
-            "{at}: legal hold names category {cat:?}, which the policy does not define"
-        ));
-    }
-}
-
-/// PostgreSQL: a foreign key with ON DELETE CASCADE / SET NULL / SET DEFAULT into a table of
-/// the data map would change rows lethe did not select — past holds and the blob outbox.
-fn refuse_cascades(db: &mut Db, dm: &crate::datamap::DataMap) -> crate::Result<()> {
-    if db.dialect() != db::Dialect::Postgres {
-        // SQLite enforces foreign keys only on connections that enable them; lethe's do not.
-        return Ok(());
-    }
-    let names: Vec<String> = dm.tables.iter().map(|t| db::lit(&t.name)).collect();
-    let sql = format!(
-        "SELECT CAST(c.conrelid::regclass AS TEXT), CAST(c.confrelid::regclass AS TEXT), c.conname \
-         FROM pg_constraint c JOIN pg_class r ON r.oid = c.confrelid \
-         WHERE c.contype = 'f' AND c.confdeltype IN ('c', 'n', 'd') AND r.relname IN ({}) \
-         AND r.relnamespace = ANY (SELECT oid FROM pg_namespace WHERE nspname = ANY (current_schemas(false)))",
-        names.join(", ")
-    );
-    let rows = db.query(&sql).map_err(|e| e.on("pg_constraint"))?;
-    if rows.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = rows
-        .iter()
-        .map(|r| {
-            format!(
-                "{} → {} ({})",
-                r[0].as_deref().unwrap_or("?"),
-                r[1].as_deref().unwrap_or("?"),
-                r[2].as_deref().unwrap_or("?")
-            )
-        })
-        .collect();
-    Err(crate::Error::Usage(format!(
-        "foreign keys that cascade deletes into mapped tables would delete rows past legal holds and the blob outbox: {}; make them ON DELETE RESTRICT/NO ACTION (and map the child tables with their own retention)",
-        list.join(", ")
-    )))
 }

@@ -127,12 +127,29 @@ fn active() -> String {
     "active".into()
 }
 
+/// The status of the stand-in tenant that orphan rows get under `orphans = "delete"`: its rows
+/// go as a terminated tenant's, its backups (if any) are left to the unknown-tenant rule.
+pub const ORPHAN_STATUS: &str = "lethe:orphan";
+
 impl TenantInfo {
     /// When the tenant was cancelled, if it is cancelled now.
     pub fn cancelled(&self) -> Option<DateTime<Utc>> {
         let s = self.status.trim().to_ascii_lowercase();
         self.cancelled_at
-            .filter(|_| s == "cancelled" || s == "canceled")
+            .filter(|_| s == "cancelled" || s == "canceled" || s == ORPHAN_STATUS)
+    }
+
+    /// The stand-in for orphan rows of `id` (`orphans = "delete"`).
+    pub fn orphan(id: &str) -> TenantInfo {
+        TenantInfo {
+            id: id.into(),
+            status: ORPHAN_STATUS.into(),
+            cancelled_at: Some(DateTime::<Utc>::UNIX_EPOCH),
+        }
+    }
+
+    pub fn is_orphan(&self) -> bool {
+        self.status == ORPHAN_STATUS
     }
 }
 
@@ -155,6 +172,12 @@ pub struct Inventory {
     /// Tenants with a run whose time cannot be read: such runs are kept, and so is the key.
     #[serde(default)]
     pub undated_runs: Vec<String>,
+    /// Rows whose tenant the tenants table does not list (see `policy.orphans`).
+    #[serde(default)]
+    pub orphans: Vec<crate::preflight::OrphanRows>,
+    /// Tenants of the tenants table whose id is not a slug, as shown to people: left alone.
+    #[serde(default)]
+    pub bad_tenants: Vec<String>,
 }
 
 /// One unit to execute.
@@ -254,6 +277,13 @@ pub struct RetentionPlan {
     pub held_back: Vec<HeldBack>,
     pub brake: Vec<BrakeTrip>,
     pub totals: Totals,
+    /// Rows of tenants the tenants table does not list; with `orphans = "refuse"` (the
+    /// default) a run refuses while there are any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub orphans: Vec<crate::preflight::OrphanRows>,
+    /// `refuse`, `delete` or `keep` (shown only when there are orphan rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orphans_policy: Option<crate::policy::Orphans>,
     /// `sha256:<hex>` over everything above.
     pub hash: String,
 }
@@ -500,11 +530,15 @@ pub fn plan(
                 .iter()
                 .find(|t| t.id == key.tenant)
                 .expect("tenant");
-            format!(
-                "tenant cancelled {}; primary data goes {} after cancellation",
-                bound_text(t.cancelled().expect("terminated tenants are cancelled")),
-                policy.termination_after
-            )
+            if t.is_orphan() {
+                "orphan rows: the tenants table does not list this tenant (policy orphans = \"delete\")".to_string()
+            } else {
+                format!(
+                    "tenant cancelled {}; primary data goes {} after cancellation",
+                    bound_text(t.cancelled().expect("terminated tenants are cancelled")),
+                    policy.termination_after
+                )
+            }
         } else {
             let cat = &policy.categories[&key.category];
             let over = policy
@@ -548,8 +582,57 @@ pub fn plan(
         });
     }
 
+    if policy.orphans == crate::policy::Orphans::Keep {
+        for o in &inv.orphans {
+            held_back.push(HeldBack {
+                tenant: o.tenant.clone().unwrap_or_else(|| "(NULL)".into()),
+                table: Some(o.table.clone()),
+                category: None,
+                run_id: None,
+                rows: o.rows,
+                kind: "orphan",
+                reason: "the tenants table does not list this tenant (policy orphans = \"keep\")"
+                    .into(),
+                placed_by: None,
+                subject: None,
+            });
+        }
+    } else if policy.orphans == crate::policy::Orphans::Delete {
+        // Rows without any tenant cannot be selected by tenant: they stay, and say so.
+        for o in inv.orphans.iter().filter(|o| o.tenant.is_none()) {
+            held_back.push(HeldBack {
+                tenant: "(NULL)".into(),
+                table: Some(o.table.clone()),
+                category: None,
+                run_id: None,
+                rows: o.rows,
+                kind: "orphan",
+                reason: "rows whose tenant column is NULL cannot be attributed; delete or fix them by hand".into(),
+                placed_by: None,
+                subject: None,
+            });
+        }
+    }
+    for b in &inv.bad_tenants {
+        held_back.push(HeldBack {
+            tenant: b.clone(),
+            table: None,
+            category: None,
+            run_id: None,
+            rows: 0,
+            kind: "invalid_tenant_id",
+            reason: "the tenant id is not a slug (letters, digits, - and _, at most 64); lethe leaves the tenant alone until it has one".into(),
+            placed_by: None,
+            subject: None,
+        });
+    }
+
     // A terminated tenant's tables kept by statute or as its record.
-    for t in inv.tenants.iter().filter(|t| terminated(policy, t, now)) {
+    for t in inv
+        .tenants
+        .iter()
+        .filter(|t| terminated(policy, t, now) && !t.is_orphan())
+    {
         for table in &dm.tables {
             let rows = inv
                 .table_rows
@@ -618,6 +701,8 @@ pub fn plan(
         held_back,
         brake: brake_trips,
         totals,
+        orphans: inv.orphans.clone(),
+        orphans_policy: (!inv.orphans.is_empty()).then_some(policy.orphans),
         hash: String::new(),
     };
     plan.hash = format!(
@@ -652,7 +737,11 @@ fn plan_backups(
             placed_by: by,
             subject: None,
         };
-        let Some(info) = inv.tenants.iter().find(|t| t.id == tenant) else {
+        let Some(info) = inv
+            .tenants
+            .iter()
+            .find(|t| t.id == tenant && !t.is_orphan())
+        else {
             // A tenant the database no longer lists: nothing says when its backups may go.
             for r in runs.iter().filter(|r| r.committed) {
                 if b.retain.after(r.created_at).is_some_and(|d| d <= now) {
@@ -763,7 +852,7 @@ fn plan_backups(
         }
     }
     // A terminated tenant whose runs are all gone already still has its key shredded.
-    for t in &inv.tenants {
+    for t in inv.tenants.iter().filter(|t| !t.is_orphan()) {
         let past = t
             .cancelled()
             .and_then(|c| b.after_termination.after(c))

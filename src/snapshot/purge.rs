@@ -571,9 +571,14 @@ mod tests {
             }],
             files,
             checksum: String::new(),
+            audit_head: None,
+            mac: String::new(),
         };
         store
-            .put(&manifest_key(tenant, run), Bytes::from(m.to_bytes()))
+            .put(
+                &manifest_key(tenant, run),
+                Bytes::from(m.to_bytes_unauthenticated()),
+            )
             .await
             .unwrap();
     }

@@ -92,6 +92,41 @@ pub async fn committed(store: &Store, tenant: &str) -> Result<Vec<Manifest>, Sto
         .collect())
 }
 
+fn committed_time(m: &Manifest) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    chrono::DateTime::parse_from_rfc3339(&m.committed_at).ok()
+}
+
+/// The newest committed run of `tenant` (reading manifests newest first, so only as many as
+/// it takes).
+pub async fn newest_committed(store: &Store, tenant: &str) -> Result<Option<Manifest>, StoreError> {
+    let dirs = store.list_dirs(&tenant_prefix(tenant)).await?;
+    let mut ids: Vec<String> = dirs
+        .iter()
+        .filter_map(|d| segment_value(d, "run").map(String::from))
+        .collect();
+    ids.sort();
+    // Run ids sort by their second; runs of the same second are told apart by commit time.
+    let second = |id: &str| id.split('-').next().unwrap_or_default().to_string();
+    while let Some(last) = ids.last().map(|id| second(id)) {
+        let split = ids.partition_point(|id| second(id) < last);
+        let mut best: Option<Manifest> = None;
+        for run_id in ids.drain(split..) {
+            if let Some(b) = store.get_opt(&manifest_key(tenant, &run_id)).await?
+                && let Ok(m) = parse_manifest(&b, tenant, &run_id)
+                && best
+                    .as_ref()
+                    .is_none_or(|x| committed_time(&m) > committed_time(x))
+            {
+                best = Some(m);
+            }
+        }
+        if best.is_some() {
+            return Ok(best);
+        }
+    }
+    Ok(None)
+}
+
 /// Download `key` into a private temp file, hashing as it streams. Returns (file, bytes, sha256).
 async fn download(
     store: &Store,
@@ -175,9 +210,10 @@ pub async fn verify(
     store: &Store,
     keyring: &Keyring,
     only: &[String],
-) -> Result<VerifyReport, SnapshotError> {
+) -> Result<VerifyReport, crate::Error> {
     let mut report = VerifyReport::default();
     let all = tenants(store).await?;
+    unknown_tenants(only, &all)?;
     let list: Vec<String> = if only.is_empty() { all } else { only.to_vec() };
     for tenant in list {
         let key = keyring.data_key(&tenant);
@@ -205,7 +241,13 @@ pub async fn verify(
                 Some(Ok(m)) => m,
             };
             let key = match &key {
-                Ok(k) if k.key_id == manifest.key_id => Some(k),
+                Ok(k) if k.key_id == manifest.key_id => match manifest.authenticate(k) {
+                    Ok(()) => Some(k),
+                    Err(why) => {
+                        report.findings.push(finding(mkey.clone(), why));
+                        None
+                    }
+                },
                 Ok(k) => {
                     report.findings.push(finding(
                         mkey.clone(),
@@ -250,7 +292,7 @@ pub async fn verify(
                         ));
                         continue;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 };
                 report.bytes += bytes;
                 if bytes != f.bytes || sha != f.sha256 {
@@ -282,6 +324,28 @@ pub async fn verify(
     Ok(report)
 }
 
+/// Names that are not tenants with snapshots are an error (a typo must not pass as "nothing
+/// to check").
+pub fn unknown_tenants(asked: &[String], known: &[String]) -> Result<(), crate::Error> {
+    let unknown: Vec<&String> = asked.iter().filter(|t| !known.contains(t)).collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    Err(crate::Error::Usage(format!(
+        "no snapshots of tenant(s) {} in the store; tenants with snapshots: {}",
+        unknown
+            .iter()
+            .map(|t| format!("{t:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if known.is_empty() {
+            "none".to_string()
+        } else {
+            known.join(", ")
+        }
+    )))
+}
+
 /// Output format of `restore`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RestoreFormat {
@@ -295,7 +359,61 @@ pub struct RestoreOutcome {
     pub files: Vec<(String, PathBuf, u64)>,
 }
 
-/// Write `tenant`'s run (the newest committed one unless `run` is given) to `out` as plaintext.
+/// What a restore wrote so far, removed again if it fails: plaintext is never left behind by
+/// a restore that did not finish.
+#[derive(Default)]
+struct Written {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Written {
+    /// Create `dir` and its missing parents with mode 0700, remembering the ones created.
+    fn mkdir(&mut self, dir: &Path) -> Result<(), SnapshotError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut missing = Vec::new();
+        let mut p = Some(dir);
+        while let Some(d) = p {
+            if d.as_os_str().is_empty() || d.exists() {
+                break;
+            }
+            missing.push(d.to_path_buf());
+            p = d.parent();
+        }
+        for d in missing.into_iter().rev() {
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(&d)
+                .map_err(|e| SnapshotError::LocalIo {
+                    path: d.clone(),
+                    source: e,
+                })?;
+            self.dirs.push(d);
+        }
+        Ok(())
+    }
+
+    /// Remove what was written; the list of what could not be removed.
+    fn remove(&self) -> Vec<PathBuf> {
+        let mut left = Vec::new();
+        for f in self.files.iter().rev() {
+            if std::fs::remove_file(f).is_err() && f.exists() {
+                left.push(f.clone());
+            }
+        }
+        for d in self.dirs.iter().rev() {
+            if std::fs::remove_dir(d).is_err() && d.exists() {
+                left.push(d.clone());
+            }
+        }
+        left
+    }
+}
+
+/// Write `tenant`'s run (the newest committed one unless `run` is given) to `out` as plaintext:
+/// files mode 0600, directories created 0700. The manifest is authenticated with the tenant's
+/// key and each file's sha256 checked before it is decrypted. If anything fails, every file and
+/// directory this restore created is removed again (the error says so, or names what is left).
 pub async fn restore(
     store: &Store,
     keyring: &Keyring,
@@ -305,22 +423,100 @@ pub async fn restore(
     format: RestoreFormat,
     tables: &[String],
 ) -> Result<RestoreOutcome, crate::Error> {
+    unknown_tenants(&[tenant.to_string()], &self::tenants(store).await?)?;
     let runs = committed(store, tenant).await?;
     let manifest = match run {
-        Some(r) => runs.into_iter().find(|m| m.run_id == r),
-        None => runs.into_iter().next_back(),
+        Some(r) => runs.iter().find(|m| m.run_id == r).cloned(),
+        None => runs.last().cloned(),
     }
-    .ok_or_else(|| SnapshotError::NoRun {
-        tenant: tenant.into(),
-        run: run.map(String::from),
+    .ok_or_else(|| match run {
+        Some(r) => crate::Error::Usage(format!(
+            "tenant {tenant} has no committed run {r:?}; its committed runs: {}",
+            if runs.is_empty() {
+                "none".to_string()
+            } else {
+                runs.iter()
+                    .map(|m| m.run_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        )),
+        None => SnapshotError::NoRun {
+            tenant: tenant.into(),
+            run: None,
+        }
+        .into(),
     })?;
+    let in_run: Vec<&str> = manifest.tables.iter().map(|t| t.table.as_str()).collect();
+    let unknown: Vec<&String> = tables
+        .iter()
+        .filter(|t| !in_run.contains(&t.as_str()))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(crate::Error::Usage(format!(
+            "run {} of tenant {tenant} has no table {}; its tables: {}",
+            manifest.run_id,
+            unknown
+                .iter()
+                .map(|t| format!("{t:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            in_run.join(", ")
+        )));
+    }
     let key = keyring.data_key(tenant)?;
+    manifest
+        .authenticate(&key)
+        .map_err(|message| SnapshotError::BadManifest {
+            key: manifest_key(tenant, &manifest.run_id).to_string(),
+            message: format!("{message}; refusing to restore from it"),
+        })?;
+    let mut written = Written::default();
+    match restore_files(store, &key, &manifest, out, format, tables, &mut written).await {
+        Ok(files) => Ok(RestoreOutcome {
+            run_id: manifest.run_id,
+            files,
+        }),
+        Err(e) => {
+            let left = written.remove();
+            let what = if left.is_empty() {
+                format!(
+                    "removed the {} file(s) this restore had written",
+                    written.files.len()
+                )
+            } else {
+                format!(
+                    "could NOT remove {} (plaintext personal data: delete by hand)",
+                    left.iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            Err(match e {
+                crate::Error::Usage(m) => crate::Error::Usage(format!("{m}\n  {what}")),
+                e => crate::Error::Failed(format!("restore failed: {e}\n  {what}")),
+            })
+        }
+    }
+}
+
+async fn restore_files(
+    store: &Store,
+    key: &DataKey,
+    manifest: &Manifest,
+    out: &Path,
+    format: RestoreFormat,
+    tables: &[String],
+    written: &mut Written,
+) -> Result<Vec<(String, PathBuf, u64)>, crate::Error> {
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |e| SnapshotError::LocalIo { path: p, source: e }
     };
-    std::fs::create_dir_all(out).map_err(io(out))?;
-    let mut written = Vec::new();
+    written.mkdir(out)?;
+    let mut files = Vec::new();
     for f in manifest
         .files
         .iter()
@@ -331,12 +527,13 @@ pub async fn restore(
             return Err(SnapshotError::Decode { key: f.path.clone(), message: "checksum mismatch against the manifest; refusing to restore it (run `lethe snapshot verify`)".into() }.into());
         }
         let file = tmp.reopen().map_err(io(tmp.path()))?;
-        let reader = open_reader(file, Some(&key), &f.path)?;
+        let reader = open_reader(file, Some(key), &f.path)?;
         let schema = reader.schema().clone();
         let reader = reader.build().map_err(|e| SnapshotError::Decode {
             key: f.path.clone(),
             message: e.to_string(),
         })?;
+        // Names were checked with the manifest: `part-<digits>.parquet` under a plain table name.
         let part = f
             .path
             .rsplit('/')
@@ -344,19 +541,25 @@ pub async fn restore(
             .unwrap_or("part-0.parquet")
             .trim_end_matches(".parquet");
         let dir = out.join(&f.table);
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        written.mkdir(&dir)?;
         let ext = match format {
             RestoreFormat::Parquet => "parquet",
             RestoreFormat::Csv => "csv",
         };
         let dest = dir.join(format!("{part}.{ext}"));
-        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&dest).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                crate::Error::Usage(format!("{} already exists; restore into an empty directory (nothing was overwritten)", dest.display()))
-            } else {
-                SnapshotError::LocalIo { path: dest.clone(), source: e }.into()
-            }
-        })?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&dest)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    crate::Error::Usage(format!("{} already exists; restore into an empty directory (nothing was overwritten)", dest.display()))
+                } else {
+                    SnapshotError::LocalIo { path: dest.clone(), source: e }.into()
+                }
+            })?;
+        written.files.push(dest.clone());
         let dec = |e: &dyn std::fmt::Display| SnapshotError::Decode {
             key: f.path.clone(),
             message: e.to_string(),
@@ -384,12 +587,10 @@ pub async fn restore(
                     rows += b.num_rows() as u64;
                     w.write(&b).map_err(|e| dec(&e))?;
                 }
+                w.into_inner().into_inner().map_err(|e| dec(&e.error()))?;
             }
         }
-        written.push((f.table.clone(), dest, rows));
+        files.push((f.table.clone(), dest, rows));
     }
-    Ok(RestoreOutcome {
-        run_id: manifest.run_id,
-        files: written,
-    })
+    Ok(files)
 }

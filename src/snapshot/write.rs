@@ -73,6 +73,8 @@ pub struct RunSpec {
     pub settings: SnapshotSection,
     /// Only some tenants are being snapshotted (`--tenant`).
     pub selective: bool,
+    /// The newest audit checkpoint now, recorded in every manifest (an anchor of the log).
+    pub audit_head: Option<crate::snapshot::manifest::AuditHead>,
 }
 
 /// Writer properties of a snapshot file: zstd, bounded row groups, AES-GCM with the footer and
@@ -320,7 +322,8 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             run_id: job.run_id.clone(),
             tenant: job.tenant.clone(),
             created_at: created_at.clone(),
-            committed_at: rfc3339(chrono::Utc::now()),
+            // Microseconds: runs of one second are ordered by when they committed.
+            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             tool_version: format!("lethe {}", env!("CARGO_PKG_VERSION")),
             policy_version: spec.policy_version.clone(),
             policy_hash: spec.policy_hash.clone(),
@@ -328,9 +331,11 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             master_key_id: spec.master_key_id.clone(),
             tables,
             files,
+            audit_head: spec.audit_head.clone(),
             checksum: String::new(),
+            mac: String::new(),
         };
-        let body = manifest.to_bytes();
+        let body = manifest.to_bytes(&job.key);
         let r = store
             .put(&manifest_key(&job.tenant, &job.run_id), Bytes::from(body))
             .await;

@@ -56,10 +56,6 @@ pub enum SourceError {
         "table {table} does not exist in the source\n  fix: correct the data map or migrate the database"
     )]
     NoTable { table: String },
-    #[error(
-        "tenant id {ordinal} in {table} is not a plain slug (letters, digits, - and _, at most 64)\n  fix: tenant ids end up in object keys; give the tenant a slug id"
-    )]
-    BadTenantId { table: String, ordinal: usize },
     #[error("the snapshot consumer went away")]
     Disconnected,
 }
@@ -135,6 +131,51 @@ pub struct Tenant {
     pub cancelled_at: Option<DateTime<Utc>>,
 }
 
+/// The tenants table, split: ids usable in object keys and SQL, and the others.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TenantList {
+    pub valid: Vec<Tenant>,
+    pub bad: Vec<BadTenant>,
+}
+
+/// A tenant whose id is not a slug (letters, digits, `-`, `_`, at most 64).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadTenant {
+    pub table: String,
+    /// Its position in the tenants table ordered by id (1-based).
+    pub ordinal: usize,
+    /// The id, escaped (control characters and quotes visible) and cut at 80 characters —
+    /// enough to find it with a query; tenant ids are business names, not personal data.
+    pub shown: String,
+    /// The raw id, for SQL literals only.
+    pub id: String,
+}
+
+impl BadTenant {
+    fn new(table: &str, ordinal: usize, id: &str) -> BadTenant {
+        let mut shown = format!("{id:?}");
+        if shown.chars().count() > 80 {
+            shown = shown.chars().take(77).collect::<String>() + "…";
+        }
+        BadTenant {
+            table: table.into(),
+            ordinal,
+            shown,
+            id: id.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for BadTenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "tenant id {} (row {} of {} by id) is not a plain slug (letters, digits, - and _, at most 64): tenant ids end up in object keys; lethe leaves this tenant's rows alone — give the tenant a slug id",
+            self.shown, self.ordinal, self.table
+        )
+    }
+}
+
 /// A table to read and the column naming each row's tenant.
 #[derive(Debug, Clone)]
 pub struct ScanTable {
@@ -188,28 +229,27 @@ impl Source {
         }
     }
 
-    /// The tenants, ids checked: they end up in object keys and SQL literals.
-    pub fn tenants(&self, dm: &DataMap) -> Result<Vec<Tenant>, SourceError> {
+    /// The tenants, ids checked: they end up in object keys and SQL literals. A tenant whose id
+    /// is not a slug is returned apart, shown so it can be found, and left alone by every step
+    /// (its rows are neither snapshotted nor deleted); the others go on.
+    pub fn tenants(&self, dm: &DataMap) -> Result<TenantList, SourceError> {
         let rows = match self {
             Source::Sqlite(s) => s.tenant_rows(&dm.tenants)?,
             Source::Postgres(s) => s.tenant_rows(&dm.tenants)?,
         };
-        rows.into_iter()
-            .enumerate()
-            .map(|(i, (id, status, cancelled_us))| {
-                if !crate::util::is_safe_ident(&id) {
-                    return Err(SourceError::BadTenantId {
-                        table: dm.tenants.table.clone(),
-                        ordinal: i + 1,
-                    });
-                }
-                Ok(Tenant {
-                    id,
-                    status,
-                    cancelled_at: cancelled_us.and_then(DateTime::<Utc>::from_timestamp_micros),
-                })
-            })
-            .collect()
+        let mut list = TenantList::default();
+        for (i, (id, status, cancelled_us)) in rows.into_iter().enumerate() {
+            if !crate::util::is_safe_ident(&id) {
+                list.bad.push(BadTenant::new(&dm.tenants.table, i + 1, &id));
+                continue;
+            }
+            list.valid.push(Tenant {
+                id,
+                status,
+                cancelled_at: cancelled_us.and_then(DateTime::<Utc>::from_timestamp_micros),
+            });
+        }
+        Ok(list)
     }
 
     /// The columns of `table`, or `None` if it does not exist.
@@ -325,9 +365,107 @@ impl Source {
                         problems.push(missing_col(&policy.path, key, &table.name, &col, &cols));
                     }
                 }
+                problems.extend(self.retention_column_problems(policy, table, &cols));
             }
         }
         Ok(problems)
+    }
+}
+
+impl Source {
+    /// Columns retention compares or writes must have a type it handles exactly: anchors and
+    /// flag columns are timestamps or dates (a `text` anchor would compare as text — Unix
+    /// seconds or `''` sort below every date and would be deleted at once; a `bigint` anchor
+    /// cannot be compared with an instant at all), and `anonymize` with `method = "null"`
+    /// cannot clear a NOT NULL column (the run would fail half-way, after other tables changed).
+    fn retention_column_problems(
+        &self,
+        policy: &Policy,
+        table: &crate::datamap::Table,
+        cols: &[Column],
+    ) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let col = |name: &str| cols.iter().find(|c| c.name == name);
+        let is_time = |c: &Column| {
+            matches!(
+                self.col_type(&table.name, c),
+                Ok(ColType::Timestamp | ColType::TimestampNaive | ColType::Date)
+            )
+        };
+        for cat in table
+            .config
+            .categories
+            .iter()
+            .filter_map(|c| policy.categories.get(c))
+        {
+            let (anchor, file, key) = match &cat.anchor {
+                Some(a) => (
+                    Some(a.as_str()),
+                    policy.path.as_path(),
+                    format!("categories.{}.anchor", cat.name),
+                ),
+                None => (
+                    table.config.time_column.as_deref(),
+                    table.file.as_path(),
+                    format!("tables.{}.time_column", table.name),
+                ),
+            };
+            if let Some(c) = anchor.and_then(col)
+                && !is_time(c)
+            {
+                out.push(Problem::new(
+                    file,
+                    key,
+                    format!(
+                        "table {}, column {}: the anchor of category {} has type {:?}, not a timestamp or date; retention would compare it wrongly (text compares as text: Unix seconds or '' sort before every date and would be deleted at once)",
+                        table.name, c.name, cat.name, c.declared
+                    ),
+                    match self {
+                        Source::Postgres(_) => "migrate the column to timestamptz (e.g. ALTER TABLE … ALTER COLUMN … TYPE timestamptz USING to_timestamp(col::bigint)), or anchor the category on a timestamp column",
+                        Source::Sqlite(_) => "declare the column TIMESTAMP (values as UTC text 'YYYY-MM-DD HH:MM:SS'), or anchor the category on such a column",
+                    },
+                ));
+            }
+            match &cat.action {
+                crate::policy::Action::Flag { column } => {
+                    if let Some(c) = col(column)
+                        && !is_time(c)
+                    {
+                        out.push(Problem::new(
+                            &policy.path,
+                            format!("categories.{}.flag_column", cat.name),
+                            format!(
+                                "table {}, column {}: the flag column has type {:?}; lethe writes the flagging time into it",
+                                table.name, c.name, c.declared
+                            ),
+                            "name a nullable timestamp column",
+                        ));
+                    }
+                }
+                crate::policy::Action::Anonymize {
+                    columns,
+                    hash: false,
+                } => {
+                    for name in columns {
+                        if let Some(c) = col(name)
+                            && !c.nullable
+                        {
+                            out.push(Problem::new(
+                                &policy.path,
+                                format!("categories.{}.columns", cat.name),
+                                format!(
+                                    "table {}, column {} is NOT NULL: anonymize with method = \"null\" cannot clear it",
+                                    table.name, c.name
+                                ),
+                                "drop the NOT NULL constraint, use method = \"hash\" (PostgreSQL), or action = \"delete\"",
+                            ));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
     }
 }
 

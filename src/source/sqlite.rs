@@ -304,6 +304,22 @@ fn days_in_month(y: u32, m: u32) -> u32 {
     }
 }
 
+/// The anchor rule of retention on SQLite: canonical UTC text `YYYY-MM-DD HH:MM:SS[.f…]`
+/// (space separator, no offset, digits only after the dot) that [`parse_timestamp`] — the
+/// snapshot reader's rule — accepts as a real instant. Such text compares with a cutoff in
+/// the same form exactly as the instants compare. `None` for anything else.
+pub fn canonical_instant(b: &[u8]) -> Option<i64> {
+    if b.len() < 19 || b[10] != b' ' {
+        return None;
+    }
+    match &b[19..] {
+        [] => {}
+        [b'.', frac @ ..] if !frac.is_empty() && frac.iter().all(u8::is_ascii_digit) => {}
+        _ => return None,
+    }
+    parse_timestamp(b)
+}
+
 /// `YYYY-MM-DD[ T]HH:MM:SS[.f…][Z|±HH:MM]` → UTC microseconds.
 pub fn parse_timestamp(b: &[u8]) -> Option<i64> {
     if b.len() < 19 || !(b[10] == b' ' || b[10] == b'T') || b[13] != b':' || b[16] != b':' {
