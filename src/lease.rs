@@ -168,6 +168,8 @@ struct Shared {
     store: Store,
     name: String,
     record: std::sync::Mutex<LeaseRecord>,
+    /// The generation this holder acquired.
+    first: u64,
     generation: AtomicU64,
     lost: AtomicBool,
 }
@@ -253,16 +255,11 @@ impl Lease {
                 holder,
             });
         }
-        // Older generations only record history: drop them (best effort).
-        if let Some((g, _)) = current {
-            for old in g.saturating_sub(16)..=g {
-                let _ = store.inner.delete(&gen_key(name, old)).await;
-            }
-        }
         let shared = Arc::new(Shared {
             store: store.clone(),
             name: name.into(),
             record: std::sync::Mutex::new(rec),
+            first: generation,
             generation: AtomicU64::new(generation),
             lost: AtomicBool::new(false),
         });
@@ -315,7 +312,8 @@ impl Lease {
         Ok(())
     }
 
-    /// Give the lease back (a next run need not wait for its expiry).
+    /// Give the lease back (a next run need not wait for its expiry), marking it released and
+    /// dropping the generations before it (they are history only).
     pub async fn release(self) -> Result<(), LeaseError> {
         self.renewer.abort();
         if self.shared.lost.load(Ordering::SeqCst) {
@@ -327,6 +325,40 @@ impl Lease {
                 r.expires_at = rfc3339(Utc::now());
             })
             .await?;
+        let last = self.shared.generation.load(Ordering::SeqCst);
+        for g in self.shared.first.saturating_sub(16)..last {
+            let _ = self
+                .shared
+                .store
+                .inner
+                .delete(&gen_key(&self.shared.name, g))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Give the lease back leaving no trace, for a run that changed nothing (refused before it
+    /// deleted anything): the generations this holder wrote are removed, so the lease is as the
+    /// run found it.
+    pub async fn release_untouched(self) -> Result<(), LeaseError> {
+        self.renewer.abort();
+        if self.shared.lost.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let last = self.shared.generation.load(Ordering::SeqCst);
+        for g in (self.shared.first..=last).rev() {
+            self.shared
+                .store
+                .inner
+                .delete(&gen_key(&self.shared.name, g))
+                .await
+                .map_err(|source| StoreError::Op {
+                    url: self.shared.store.url.clone(),
+                    op: "delete",
+                    key: gen_key(&self.shared.name, g).to_string(),
+                    source,
+                })?;
+        }
         Ok(())
     }
 }

@@ -281,10 +281,17 @@ pub async fn run_retention(
             .await
             .map_err(crate::audit::AuditError::from)?,
     );
-    let result = retention_locked(c, &store, now, expect_hash, lease.clone()).await;
+    let mut touched = false;
+    let result = retention_locked(c, &store, now, expect_hash, lease.clone(), &mut touched).await;
     match std::sync::Arc::try_unwrap(lease) {
         Ok(l) => {
-            if let Err(e) = l.release().await {
+            // A run refused before it changed anything leaves no trace, not even its lease.
+            let released = if touched {
+                l.release().await
+            } else {
+                l.release_untouched().await
+            };
+            if let Err(e) = released {
                 tracing::warn!(error = %e, "could not release the lease; it expires by itself");
             }
         }
@@ -299,6 +306,7 @@ async fn retention_locked(
     now: chrono::DateTime<chrono::Utc>,
     expect_hash: Option<&str>,
     lease: std::sync::Arc<crate::lease::Lease>,
+    touched: &mut bool,
 ) -> crate::Result<RetentionRun> {
     use crate::retention::{db::Db, execute};
     let cfg = &c.config;
@@ -361,6 +369,8 @@ async fn retention_locked(
         }
         None => {}
     }
+    // From here on, keys, audit records and deletions: the run leaves a trace.
+    *touched = true;
     let mut keyring = match existing {
         Some(k) => k,
         None => Keyring::open(&cfg.keyring, &cfg.master_key, true)?,

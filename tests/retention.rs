@@ -136,8 +136,8 @@ fn boundaries_to_the_second_calendar_months_and_other_anchors() {
         (900002, ninety),
         (900003, ninety + TimeDelta::seconds(1)),
     ] {
-        let key = format!("selfies/{t}/test-{id}.jpg");
-        std::fs::create_dir_all(blobs.join(format!("selfies/{t}"))).unwrap();
+        let key = format!("photos/{t}/test-{id}.jpg");
+        std::fs::create_dir_all(blobs.join(format!("photos/{t}"))).unwrap();
         std::fs::write(blobs.join(&key), b"\xff\xd8\xff test photo").unwrap();
         sql(
             &db,
@@ -226,10 +226,10 @@ fn boundaries_to_the_second_calendar_months_and_other_anchors() {
         BTreeSet::from([900003]),
         "90 days minus one second is kept; exactly 90 days and 90 days plus one second are deleted"
     );
-    assert!(!blobs.join(format!("selfies/{t}/test-900001.jpg")).exists());
-    assert!(!blobs.join(format!("selfies/{t}/test-900002.jpg")).exists());
+    assert!(!blobs.join(format!("photos/{t}/test-900001.jpg")).exists());
+    assert!(!blobs.join(format!("photos/{t}/test-900002.jpg")).exists());
     assert!(
-        blobs.join(format!("selfies/{t}/test-900003.jpg")).exists(),
+        blobs.join(format!("photos/{t}/test-900003.jpg")).exists(),
         "a kept row keeps its photo"
     );
     assert_eq!(
