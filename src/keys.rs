@@ -187,15 +187,7 @@ fn read_master(reference: &SecretRef) -> Result<Option<Vec<u8>>, KeyError> {
         },
         SecretRef::File(p) => match std::fs::read_to_string(p) {
             Ok(t) => {
-                if let Ok(meta) = std::fs::metadata(p)
-                    && meta.permissions().mode() & 0o077 != 0
-                {
-                    tracing::warn!(
-                        path = %p.display(),
-                        mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                        "the master key is readable by other users; chmod 600 it"
-                    );
-                }
+                crate::util::warn_if_shared(p, "the master key");
                 t
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

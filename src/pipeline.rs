@@ -57,15 +57,7 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
         tenants.retain(|t| only.contains(&t.id));
     }
     let store = Store::create(&cfg.store)?;
-    // Keys are never created over a store that holds what other keys made: a missing keyring,
-    // master key or signing key is restored from backup, not replaced.
-    let expected = crate::keys::StoreKeys::read(&store).await?;
-    crate::keys::refuse_recreate(
-        &cfg.keyring,
-        &cfg.master_key,
-        &crate::sign::signing_key_path(&cfg.keyring),
-        &expected,
-    )?;
+    refuse_new_keys(cfg, &store).await?;
     // Keys for every tenant first: the keyring is written by one task only.
     let mut keyring = Keyring::open(&cfg.keyring, &cfg.master_key, true)?;
     let mut jobs = Vec::new();
@@ -143,6 +135,19 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
     run.done.sort_by(|a, b| a.tenant.cmp(&b.tenant));
     run.failed.sort();
     Ok(run)
+}
+
+/// Keys are never created over a store that holds what other keys made: a missing keyring,
+/// master key or signing key is restored from backup, not replaced (first use still creates).
+async fn refuse_new_keys(cfg: &crate::config::Config, store: &Store) -> crate::Result<()> {
+    let expected = crate::keys::StoreKeys::read(store).await?;
+    crate::keys::refuse_recreate(
+        &cfg.keyring,
+        &cfg.master_key,
+        &crate::sign::signing_key_path(&cfg.keyring),
+        &expected,
+    )?;
+    Ok(())
 }
 
 /// The clock: the real one, or an override for tests and backfills. An override may only lie
@@ -268,14 +273,7 @@ pub async fn run_retention(
 ) -> crate::Result<RetentionRun> {
     let cfg = &c.config;
     let store = Store::create(&cfg.store)?;
-    // Keys are never created over a store that holds what other keys made.
-    let expected = crate::keys::StoreKeys::read(&store).await?;
-    crate::keys::refuse_recreate(
-        &cfg.keyring,
-        &cfg.master_key,
-        &crate::sign::signing_key_path(&cfg.keyring),
-        &expected,
-    )?;
+    refuse_new_keys(cfg, &store).await?;
     let lease = std::sync::Arc::new(
         crate::lease::Lease::acquire(&store, DESTRUCTIVE_LEASE, "lethe run retention")
             .await

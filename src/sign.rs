@@ -142,15 +142,7 @@ impl SigningKey {
         };
         let pair =
             Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der).map_err(|e| garbled(e.to_string()))?;
-        if let Ok(meta) = std::fs::metadata(path)
-            && meta.permissions().mode() & 0o077 != 0
-        {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format!("{:o}", meta.permissions().mode() & 0o777),
-                "the signing key is readable by other users; chmod 600 it"
-            );
-        }
+        crate::util::warn_if_shared(path, "the signing key");
         Ok(SigningKey {
             pair,
             path: path.into(),

@@ -61,6 +61,20 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
     era * 146097 + doe - 719468
 }
 
+/// Warn when a secret's file is readable by other users (`what`: "the master key", …).
+pub fn warn_if_shared(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format!("{:o}", meta.permissions().mode() & 0o777),
+            "{what} is readable by other users; chmod 600 it"
+        );
+    }
+}
+
 /// Identifiers that end up in object keys and SQL (tenant ids, table names) must be boring.
 pub fn is_safe_ident(s: &str) -> bool {
     !s.is_empty()

@@ -53,6 +53,22 @@ fn edit(path: &Path, f: impl FnOnce(String) -> String) {
     std::fs::write(path, f(t)).unwrap();
 }
 
+/// `lethe snapshot restore --tenant T --out OUT [extra…]`.
+fn restore(d: &Demo, tenant: &str, out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut args = vec![
+        "--config",
+        cfg(d),
+        "snapshot",
+        "restore",
+        "--tenant",
+        tenant,
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    lethe(&args)
+}
+
 fn snapshot(d: &Demo) {
     let (code, out, err) = lethe(&["--config", cfg(d), "run", "snapshot"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -515,16 +531,7 @@ fn defect_6_manifest_paths_cannot_make_restore_write_outside_out() {
             v["tables"][0]["table"] = table.clone().into();
         });
         let out = d.dir.join("restored");
-        let (code, stdout, err) = lethe(&[
-            "--config",
-            cfg(&d),
-            "snapshot",
-            "restore",
-            "--tenant",
-            t,
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let (code, stdout, err) = restore(&d, t, &out, &[]);
         assert_ne!(code, 0, "{table}\n{stdout}\n{err}");
         assert!(!outside.exists() && !d.dir.parent().unwrap().join("x").exists());
         assert!(files(&out).is_empty(), "{table}: plaintext written");
@@ -580,16 +587,7 @@ fn defect_6_an_older_file_swapped_in_with_its_manifest_edited_fails_verify() {
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("MAC mismatch"), "{out}");
     let out_dir = d.dir.join("r");
-    let (code, _, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "snapshot",
-        "restore",
-        "--tenant",
-        t,
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
+    let (code, _, err) = restore(&d, t, &out_dir, &[]);
     assert_ne!(code, 0);
     assert!(err.contains("MAC mismatch"), "{err}");
     assert!(files(&out_dir).is_empty());
@@ -683,16 +681,7 @@ fn defect_9_restored_files_are_private_and_a_failed_restore_leaves_nothing() {
     snapshot(&d);
     let t = "kopi-senja";
     let out = d.dir.join("restored");
-    let (code, _, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "snapshot",
-        "restore",
-        "--tenant",
-        t,
-        "--out",
-        out.to_str().unwrap(),
-    ]);
+    let (code, _, err) = restore(&d, t, &out, &[]);
     assert_eq!(code, 0, "{err}");
     let written = files(&out);
     assert!(!written.is_empty());
@@ -714,16 +703,7 @@ fn defect_9_restored_files_are_private_and_a_failed_restore_leaves_nothing() {
     b[mid] ^= 0xff;
     std::fs::write(&victim, b).unwrap();
     let out2 = d.dir.join("restored-2");
-    let (code, _, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "snapshot",
-        "restore",
-        "--tenant",
-        t,
-        "--out",
-        out2.to_str().unwrap(),
-    ]);
+    let (code, _, err) = restore(&d, t, &out2, &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("removed the"), "{err}");
     assert!(files(&out2).is_empty(), "plaintext left behind");
@@ -1005,26 +985,6 @@ fn defect_12_a_plan_hash_is_the_same_hash_in_any_case_with_or_without_prefix() {
 
 // ---- 2. PostgreSQL anchors of the wrong type ----------------------------------------------
 
-fn use_pg(d: &Demo, url: &str) {
-    edit(&d.config, |t| {
-        let t = t.replace("url = \"sqlite://source.db\"", &format!("url = \"{url}\""));
-        assert!(t.contains("postgres://"), "lethe.toml layout changed");
-        t
-    });
-}
-
-fn pg_count(pg: &common::pg::PgSchema, sql: &str) -> i64 {
-    let url = pg.url.clone();
-    let sql = sql.to_string();
-    pg.block_on(async move {
-        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
-    })
-}
-
 #[test]
 fn defect_2_postgres_text_and_bigint_anchors_are_refused_by_check_not_compared_as_text() {
     let Some(pg) = common::pg::PgSchema::create("hardening_anchor_types") else {
@@ -1034,7 +994,7 @@ fn defect_2_postgres_text_and_bigint_anchors_are_refused_by_check_not_compared_a
     no_brake(&d);
     pg.block_on(lethe::demo::load_into_postgres(&d.db(), &pg.url))
         .unwrap();
-    use_pg(&d, &pg.url);
+    common::use_pg(&d, &pg.url);
     let (code, out, err) = lethe(&["--config", cfg(&d), "check"]);
     assert_eq!(code, 0, "{out}\n{err}");
     // text holding Unix seconds or '' (the outside check deleted recent rows with this), and
@@ -1044,9 +1004,8 @@ fn defect_2_postgres_text_and_bigint_anchors_are_refused_by_check_not_compared_a
          UPDATE messages SET created_at = '' WHERE id = (SELECT min(id) FROM messages);
          ALTER TABLE calls ALTER COLUMN started_at TYPE bigint USING CAST(extract(epoch FROM started_at) AS bigint);",
     );
-    let total = || {
-        pg_count(&pg, "SELECT count(*) FROM messages") + pg_count(&pg, "SELECT count(*) FROM calls")
-    };
+    let total =
+        || pg.count("SELECT count(*) FROM messages") + pg.count("SELECT count(*) FROM calls");
     let before = total();
     for args in [&["check"][..], &["plan"][..], &["run", "retention"][..]] {
         let mut all = vec!["--config", cfg(&d)];

@@ -49,14 +49,20 @@ pub async fn tenants(store: &Store) -> Result<Vec<String>, StoreError> {
     Ok(t)
 }
 
-/// Every run directory of `tenant`, committed or not, oldest first.
-pub async fn runs(store: &Store, tenant: &str) -> Result<Vec<RunListing>, StoreError> {
+/// The run ids of `tenant`'s run directories, sorted.
+async fn run_ids(store: &Store, tenant: &str) -> Result<Vec<String>, StoreError> {
     let dirs = store.list_dirs(&tenant_prefix(tenant)).await?;
     let mut ids: Vec<String> = dirs
         .iter()
         .filter_map(|d| segment_value(d, "run").map(String::from))
         .collect();
     ids.sort();
+    Ok(ids)
+}
+
+/// Every run directory of `tenant`, committed or not, oldest first.
+pub async fn runs(store: &Store, tenant: &str) -> Result<Vec<RunListing>, StoreError> {
+    let ids = run_ids(store, tenant).await?;
     let mut out = Vec::new();
     for run_id in ids {
         let manifest = store
@@ -96,15 +102,19 @@ fn committed_time(m: &Manifest) -> Option<chrono::DateTime<chrono::FixedOffset>>
     chrono::DateTime::parse_from_rfc3339(&m.committed_at).ok()
 }
 
+/// Order of committed runs, oldest first: by the second in the run id, then by commit time
+/// (run ids of one second do not sort by time).
+fn run_order(m: &Manifest) -> (&str, Option<chrono::DateTime<chrono::FixedOffset>>) {
+    (
+        m.run_id.split('-').next().unwrap_or_default(),
+        committed_time(m),
+    )
+}
+
 /// The newest committed run of `tenant` (reading manifests newest first, so only as many as
 /// it takes).
 pub async fn newest_committed(store: &Store, tenant: &str) -> Result<Option<Manifest>, StoreError> {
-    let dirs = store.list_dirs(&tenant_prefix(tenant)).await?;
-    let mut ids: Vec<String> = dirs
-        .iter()
-        .filter_map(|d| segment_value(d, "run").map(String::from))
-        .collect();
-    ids.sort();
+    let mut ids = run_ids(store, tenant).await?;
     // Run ids sort by their second; runs of the same second are told apart by commit time.
     let second = |id: &str| id.split('-').next().unwrap_or_default().to_string();
     while let Some(last) = ids.last().map(|id| second(id)) {
@@ -427,7 +437,10 @@ pub async fn restore(
     let runs = committed(store, tenant).await?;
     let manifest = match run {
         Some(r) => runs.iter().find(|m| m.run_id == r).cloned(),
-        None => runs.last().cloned(),
+        None => runs
+            .iter()
+            .max_by(|a, b| run_order(a).cmp(&run_order(b)))
+            .cloned(),
     }
     .ok_or_else(|| match run {
         Some(r) => crate::Error::Usage(format!(

@@ -50,6 +50,14 @@ pub fn demo(tenants: usize, days: u32) -> Demo {
     }
 }
 
+/// Point a demo's lethe.toml at a PostgreSQL URL instead of its SQLite file.
+pub fn use_pg(d: &Demo, url: &str) {
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replace("url = \"sqlite://source.db\"", &format!("url = \"{url}\""));
+    assert!(text.contains("postgres://"), "lethe.toml layout changed");
+    std::fs::write(&d.config, text).unwrap();
+}
+
 /// Every file under `root` with its bytes.
 pub fn files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();

@@ -60,6 +60,19 @@ impl PgSchema {
         self.rt.block_on(f)
     }
 
+    /// The single bigint a query returns (e.g. `SELECT count(*) …`).
+    pub fn count(&self, sql: &str) -> i64 {
+        let url = self.url.clone();
+        let sql = sql.to_string();
+        self.rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            client.query_one(&sql, &[]).await.unwrap().get::<_, i64>(0)
+        })
+    }
+
     /// Run SQL in the schema.
     pub fn execute(&self, sql: &str) {
         let url = self.url.clone();
