@@ -444,7 +444,7 @@ pub async fn restore(
     }
     .ok_or_else(|| match run {
         Some(r) => crate::Error::Usage(format!(
-            "tenant {tenant} has no committed run {r:?}; its committed runs: {}",
+            "tenant {tenant} has no committed snapshot run {r:?} (an uncommitted or unknown run id); its committed runs: {}",
             if runs.is_empty() {
                 "none".to_string()
             } else {
