@@ -509,7 +509,9 @@ fn forge(manifest: &Path, f: impl FnOnce(&mut serde_json::Value)) {
     let mut m: lethe::snapshot::Manifest = serde_json::from_value(v).unwrap();
     let mut bytes: serde_json::Value =
         serde_json::from_slice(&m.to_bytes_unauthenticated()).unwrap();
-    bytes["mac"] = mac;
+    if !mac.is_null() {
+        bytes["mac"] = mac;
+    }
     std::fs::write(manifest, serde_json::to_vec_pretty(&bytes).unwrap()).unwrap();
 }
 
