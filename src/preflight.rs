@@ -74,9 +74,11 @@ pub struct Findings {
     pub orphans: Vec<OrphanRows>,
 }
 
-/// Run every data check. `known` are the tenant ids of the tenants table (valid and not);
-/// `source_holds` the holds read from the source's holds table. `blobs` is the blob store, if
-/// the configuration has one.
+/// Every data check, for `lethe check`: [`checks_without_counts`], then one counting pass
+/// per table ([`db::table_stats`] with no selections — the pass a plan makes anyway, so plans
+/// and runs take these counts from their own pass) for orphan rows and blobs outside their
+/// prefix, then the names holds and overrides use. `known` tenants are the tenants table's
+/// (valid ids and not).
 pub async fn data(
     c: &Checked,
     db: &mut Db,
@@ -84,30 +86,72 @@ pub async fn data(
     source_holds: &[LegalHold],
     blobs: Option<&Store>,
 ) -> crate::Result<Findings> {
-    let mut f = Findings::default();
-    let known: BTreeSet<&str> = tenants
+    let mut f = Findings {
+        problems: checks_without_counts(c, db, blobs).await?,
+        orphans: Vec::new(),
+    };
+    let known = known_ids(tenants);
+    for t in &c.data_map.tables {
+        let (counts, _) = db::table_stats(db, t, &[])?;
+        let (orphans, problem) = from_counts(c, t, &counts, &known);
+        f.orphans.extend(orphans);
+        f.problems.extend(problem);
+    }
+    f.orphans.sort();
+    f.problems
+        .extend(names_problems(c, source_holds, &known, &f.orphans));
+    Ok(f)
+}
+
+/// The tenant ids of the tenants table, valid and not.
+pub fn known_ids(tenants: &TenantList) -> BTreeSet<String> {
+    tenants
         .valid
         .iter()
-        .map(|t| t.id.as_str())
-        .chain(tenants.bad.iter().map(|b| b.id.as_str()))
-        .collect();
-    f.orphans = orphans(c, db, &known)?;
-    let orphan_ids: BTreeSet<&str> = f
-        .orphans
-        .iter()
-        .filter_map(|o| o.tenant.as_deref())
-        .collect();
-    let known_or_orphan = |t: &str| known.contains(t) || orphan_ids.contains(t);
-    f.problems
-        .extend(names_problems(c, source_holds, &known_or_orphan));
-    f.problems.extend(cascade_problems(c, db)?);
+        .map(|t| t.id.clone())
+        .chain(tenants.bad.iter().map(|b| b.id.clone()))
+        .collect()
+}
+
+/// The checks that need no count of the whole table: cascading foreign keys, SQLite anchors,
+/// primary keys the database does not enforce, and a sample of blobs.
+pub async fn checks_without_counts(
+    c: &Checked,
+    db: &mut Db,
+    blobs: Option<&Store>,
+) -> crate::Result<Vec<Problem>> {
+    let mut out = cascade_problems(c, db)?;
     for t in &c.data_map.tables {
-        f.problems.extend(anchor_problems(c, db, t)?);
-        f.problems.extend(key_problems(db, t)?);
-        f.problems.extend(blob_prefix_problems(db, t)?);
+        out.extend(anchor_problems(c, db, t)?);
+        out.extend(key_problems(db, t)?);
     }
-    f.problems.extend(blob_store_problems(c, db, blobs).await?);
-    Ok(f)
+    out.extend(blob_store_problems(c, db, blobs).await?);
+    Ok(out)
+}
+
+/// What a table's counting pass shows: its orphan rows, and a problem when rows point at blobs
+/// outside their tenant's prefix.
+pub fn from_counts(
+    c: &Checked,
+    t: &Table,
+    counts: &db::TableCounts,
+    known: &BTreeSet<String>,
+) -> (Vec<OrphanRows>, Option<Problem>) {
+    let orphans = if t.name == c.data_map.tenants.table {
+        vec![]
+    } else {
+        counts
+            .rows
+            .iter()
+            .filter(|(id, _)| id.as_ref().is_none_or(|id| !known.contains(id)))
+            .map(|(id, n)| OrphanRows {
+                table: t.name.clone(),
+                tenant: id.clone(),
+                rows: *n,
+            })
+            .collect()
+    };
+    (orphans, blob_prefix_problem(t, counts.blobs_outside_prefix))
 }
 
 /// Orphan rows as problems, when the policy refuses them (`lethe check`; a run refuses with
@@ -169,40 +213,16 @@ pub async fn for_check(c: &Checked) -> crate::Result<Vec<Problem>> {
     Ok(problems)
 }
 
-/// Rows per tenant id of every mapped table whose tenant the tenants table does not list.
-pub fn orphans(c: &Checked, db: &mut Db, known: &BTreeSet<&str>) -> crate::Result<Vec<OrphanRows>> {
-    let mut out = Vec::new();
-    for t in &c.data_map.tables {
-        if t.name == c.data_map.tenants.table {
-            continue;
-        }
-        let tc = qi(&t.config.tenant_column);
-        let sql = format!(
-            "SELECT CAST({tc} AS TEXT), CAST(count(*) AS TEXT) FROM {} GROUP BY {tc}",
-            qi(&t.name)
-        );
-        for r in db.query(&sql).map_err(|e| e.on(&t.name))? {
-            let rows = r[1].as_deref().and_then(|n| n.parse().ok()).unwrap_or(0);
-            match &r[0] {
-                Some(id) if known.contains(id.as_str()) => {}
-                tenant => out.push(OrphanRows {
-                    table: t.name.clone(),
-                    tenant: tenant.clone(),
-                    rows,
-                }),
-            }
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 /// Legal holds and overrides must name real things: a typo would protect nothing.
-fn names_problems(
+pub fn names_problems(
     c: &Checked,
     source_holds: &[LegalHold],
-    known: &dyn Fn(&str) -> bool,
+    tenants: &BTreeSet<String>,
+    orphans: &[OrphanRows],
 ) -> Vec<Problem> {
+    // A hold may name a tenant the tenants table no longer lists while its rows exist.
+    let known =
+        |t: &str| tenants.contains(t) || orphans.iter().any(|o| o.tenant.as_deref() == Some(t));
     let mut out = Vec::new();
     let policy = &c.policy;
     let mut hold = |h: &LegalHold, file: &std::path::Path, at: String| {
@@ -367,41 +387,20 @@ fn key_problems(db: &mut Db, t: &Table) -> crate::Result<Vec<Problem>> {
     )])
 }
 
-/// Rows whose blob key lies outside their own tenant's `blob_prefix`.
-fn blob_prefix_problems(db: &mut Db, t: &Table) -> crate::Result<Vec<Problem>> {
-    let (Some(b), Some(prefix)) = (&t.config.blob_column, &t.config.blob_prefix) else {
-        return Ok(vec![]);
-    };
-    let (before, after) = prefix.split_once("{tenant}").unwrap_or((prefix, ""));
-    let want = format!(
-        "({} || CAST({} AS TEXT) || {})",
-        lit(before),
-        qi(&t.config.tenant_column),
-        lit(after)
-    );
-    let sql = format!(
-        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE {b} IS NOT NULL AND substr(CAST({b} AS TEXT), 1, length({want})) <> {want}",
-        qi(&t.name),
-        b = qi(b)
-    );
-    let r = db.query(&sql).map_err(|e| e.on(&t.name))?;
-    let bad: u64 = r
-        .first()
-        .and_then(|r| r[0].as_deref())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if bad == 0 {
-        return Ok(vec![]);
-    }
-    Ok(vec![Problem::new(
-        &t.file,
-        format!("tables.{}.blob_prefix", t.name),
-        format!(
-            "table {}: {bad} rows reference a blob outside their own tenant's prefix {prefix:?}; deleting such a row would delete another tenant's (or a shared) blob",
-            t.name
-        ),
-        "fix those rows' blob keys, or correct blob_prefix; nothing is deleted until then",
-    )])
+/// `bad` rows of `t` reference a blob outside their own tenant's `blob_prefix`.
+fn blob_prefix_problem(t: &Table, bad: u64) -> Option<Problem> {
+    let prefix = t.config.blob_prefix.as_ref()?;
+    (bad > 0).then(|| {
+        Problem::new(
+            &t.file,
+            format!("tables.{}.blob_prefix", t.name),
+            format!(
+                "table {}: {bad} rows reference a blob outside their own tenant's prefix {prefix:?}; deleting such a row would delete another tenant's (or a shared) blob",
+                t.name
+            ),
+            "fix those rows' blob keys, or correct blob_prefix; nothing is deleted until then",
+        )
+    })
 }
 
 /// The blob store must hold what rows reference: sample the newest keys of each blob table.

@@ -449,9 +449,48 @@ fn due(
     p.join(" AND ")
 }
 
-/// Rows per tenant of `table`, and per-tenant answers for each selection of `groups` (a
-/// selection and the tenants sharing it) — in one pass over the table, whatever the number of
-/// selections (aggregates with `FILTER`).
+/// Rows whose blob lies outside their own tenant's `blob_prefix` (SQL condition; `None` when
+/// the table declares no prefix).
+pub fn blob_outside_prefix(table: &Table) -> Option<String> {
+    let (b, prefix) = (
+        table.config.blob_column.as_ref()?,
+        table.config.blob_prefix.as_ref()?,
+    );
+    let (before, after) = prefix.split_once("{tenant}").unwrap_or((prefix, ""));
+    let want = format!(
+        "({} || CAST({} AS TEXT) || {})",
+        lit(before),
+        qi(&table.config.tenant_column),
+        lit(after)
+    );
+    Some(format!(
+        "{b} IS NOT NULL AND substr(CAST({b} AS TEXT), 1, length({want})) <> {want}",
+        b = qi(b)
+    ))
+}
+
+/// What one pass over a table counts besides the selections: rows per tenant id (`None`: the
+/// tenant column is NULL) and rows whose blob lies outside their tenant's prefix.
+#[derive(Debug, Clone, Default)]
+pub struct TableCounts {
+    pub rows: BTreeMap<Option<String>, u64>,
+    pub blobs_outside_prefix: u64,
+}
+
+impl TableCounts {
+    /// Rows per tenant id, NULL tenants left out.
+    pub fn per_tenant(&self) -> BTreeMap<String, u64> {
+        self.rows
+            .iter()
+            .filter_map(|(t, n)| t.clone().map(|t| (t, *n)))
+            .collect()
+    }
+}
+
+/// Rows per tenant of `table` (and rows outside their blob prefix), and per-tenant answers for
+/// each selection of `groups` (a selection and the tenants sharing it) — in one pass over the
+/// table, whatever the number of selections (aggregates with `FILTER`). With no groups it is
+/// the preflight's count of the table.
 #[allow(clippy::type_complexity)]
 pub fn table_stats(
     db: &mut Db,
@@ -459,7 +498,7 @@ pub fn table_stats(
     groups: &[(&Selection, Vec<String>)],
 ) -> Result<
     (
-        BTreeMap<String, u64>,
+        TableCounts,
         Vec<BTreeMap<String, crate::retention::plan::Stats>>,
     ),
     SourceError,
@@ -471,6 +510,10 @@ pub fn table_stats(
     let mut cols = vec![
         format!("CAST({tc} AS TEXT)"),
         "CAST(count(*) AS TEXT)".to_string(),
+        match blob_outside_prefix(table) {
+            Some(w) => format!("CAST(count(*) FILTER (WHERE {w}) AS TEXT)"),
+            None => "CAST(0 AS TEXT)".into(),
+        },
     ];
     for (sel, _) in groups {
         let f = format!("FILTER (WHERE {})", due(d, table, sel, true, &mut params));
@@ -494,7 +537,7 @@ pub fn table_stats(
         qi(&table.name)
     );
     let n = |v: &Option<String>| v.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut totals = BTreeMap::new();
+    let mut totals = TableCounts::default();
     let mut out: Vec<BTreeMap<String, crate::retention::plan::Stats>> = groups
         .iter()
         .map(|(_, tenants)| {
@@ -505,10 +548,11 @@ pub fn table_stats(
         })
         .collect();
     for r in db.query_p(&sql, &params).map_err(|e| e.on(&table.name))? {
+        totals.rows.insert(r[0].clone(), n(&r[1]));
+        totals.blobs_outside_prefix += n(&r[2]);
         let Some(t) = r[0].clone() else { continue };
-        totals.insert(t.clone(), n(&r[1]));
         for (g, stats) in out.iter_mut().enumerate() {
-            let c = 2 + g * 6;
+            let c = 3 + g * 6;
             if let Some(s) = stats.get_mut(&t) {
                 s.rows = n(&r[c]);
                 if s.rows > 0 {

@@ -110,12 +110,16 @@ pub async fn inventory(
         Some(s) => db::source_holds(db, &s.table)?,
         None => vec![],
     };
-    let findings = crate::preflight::data(c, db, &list, &source_holds, blobs).await?;
-    if !findings.problems.is_empty() {
-        return Err(crate::Error::Check(crate::check::Problems(
-            findings.problems,
-        )));
-    }
+    // The preflight: what needs no count first, then what the counting pass shows.
+    let refuse = |problems: Vec<crate::check::Problem>| -> crate::Result<()> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(crate::Error::Check(crate::check::Problems(problems)))
+        }
+    };
+    refuse(crate::preflight::checks_without_counts(c, db, blobs).await?)?;
+    let known = crate::preflight::known_ids(&list);
     let mut tenants: Vec<TenantInfo> = list
         .valid
         .into_iter()
@@ -125,51 +129,50 @@ pub async fn inventory(
             cancelled_at: t.cancelled_at,
         })
         .collect();
-    if policy.orphans == crate::policy::Orphans::Delete {
-        let ids: std::collections::BTreeSet<&str> = findings
-            .orphans
-            .iter()
-            .filter_map(|o| o.tenant.as_deref())
-            .collect();
-        tenants.extend(ids.into_iter().map(TenantInfo::orphan));
-    }
     let bad_tenants: Vec<String> = list.bad.iter().map(|b| b.shown.clone()).collect();
     let holds: Vec<_> = policy
         .legal_holds
         .iter()
         .chain(source_holds.iter())
         .collect();
-    let wanted = selections(dm, policy, &tenants, &holds, now);
 
-    // One pass per table, answering every selection on it for all tenants sharing it.
-    let mut by_table: BTreeMap<&str, BTreeMap<&Selection, Vec<&UnitKey>>> = BTreeMap::new();
-    for (k, s) in &wanted {
-        by_table
-            .entry(s.table.as_str())
-            .or_default()
-            .entry(s)
-            .or_default()
-            .push(k);
-    }
+    // One pass per table, answering every selection on it for all tenants sharing it, and
+    // counting rows per tenant id (orphans) and blobs outside their prefix.
     let mut units = Vec::new();
     let mut table_rows = BTreeMap::new();
+    let mut orphans = Vec::new();
+    let mut problems = Vec::new();
+    let wanted = selections(dm, policy, &tenants, &holds, now);
     for table in &dm.tables {
-        let sels = by_table.remove(table.name.as_str()).unwrap_or_default();
-        let groups: Vec<(&Selection, Vec<String>)> = sels
-            .iter()
-            .map(|(s, keys)| (*s, keys.iter().map(|k| k.tenant.clone()).collect()))
-            .collect();
-        let (totals, mut answers) = db::table_stats(db, table, &groups)?;
-        for ((sel, keys), stats) in sels.iter().zip(answers.iter_mut()) {
-            for k in keys {
-                units.push((
-                    (*k).clone(),
-                    (*sel).clone(),
-                    stats.remove(&k.tenant).unwrap_or_default(),
-                ));
+        let counts = count_units(db, table, &wanted, &mut units)?;
+        let (o, p) = crate::preflight::from_counts(c, table, &counts, &known);
+        orphans.extend(o);
+        problems.extend(p);
+        table_rows.insert(table.name.clone(), counts.per_tenant());
+    }
+    orphans.sort();
+    problems.extend(crate::preflight::names_problems(
+        c,
+        &source_holds,
+        &known,
+        &orphans,
+    ));
+    refuse(problems)?;
+    // `orphans = "delete"`: their rows go as a terminated tenant's; a second pass counts them
+    // (only then, and only for them).
+    if policy.orphans == crate::policy::Orphans::Delete {
+        let ids: std::collections::BTreeSet<&str> =
+            orphans.iter().filter_map(|o| o.tenant.as_deref()).collect();
+        let stand_ins: Vec<TenantInfo> = ids.into_iter().map(TenantInfo::orphan).collect();
+        if !stand_ins.is_empty() {
+            let wanted = selections(dm, policy, &stand_ins, &holds, now);
+            for table in &dm.tables {
+                if wanted.iter().any(|(_, s)| s.table == table.name) {
+                    count_units(db, table, &wanted, &mut units)?;
+                }
             }
+            tenants.extend(stand_ins);
         }
-        table_rows.insert(table.name.clone(), totals);
     }
     units.sort_by(|a, b| a.0.cmp(&b.0));
     let pending_blobs = db::pending_blobs(db)?;
@@ -216,7 +219,36 @@ pub async fn inventory(
         pins,
         keyed_tenants,
         undated_runs,
-        orphans: findings.orphans,
+        orphans,
         bad_tenants,
     })
+}
+
+/// Answer every selection of `wanted` on `table` in one pass (units pushed to `units`); the
+/// pass's row counts come back.
+fn count_units(
+    db: &mut Db,
+    table: &crate::datamap::Table,
+    wanted: &[(UnitKey, Selection)],
+    units: &mut Vec<(UnitKey, Selection, plan::Stats)>,
+) -> crate::Result<db::TableCounts> {
+    let mut sels: BTreeMap<&Selection, Vec<&UnitKey>> = BTreeMap::new();
+    for (k, s) in wanted.iter().filter(|(_, s)| s.table == table.name) {
+        sels.entry(s).or_default().push(k);
+    }
+    let groups: Vec<(&Selection, Vec<String>)> = sels
+        .iter()
+        .map(|(s, keys)| (*s, keys.iter().map(|k| k.tenant.clone()).collect()))
+        .collect();
+    let (counts, mut answers) = db::table_stats(db, table, &groups)?;
+    for ((sel, keys), stats) in sels.iter().zip(answers.iter_mut()) {
+        for k in keys {
+            units.push((
+                (*k).clone(),
+                (*sel).clone(),
+                stats.remove(&k.tenant).unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(counts)
 }
