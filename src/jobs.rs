@@ -52,8 +52,39 @@ impl Step {
         ("analytics", Step::Analytics),
     ];
 
+    /// The steps this build runs, in the order a job should list them: retention before
+    /// snapshot, so that a new backup never receives a row that was already due.
+    pub const AVAILABLE: [Step; 2] = [Step::Retention, Step::Snapshot];
+
     pub fn parse(s: &str) -> Option<Step> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, st)| *st)
+    }
+
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, st)| *st == self)
+            .map(|(n, _)| *n)
+            .expect("every step has a name")
+    }
+
+    pub fn available(self) -> bool {
+        Self::AVAILABLE.contains(&self)
+    }
+
+    /// "retention, snapshot": the steps this build has, for messages.
+    pub fn available_names() -> String {
+        Self::AVAILABLE
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -134,6 +165,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, Vec<Problem>> {
         )]
     })?;
     let mut problems = Vec::new();
+    if !crate::util::is_safe_ident(&f.name) {
+        problems.push(Problem::new(
+            path,
+            "name",
+            format!("job name {:?} is not a plain name (letters, digits, - and _)", f.name),
+            "name the job like \"nightly\" (it is the argument of `lethe run` and part of its run records' keys)",
+        ));
+    }
     if let Err(m) = check_cron(&f.schedule) {
         problems.push(Problem::new(
             path,
@@ -153,13 +192,46 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, Vec<Problem>> {
     let mut steps = Vec::new();
     for s in &f.steps {
         match Step::parse(s) {
-            Some(st) => steps.push(st),
+            Some(st) if st.available() => steps.push(st),
+            Some(Step::BackupPurge) => problems.push(Problem::new(
+                path,
+                "steps",
+                "step \"backup-purge\" is not a step of its own in this build: backups are purged by the retention step".to_string(),
+                format!("remove it; this build's steps are: {}", Step::available_names()),
+            )),
+            Some(_) => problems.push(Problem::new(
+                path,
+                "steps",
+                format!("step {s:?} is not in this build yet"),
+                format!("remove it; this build's steps are: {}", Step::available_names()),
+            )),
             None => problems.push(Problem::new(
                 path,
                 "steps",
                 format!("unknown step {s:?}"),
-                "use snapshot, retention, backup-purge, erasure or analytics",
+                format!("this build's steps are: {}", Step::available_names()),
             )),
+        }
+    }
+    let at = |st: Step| steps.iter().position(|x| *x == st);
+    if let (Some(snap), Some(ret)) = (at(Step::Snapshot), at(Step::Retention))
+        && snap < ret
+    {
+        problems.push(Problem::new(
+            path,
+            "steps",
+            "snapshot runs before retention: the new backup would receive rows that were already due, and keep them for the backups' whole retention",
+            "list retention first: steps = [\"retention\", \"snapshot\"]",
+        ));
+    }
+    for (i, st) in steps.iter().enumerate() {
+        if steps[..i].contains(st) {
+            problems.push(Problem::new(
+                path,
+                "steps",
+                format!("step {st} is listed twice"),
+                "list each step once",
+            ));
         }
     }
     if f.steps.is_empty() {
@@ -280,5 +352,34 @@ mod tests {
     fn job_with_bad_zone_and_step_reports_both() {
         let e = parse(Path::new("jobs/n.toml"), "name = \"n\"\nschedule = \"30 2 * * *\"\ntimezone = \"Mars/Olympus\"\nsteps = [\"snapshot\", \"shred\"]\n").unwrap_err();
         assert_eq!(e.len(), 2, "{e:?}");
+    }
+
+    #[test]
+    fn steps_this_build_lacks_and_snapshot_before_retention_are_refused() {
+        let job = |steps: &str| {
+            parse(
+                Path::new("jobs/n.toml"),
+                &format!("name = \"n\"\nschedule = \"30 2 * * *\"\nsteps = {steps}\n"),
+            )
+        };
+        let ok = job("[\"retention\", \"snapshot\"]").unwrap();
+        assert_eq!(ok.steps, vec![Step::Retention, Step::Snapshot]);
+        for (steps, needle) in [
+            ("[\"snapshot\", \"retention\"]", "list retention first"),
+            ("[\"retention\", \"analytics\"]", "not in this build"),
+            (
+                "[\"retention\", \"backup-purge\"]",
+                "purged by the retention step",
+            ),
+            ("[\"retention\", \"retention\"]", "twice"),
+        ] {
+            let e = job(steps).unwrap_err();
+            let text = e.iter().map(|p| p.to_string()).collect::<String>();
+            assert!(text.contains(needle), "{steps}: {text}");
+            assert!(
+                text.contains("retention, snapshot") || needle != "not in this build",
+                "{text}"
+            );
+        }
     }
 }

@@ -39,8 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build the embedded demo (synthetic tenants in SQLite, a local store), snapshot it and run
-    /// retention.
+    /// Build the embedded demo (synthetic tenants in SQLite, a local store) and run the nightly
+    /// job on it: retention, then a snapshot.
     ///
     /// Safe to run again: the database, blobs and keyring are kept and a new snapshot run is added.
     Demo(DemoArgs),
@@ -54,7 +54,12 @@ enum Command {
     /// Changes nothing anywhere (the database is opened read-only). To execute exactly this
     /// plan, pass its hash: `lethe run retention --now <the plan's now> --plan-hash <hash>`.
     Plan(PlanArgs),
-    /// Run one step now (what a CronJob or systemd timer calls).
+    /// Run a job of jobs/*.toml now (`lethe run nightly`: what a CronJob or systemd timer
+    /// calls), or a single step (`lethe run retention`, `lethe run snapshot`).
+    ///
+    /// A job's steps run in the order its file lists them; a failed step stops the steps after
+    /// it; a tenant whose snapshot failed alone is reported and the run exits 1 at the end. A
+    /// job run is recorded in the store as runs/<job>/<run-id>.json.
     Run(RunArgs),
     /// The audit log: verify the hash chain and the signed checkpoints.
     #[command(subcommand)]
@@ -102,9 +107,10 @@ struct PlanArgs {
 
 #[derive(Args)]
 struct RunArgs {
-    /// The step: `snapshot` or `retention` (erasure and analytics arrive with their issues).
+    /// A job name from jobs/*.toml (e.g. `nightly`), or one step: `retention`, `snapshot`.
+    #[arg(value_name = "JOB|STEP")]
     step: String,
-    /// Only these tenants (repeatable; snapshot only).
+    /// Only these tenants (repeatable; the snapshot step only, by hand).
     #[arg(long = "tenant")]
     tenants: Vec<String>,
     /// retention: execute only if the current plan has this hash (from `lethe plan`), which
@@ -272,6 +278,51 @@ async fn audit_anchors(
         }
     }
     Ok(out)
+}
+
+/// Print what each step of a run did (and, for a job, the run record's summary).
+fn print_job_run(run: &lethe::pipeline::JobRun) {
+    let job = !run.record.job.is_empty();
+    for step in &run.record.steps {
+        if job {
+            println!("== {} ({})", step.step, step.outcome);
+        }
+        match step.step {
+            "retention" => {
+                if let Some(r) = &run.retention {
+                    print_retention(r);
+                }
+            }
+            "snapshot" => {
+                if let Some(s) = &run.snapshot {
+                    print_snapshot_summary(s);
+                }
+            }
+            _ => {}
+        }
+        if job && let Some(e) = &step.error {
+            println!("failed: {}", e.lines().next().unwrap_or_default());
+        }
+    }
+    if job {
+        println!(
+            "\njob {} run {}: {} (recorded as runs/{}/{}.json)",
+            run.record.job,
+            run.record.run_id,
+            run.record.outcome,
+            run.record.job,
+            run.record.run_id
+        );
+    }
+}
+
+/// The run's exit: the failed step's error (printed by main), else 1 for failed tenants.
+fn finish(run: lethe::pipeline::JobRun) -> lethe::Result<ExitCode> {
+    match run.error {
+        Some(e) => Err(e),
+        None if run.record.outcome == "ok" => Ok(ExitCode::SUCCESS),
+        None => Ok(ExitCode::from(1)),
+    }
 }
 
 fn human_bytes(b: u64) -> String {
@@ -516,34 +567,37 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                     }
                 }
             }
-            let run = lethe::pipeline::run_snapshot(&config, &[]).await?;
-            println!();
-            print_snapshot_summary(&run);
-
-            // Retention, as the nightly job would run it after the snapshot.
+            // The nightly job, as a scheduler would run it: retention, then the snapshot.
             let checked = lethe::check::check(&config)?;
+            let nightly = lethe::pipeline::job(&checked, "nightly")?;
+            let mut steps = nightly.steps.clone();
+            let mut opts = lethe::pipeline::RunOptions::default();
             if a.no_retention {
+                steps.retain(|s| *s != lethe::jobs::Step::Retention);
                 println!(
-                    "\nretention skipped (--no-retention); see `lethe --config {} plan`",
+                    "retention skipped (--no-retention); see `lethe --config {} plan`",
                     config.display()
                 );
-                return Ok(if run.failed.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                });
+            } else {
+                let now = lethe::pipeline::clock(None)?;
+                let plan = lethe::pipeline::retention_plan(&checked, now).await?;
+                println!("\nretention as of {} (plan {})", plan.now, plan.hash);
+                if !plan.brake.is_empty() {
+                    println!(
+                        "the safety brake stops a first run over {} table(s) of old data; the demo confirms this exact plan by its hash",
+                        plan.brake.len()
+                    );
+                }
+                opts.now = Some(now);
+                opts.plan_hash = Some(plan.hash.clone());
             }
-            let now = lethe::pipeline::clock(None)?;
-            let plan = lethe::pipeline::retention_plan(&checked, now).await?;
-            println!("\nretention as of {} (plan {})", plan.now, plan.hash);
-            if !plan.brake.is_empty() {
-                println!(
-                    "the safety brake stops a first run over {} table(s) of old data; the demo confirms this exact plan by its hash",
-                    plan.brake.len()
-                );
+            let run = lethe::pipeline::run_steps(&checked, &steps, &opts, Some("nightly")).await?;
+            println!();
+            print_job_run(&run);
+            let code = run.exit_code();
+            if let Some(e) = run.error {
+                return Err(e);
             }
-            let retention = lethe::pipeline::run_retention(&checked, now, Some(&plan.hash)).await?;
-            print_retention(&retention);
             println!(
                 "\nencrypted snapshots are in {}; try:",
                 a.dir.join("store").display()
@@ -556,11 +610,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             println!(
                 "  lethe --config {c} snapshot restore --tenant kopi-senja --out /tmp/kopi-senja --format csv"
             );
-            Ok(if run.failed.is_empty() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            Ok(ExitCode::from(code))
         }
         Command::Check => {
             let c = lethe::check::check_all(&cli.config).await?;
@@ -574,37 +624,41 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(r) => match r.step.as_str() {
-            "snapshot" => {
-                if r.plan_hash.is_some() || r.now.is_some() {
-                    return Err(lethe::Error::Usage(
-                        "--plan-hash and --now apply to retention only".into(),
-                    ));
+        Command::Run(r) => {
+            let c = lethe::check::check(&cli.config)?;
+            let single = lethe::jobs::Step::parse(&r.step);
+            let steps = match single {
+                Some(step) if step.available() => vec![step],
+                Some(step) => {
+                    return Err(lethe::Error::Usage(format!(
+                        "step {step} is not in this build; its steps are: {}",
+                        lethe::jobs::Step::available_names()
+                    )));
                 }
-                let run = lethe::pipeline::run_snapshot(&cli.config, &r.tenants).await?;
-                print_snapshot_summary(&run);
-                Ok(if run.failed.is_empty() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(1)
-                })
+                None => lethe::pipeline::job(&c, &r.step)?.steps.clone(),
+            };
+            let retention = steps.contains(&lethe::jobs::Step::Retention);
+            let snapshot = steps.contains(&lethe::jobs::Step::Snapshot);
+            if (r.plan_hash.is_some() || r.now.is_some()) && !retention {
+                return Err(lethe::Error::Usage(
+                    "--plan-hash and --now apply to retention only".into(),
+                ));
             }
-            "retention" => {
-                if !r.tenants.is_empty() {
-                    return Err(lethe::Error::Usage(
-                        "--tenant applies to snapshot only: retention always plans every tenant (a legal hold or override is what keeps a tenant's data)".into(),
-                    ));
-                }
-                let c = lethe::check::check(&cli.config)?;
-                let now = lethe::pipeline::clock(r.now)?;
-                let run = lethe::pipeline::run_retention(&c, now, r.plan_hash.as_deref()).await?;
-                print_retention(&run);
-                Ok(ExitCode::SUCCESS)
+            if !r.tenants.is_empty() && (retention || single.is_none() || !snapshot) {
+                return Err(lethe::Error::Usage(
+                    "--tenant applies to `lethe run snapshot` only: retention always plans every tenant (a legal hold or override is what keeps a tenant's data)".into(),
+                ));
             }
-            other => Err(lethe::Error::Usage(format!(
-                "unknown or not yet available step {other:?}; this build runs: snapshot, retention"
-            ))),
-        },
+            let opts = lethe::pipeline::RunOptions {
+                plan_hash: r.plan_hash,
+                now: r.now,
+                tenants: r.tenants,
+            };
+            let record_as = single.is_none().then_some(r.step.as_str());
+            let run = lethe::pipeline::run_steps(&c, &steps, &opts, record_as).await?;
+            print_job_run(&run);
+            finish(run)
+        }
         Command::Plan(p) => {
             let c = lethe::check::check(&cli.config)?;
             let now = lethe::pipeline::clock(p.now)?;

@@ -1,6 +1,12 @@
-//! The one module that orders the stages. Today: snapshot. Each stage reads and writes typed,
-//! persisted artifacts (the snapshot manifest now; the retention plan, outcomes and
-//! certificates as they arrive), never another stage's internals.
+//! The one module that orders the stages: [`run_steps`] runs a job's steps in the order its
+//! file lists them (`lethe run nightly`, the demo and every file in deploy/ go through it; `lethe
+//! run snapshot|retention` is the same function with one step). Each stage reads and writes
+//! typed, persisted artifacts (the snapshot manifest, the retention plan, run records; outcomes
+//! and certificates as they arrive), never another stage's internals.
+//!
+//! A job run writes `runs/<job>/<run-id>.json` in the store: when it started and finished, and
+//! per step its outcome, counts and seconds. A failed step stops the steps after it; a tenant
+//! whose snapshot failed alone is reported and the job exits 1 at the end.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -148,6 +154,187 @@ async fn refuse_new_keys(cfg: &crate::config::Config, store: &Store) -> crate::R
         &expected,
     )?;
     Ok(())
+}
+
+/// How a run was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Retention: execute only the plan with this hash (also confirms a plan the brake stopped).
+    pub plan_hash: Option<String>,
+    /// Retention: plan as of this instant (never later than the clock).
+    pub now: Option<chrono::DateTime<chrono::Utc>>,
+    /// Snapshot: only these tenants.
+    pub tenants: Vec<String>,
+}
+
+/// What one step of a run did, as the run record keeps it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StepRecord {
+    pub step: &'static str,
+    /// `ok`, `failed` (the step stopped; later steps were skipped), `tenants_failed` (some
+    /// tenants failed alone, the others committed) or `skipped`.
+    pub outcome: &'static str,
+    pub seconds: f64,
+    /// Counts, never personal data: rows, blobs, runs, tenants.
+    pub counts: std::collections::BTreeMap<&'static str, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `runs/<job>/<run-id>.json`: one run of a job.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    pub format: &'static str,
+    pub job: String,
+    pub run_id: String,
+    pub started_at: String,
+    pub finished_at: String,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+    pub steps: Vec<StepRecord>,
+}
+
+/// What a run of steps did: the record, each step's result, and the error that stopped it.
+#[derive(Debug)]
+pub struct JobRun {
+    pub record: RunRecord,
+    pub retention: Option<RetentionRun>,
+    pub snapshot: Option<SnapshotRun>,
+    /// The error of the step that failed (its exit code is the run's).
+    pub error: Option<crate::Error>,
+}
+
+impl JobRun {
+    /// 0 when every step and tenant succeeded, else the failed step's code, or 1.
+    pub fn exit_code(&self) -> u8 {
+        match &self.error {
+            Some(e) => e.exit_code(),
+            None if self.record.outcome == "ok" => 0,
+            None => 1,
+        }
+    }
+}
+
+/// The job named `name` of `jobs/*.toml`, or an error naming the jobs and steps there are.
+pub fn job<'a>(c: &'a Checked, name: &str) -> crate::Result<&'a crate::jobs::Job> {
+    c.jobs.iter().find(|j| j.name == name).ok_or_else(|| {
+        crate::Error::Usage(format!(
+            "no job or step named {name:?}; jobs in {}: {}; steps: {}",
+            c.config.jobs.display(),
+            if c.jobs.is_empty() {
+                "none".to_string()
+            } else {
+                c.jobs
+                    .iter()
+                    .map(|j| j.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            crate::jobs::Step::available_names()
+        ))
+    })
+}
+
+/// Run `steps` in order: the one way every job runs. `record_as`: the job name to write a run
+/// record for (`None` for a single step run by hand, which leaves no record — a refused step
+/// then leaves no trace at all).
+pub async fn run_steps(
+    c: &Checked,
+    steps: &[crate::jobs::Step],
+    opts: &RunOptions,
+    record_as: Option<&str>,
+) -> crate::Result<JobRun> {
+    use crate::jobs::Step;
+    let started = chrono::Utc::now();
+    let mut run = JobRun {
+        record: RunRecord {
+            format: "lethe-run/1",
+            job: record_as.unwrap_or_default().to_string(),
+            run_id: new_run_id(started),
+            started_at: crate::util::rfc3339(started),
+            finished_at: String::new(),
+            outcome: "ok",
+            steps: Vec::new(),
+        },
+        retention: None,
+        snapshot: None,
+        error: None,
+    };
+    for &step in steps {
+        let mut rec = StepRecord {
+            step: step.name(),
+            outcome: "ok",
+            seconds: 0.0,
+            counts: Default::default(),
+            error: None,
+        };
+        if run.error.is_some() {
+            rec.outcome = "skipped";
+            run.record.steps.push(rec);
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        tracing::info!(
+            step = step.name(),
+            job = record_as.unwrap_or(""),
+            "step started"
+        );
+        let result: crate::Result<()> = match step {
+            Step::Retention => match clock(opts.now) {
+                Err(e) => Err(e),
+                Ok(now) => run_retention(c, now, opts.plan_hash.as_deref())
+                    .await
+                    .map(|r| {
+                        let o = &r.outcome;
+                        rec.counts.insert("rows", o.rows());
+                        rec.counts.insert("blobs_deleted", o.blobs_deleted);
+                        rec.counts.insert("blobs_already_absent", o.blobs_absent);
+                        rec.counts.insert("backup_runs_purged", o.runs.len() as u64);
+                        rec.counts.insert("keys_shredded", o.shredded.len() as u64);
+                        run.retention = Some(r);
+                    }),
+            },
+            Step::Snapshot => snapshot_all(c, &opts.tenants).await.map(|s| {
+                rec.counts.insert("tenants_committed", s.done.len() as u64);
+                rec.counts.insert("tenants_failed", s.failed.len() as u64);
+                rec.counts
+                    .insert("rows", s.done.iter().map(|t| t.manifest.rows()).sum());
+                rec.counts
+                    .insert("bytes", s.done.iter().map(|t| t.manifest.bytes()).sum());
+                if !s.failed.is_empty() {
+                    rec.outcome = "tenants_failed";
+                    run.record.outcome = "failed";
+                }
+                run.snapshot = Some(s);
+            }),
+            other => Err(crate::Error::Usage(format!(
+                "step {other} is not in this build; its steps are: {}",
+                Step::available_names()
+            ))),
+        };
+        rec.seconds = t0.elapsed().as_secs_f64();
+        if let Err(e) = result {
+            tracing::error!(step = step.name(), error = %e, "step failed; the steps after it do not run");
+            rec.outcome = "failed";
+            rec.error = Some(e.to_string());
+            run.record.outcome = "failed";
+            run.error = Some(e);
+        }
+        run.record.steps.push(rec);
+    }
+    run.record.finished_at = crate::util::rfc3339(chrono::Utc::now());
+    if let Some(job) = record_as {
+        let store = Store::create(&c.config.store)?;
+        let key = object_store::path::Path::from(format!("runs/{job}/{}.json", run.record.run_id));
+        store
+            .put(
+                &key,
+                bytes::Bytes::from(serde_json::to_vec_pretty(&run.record).expect("serializable")),
+            )
+            .await?;
+        tracing::info!(job, run = %run.record.run_id, outcome = run.record.outcome, "run recorded");
+    }
+    Ok(run)
 }
 
 /// The clock: the real one, or an override for tests and backfills. An override may only lie

@@ -14,8 +14,9 @@ async fn pyarrow_decrypts_a_lethe_snapshot_with_the_readme_kms_client() {
             std::env::var("LETHE_REQUIRE_SERVICES").as_deref() != Ok("1"),
             "LETHE_REQUIRE_SERVICES=1 but LETHE_TEST_PYTHON is not set"
         );
-        eprintln!(
-            "\n*** SKIPPED pyarrow interop: set LETHE_TEST_PYTHON to a python with pyarrow + cryptography (.ci/run does) ***\n"
+        common::skipped(
+            "pyarrow interop",
+            "set LETHE_TEST_PYTHON to a python with pyarrow + cryptography (scripts/test does)",
         );
         return;
     };

@@ -1102,7 +1102,10 @@ fn postgres_over_tls_honours_sslmode() {
                 "LETHE_REQUIRE_SERVICES=1 but the test PostgreSQL has ssl = off (.ci/run turns it on)"
             );
         }
-        eprintln!("\n*** SKIPPED pg_tls: the test PostgreSQL has ssl = off ***\n");
+        common::skipped(
+            "pg_tls",
+            "the test PostgreSQL has ssl = off (scripts/test turns it on)",
+        );
         return;
     }
     // Sessions made by lethe's own config() + connect(), as the server sees them.

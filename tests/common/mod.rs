@@ -50,6 +50,22 @@ pub fn demo(tenants: usize, days: u32) -> Demo {
     }
 }
 
+/// Say loudly that `test` was skipped for a missing service, and count it where
+/// `LETHE_SKIPPED_LOG` points (scripts/test prints the count: a skipped test is not a passed one).
+pub fn skipped(test: &str, message: &str) {
+    eprintln!("\n*** SKIPPED {test}: {message} ***\n");
+    if let Ok(path) = std::env::var("LETHE_SKIPPED_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}");
+        }
+    }
+}
+
 /// Point a demo's lethe.toml at a PostgreSQL URL instead of its SQLite file.
 pub fn use_pg(d: &Demo, url: &str) {
     let text = std::fs::read_to_string(&d.config).unwrap();

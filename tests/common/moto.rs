@@ -57,8 +57,9 @@ impl Moto {
             if std::env::var("LETHE_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
                 panic!("{test}: LETHE_REQUIRE_SERVICES=1 but {why}");
             }
-            eprintln!(
-                "\n*** SKIPPED {test}: {why}; pip install 'moto[server]==5.1.22' and set LETHE_TEST_MOTO ***\n"
+            super::skipped(
+                test,
+                &format!("{why}; pip install 'moto[server]==5.1.22' and set LETHE_TEST_MOTO"),
             );
             return None;
         }

@@ -41,8 +41,9 @@ impl PgSchema {
                     "{test}: LETHE_REQUIRE_SERVICES=1 but PostgreSQL at {admin} is unusable: {e}"
                 );
             }
-            eprintln!(
-                "\n*** SKIPPED {test}: no PostgreSQL at {admin} ({e}); start it or set LETHE_TEST_PG ***\n"
+            super::skipped(
+                test,
+                &format!("no PostgreSQL at {admin} ({e}); start it or set LETHE_TEST_PG"),
             );
             return None;
         }

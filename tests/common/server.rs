@@ -55,9 +55,12 @@ impl Server {
                 if std::env::var("LETHE_REQUIRE_SERVICES").is_ok_and(|v| v == "1") {
                     panic!("{test}: LETHE_REQUIRE_SERVICES=1 but {bin} cannot start: {e}");
                 }
-                eprintln!(
-                    "\n*** SKIPPED {test}: no {} ({bin}: {e}); {} and set {} ***\n",
-                    spec.what, spec.install, spec.env
+                super::skipped(
+                    test,
+                    &format!(
+                        "no {} ({bin}: {e}); {} and set {}",
+                        spec.what, spec.install, spec.env
+                    ),
                 );
                 return None;
             }
