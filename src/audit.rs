@@ -58,9 +58,9 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::policy::Span;
 use crate::s3::{Lock, S3Admin};
 use crate::sign::{SigningKey, key_id_of};
+use crate::span::Span;
 use crate::store::{Store, StoreError};
 use crate::util::{rfc3339, sha256_hex};
 

@@ -2,84 +2,15 @@
 //! and the job definitions, and report every problem at once — each with its file, the key or
 //! line, and a fix — instead of stopping at the first.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+pub use crate::problem::{Problem, Problems};
 
 use crate::config::Config;
 use crate::datamap::DataMap;
 use crate::jobs::Job;
 use crate::policy::Policy;
 use crate::source::Source;
-
-/// One thing wrong with one file.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problem {
-    pub file: PathBuf,
-    /// The key path (`tables.messages.time_column`) or `line N`.
-    pub location: String,
-    pub message: String,
-    pub fix: String,
-}
-
-impl Problem {
-    pub fn new(
-        file: &Path,
-        location: impl Into<String>,
-        message: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> Self {
-        Problem {
-            file: file.to_path_buf(),
-            location: location.into(),
-            message: message.into(),
-            fix: fix.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.location.is_empty() {
-            write!(
-                f,
-                "{}: {}\n  fix: {}",
-                self.file.display(),
-                self.message,
-                self.fix
-            )
-        } else {
-            write!(
-                f,
-                "{}: {}: {}\n  fix: {}",
-                self.file.display(),
-                self.location,
-                self.message,
-                self.fix
-            )
-        }
-    }
-}
-
-/// A non-empty list of problems; the error of every configuration loader.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Problems(pub Vec<Problem>);
-
-impl fmt::Display for Problems {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = self.0.len();
-        writeln!(
-            f,
-            "{n} configuration problem{}:",
-            if n == 1 { "" } else { "s" }
-        )?;
-        for p in &self.0 {
-            writeln!(f, "- {p}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for Problems {}
 
 /// Everything loaded and validated: what a run needs before it may touch anything.
 pub struct Checked {

@@ -306,14 +306,14 @@ fn default_lock_retain() -> String {
 pub struct AuditSettings {
     /// `GOVERNANCE` or `COMPLIANCE`.
     pub lock_mode: String,
-    pub lock_retain: crate::policy::Span,
+    pub lock_retain: crate::span::Span,
 }
 
 impl Default for AuditSettings {
     fn default() -> Self {
         Self {
             lock_mode: default_lock_mode(),
-            lock_retain: crate::policy::Span::Months(12),
+            lock_retain: crate::span::Span::Months(12),
         }
     }
 }
@@ -329,7 +329,7 @@ impl AuditSection {
                 "write lock_mode = \"GOVERNANCE\" (removable with special permission) or \"COMPLIANCE\" (removable by nobody until the date)",
             ));
         }
-        let lock_retain = crate::policy::Span::parse(&self.lock_retain).map_err(|m| {
+        let lock_retain = crate::span::Span::parse(&self.lock_retain).map_err(|m| {
             (
                 "audit.lock_retain",
                 m,
@@ -729,13 +729,13 @@ mod tests {
         let c = parse(base).unwrap();
         assert_eq!(c.audit, AuditSettings::default());
         assert_eq!(c.audit.lock_mode, "GOVERNANCE");
-        assert_eq!(c.audit.lock_retain, crate::policy::Span::Months(12));
+        assert_eq!(c.audit.lock_retain, crate::span::Span::Months(12));
         let c = parse(&format!(
             "{base}[audit]\nlock_mode = \"compliance\"\nlock_retain = \"400d\"\n"
         ))
         .unwrap();
         assert_eq!(c.audit.lock_mode, "COMPLIANCE");
-        assert_eq!(c.audit.lock_retain, crate::policy::Span::Days(400));
+        assert_eq!(c.audit.lock_retain, crate::span::Span::Days(400));
         let e = parse(&format!("{base}[audit]\nlock_mode = \"STRICT\"\n")).unwrap_err();
         assert!(e.to_string().contains("audit.lock_mode"), "{e}");
         let e = parse(&format!("{base}[audit]\nlock_retain = \"12 months\"\n")).unwrap_err();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::check::{Problem, Problems};
+use crate::problem::{Problem, Problems};
 use crate::util::is_safe_ident;
 
 #[derive(Debug, Deserialize)]

@@ -13,7 +13,7 @@ pub enum Error {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
-    Check(crate::check::Problems),
+    Check(crate::problem::Problems),
     #[error(transparent)]
     Keys(#[from] crate::keys::KeyError),
     /// A key is missing while the store holds data made under it (exit 2): never recreated.

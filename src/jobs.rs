@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::check::{Problem, Problems};
-use crate::policy::Span;
+use crate::problem::{Problem, Problems};
+use crate::span::Span;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,6 +5,8 @@
 //! - [`config`]: `lethe.toml`, where things are (source, store, keys, data map, policy, jobs);
 //! - [`datamap`]: `schemas/*.toml`, what each table holds and which columns are personal data;
 //! - [`policy`]: `jobs/retention.toml`, how long each category is kept;
+//! - [`span`]: durations with calendar months and years, and the cutoff arithmetic;
+//! - [`problem`]: what validation finds wrong, with file, key and fix;
 //! - [`jobs`]: `jobs/*.toml`, job definitions (name, schedule, steps);
 //! - [`keys`]: the keyring (master key, per-tenant data keys) and Parquet key material;
 //! - [`source`]: the primary database (SQLite or PostgreSQL), streamed into Arrow record batches;
@@ -32,11 +34,13 @@ pub mod lease;
 pub mod pipeline;
 pub mod policy;
 pub mod preflight;
+pub mod problem;
 pub mod retention;
 pub mod s3;
 pub mod sign;
 pub mod snapshot;
 pub mod source;
+pub mod span;
 pub mod store;
 pub mod util;
 

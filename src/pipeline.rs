@@ -601,7 +601,7 @@ async fn retention_locked(
         )
         .await?;
     audit
-        .expire(chrono::Utc::now(), crate::policy::Span::Months(12))
+        .expire(chrono::Utc::now(), crate::span::Span::Months(12))
         .await?;
     if let Some(cp) = audit.checkpoint(chrono::Utc::now()).await?
         && let Err(e) = crate::audit::write_anchor(&cfg.keyring, &cp)

@@ -26,9 +26,10 @@ use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
 
-use crate::check::{Checked, Problem};
+use crate::check::Checked;
 use crate::datamap::Table;
 use crate::policy::{LegalHold, Orphans};
+use crate::problem::Problem;
 use crate::retention::db::{self, Db, Dialect, lit};
 use crate::source::TenantList;
 use crate::store::Store;

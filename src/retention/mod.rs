@@ -111,11 +111,11 @@ pub async fn inventory(
         None => vec![],
     };
     // The preflight: what needs no count first, then what the counting pass shows.
-    let refuse = |problems: Vec<crate::check::Problem>| -> crate::Result<()> {
+    let refuse = |problems: Vec<crate::problem::Problem>| -> crate::Result<()> {
         if problems.is_empty() {
             Ok(())
         } else {
-            Err(crate::Error::Check(crate::check::Problems(problems)))
+            Err(crate::Error::Check(crate::problem::Problems(problems)))
         }
     };
     refuse(crate::preflight::checks_without_counts(c, db, blobs).await?)?;

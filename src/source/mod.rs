@@ -18,10 +18,10 @@ use arrow::record_batch::RecordBatch;
 use chrono::{DateTime, Utc};
 use thiserror::Error;
 
-use crate::check::Problem;
 use crate::config::SourceUrl;
 use crate::datamap::DataMap;
 use crate::policy::Policy;
+use crate::problem::Problem;
 
 #[derive(Debug, Error)]
 pub enum SourceError {
