@@ -342,20 +342,6 @@ pub async fn object_lock_writer(
     )))
 }
 
-fn op_err(
-    store: &Store,
-    op: &'static str,
-    key: &str,
-) -> impl FnOnce(object_store::Error) -> StoreError {
-    let (url, key) = (store.url.clone(), key.to_string());
-    move |source| StoreError::Op {
-        url,
-        op,
-        key,
-        source,
-    }
-}
-
 /// Objects under `dir` by seq, and the keys that are not `<12 digits>.json`.
 async fn list_seqs(
     store: &Store,
@@ -480,7 +466,7 @@ async fn delete_if_present(store: &Store, key: &str) -> Result<bool, StoreError>
     match store.inner.delete(&ObjPath::from(key)).await {
         Ok(()) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(op_err(store, "delete", key)(e)),
+        Err(e) => Err(store.op_err("delete", key)(e)),
     }
 }
 
@@ -856,7 +842,7 @@ impl AuditLog {
                 match self.store.inner.head(&path).await {
                     Ok(_) => return Ok(Put::Exists),
                     Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(op_err(&self.store, "head", key)(e).into()),
+                    Err(e) => return Err(self.store.op_err("head", key)(e).into()),
                 }
                 let retain_until = l.retain.after(at).ok_or_else(|| AuditError::TimeRange {
                     at: rfc3339(at),
@@ -887,7 +873,7 @@ impl AuditLog {
                 match r {
                     Ok(_) => Ok(Put::Written),
                     Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists),
-                    Err(e) => Err(op_err(&self.store, "put (create-only)", key)(e).into()),
+                    Err(e) => Err(self.store.op_err("put (create-only)", key)(e).into()),
                 }
             }
         }
@@ -907,7 +893,7 @@ async fn find_head(store: &Store, signer: &SigningKey) -> Result<Option<RecordRe
                 .list_with_offset(Some(&records_dir), &offset)
                 .try_collect()
                 .await
-                .map_err(op_err(store, "list", RECORDS))?
+                .map_err(store.op_err("list", RECORDS))?
         }
         None => store.list(&records_dir).await?,
     };
@@ -933,7 +919,7 @@ async fn find_head(store: &Store, signer: &SigningKey) -> Result<Option<RecordRe
                 .next()
                 .await
                 .transpose()
-                .map_err(op_err(store, "list", RECORDS))?;
+                .map_err(store.op_err("list", RECORDS))?;
             if any_record.is_some() {
                 return Err(AuditError::Corrupt {
                     key: record_key(c),

@@ -155,12 +155,7 @@ async fn put_new(store: &Store, key: &ObjPath, rec: &LeaseRecord) -> Result<bool
         Err(
             object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
         ) => Ok(false),
-        Err(source) => Err(StoreError::Op {
-            url: store.url.clone(),
-            op: "put",
-            key: key.to_string(),
-            source,
-        }),
+        Err(e) => Err(store.op_err("put (create-only)", key)(e)),
     }
 }
 
@@ -352,12 +347,11 @@ impl Lease {
                 .inner
                 .delete(&gen_key(&self.shared.name, g))
                 .await
-                .map_err(|source| StoreError::Op {
-                    url: self.shared.store.url.clone(),
-                    op: "delete",
-                    key: gen_key(&self.shared.name, g).to_string(),
-                    source,
-                })?;
+                .map_err(
+                    self.shared
+                        .store
+                        .op_err("delete", gen_key(&self.shared.name, g)),
+                )?;
         }
         Ok(())
     }

@@ -377,12 +377,13 @@ impl Store {
         ))
     }
 
-    fn op_err(
+    /// Turns an object_store error of `op` on `key` into one that names the store.
+    pub(crate) fn op_err(
         &self,
         op: &'static str,
-        key: &ObjPath,
+        key: impl AsRef<str>,
     ) -> impl FnOnce(object_store::Error) -> StoreError {
-        let (url, key) = (self.url.clone(), key.to_string());
+        let (url, key) = (self.url.clone(), key.as_ref().to_string());
         move |source| StoreError::Op {
             url,
             op,

@@ -409,8 +409,6 @@ fn an_object_under_object_lock_is_reported_with_its_retain_until_date_not_lost()
     });
 }
 
-/// A committed snapshot run written through `store` (fake part bodies tagged with `tag`, so a
-/// second write makes new object versions).
 async fn put_fake_run(
     store: &lethe::store::Store,
     tenant: &str,
@@ -418,49 +416,8 @@ async fn put_fake_run(
     parts: usize,
     tag: &str,
 ) {
-    use lethe::snapshot::manifest::{FORMAT, FileEntry, Manifest, TableEntry};
-    let mut files = Vec::new();
-    for i in 0..parts {
-        let key = lethe::snapshot::part_key(tenant, run, "messages", i);
-        let body = bytes::Bytes::from(format!("{tag}: part {i} of {tenant}/{run}"));
-        files.push(FileEntry {
-            table: "messages".into(),
-            path: key.to_string(),
-            rows: 1,
-            bytes: body.len() as u64,
-            sha256: lethe::util::sha256_hex(&body),
-            schema_fingerprint: "sha256:x".into(),
-        });
-        store.put(&key, body).await.unwrap();
-    }
-    let mut m = Manifest {
-        format: FORMAT.into(),
-        run_id: run.into(),
-        tenant: tenant.into(),
-        created_at: "2026-11-22T20:50:11Z".into(),
-        committed_at: "2026-11-22T20:50:12Z".into(),
-        tool_version: tag.into(),
-        policy_version: "1".into(),
-        policy_hash: "sha256:x".into(),
-        key_id: "dek-x".into(),
-        master_key_id: "lethe-master-x".into(),
-        tables: vec![TableEntry {
-            table: "messages".into(),
-            rows: parts as u64,
-            schema_fingerprint: "sha256:x".into(),
-        }],
-        files,
-        checksum: String::new(),
-        audit_head: None,
-        mac: String::new(),
-    };
-    store
-        .put(
-            &lethe::snapshot::manifest_key(tenant, run),
-            bytes::Bytes::from(m.to_bytes_unauthenticated()),
-        )
-        .await
-        .unwrap();
+    lethe::snapshot::testing::fake_run(store, tenant, run, parts, tag, "2026-11-22T20:50:11Z")
+        .await;
 }
 
 /// (versions, delete markers) under `prefix` (full key), by the SDK, independently of lethe.

@@ -18,6 +18,9 @@ pub mod purge;
 pub mod read;
 pub mod write;
 
+#[doc(hidden)]
+pub mod testing;
+
 use std::path::PathBuf;
 
 use object_store::path::Path as ObjPath;

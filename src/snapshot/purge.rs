@@ -124,26 +124,12 @@ fn check_ids(op: &'static str, tenant: &str, run: &str) -> Result<(), SnapshotEr
     Ok(())
 }
 
-fn op_err(
-    store: &Store,
-    op: &'static str,
-    key: &ObjPath,
-    source: object_store::Error,
-) -> StoreError {
-    StoreError::Op {
-        url: store.url.clone(),
-        op,
-        key: key.to_string(),
-        source,
-    }
-}
-
 /// Whether `key` exists (HEAD).
 async fn exists(store: &Store, key: &ObjPath) -> Result<bool, StoreError> {
     match store.inner.head(key).await {
         Ok(_) => Ok(true),
         Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(op_err(store, "head", key, e)),
+        Err(e) => Err(store.op_err("head", key)(e)),
     }
 }
 
@@ -155,7 +141,7 @@ async fn delete_all(store: &Store, prefix: &ObjPath, keys: Vec<ObjPath>) -> Resu
     while let Some(r) = results.next().await {
         match r {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(op_err(store, "delete", prefix, e)),
+            Err(e) => return Err(store.op_err("delete", prefix)(e)),
         }
     }
     Ok(())
@@ -171,7 +157,7 @@ pub(crate) async fn uncommit(store: &Store, tenant: &str, run: &str) -> Result<b
     }
     match store.inner.delete(&key).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-        Err(e) => Err(op_err(store, "delete", &key, e)),
+        Err(e) => Err(store.op_err("delete", &key)(e)),
     }
 }
 
@@ -467,7 +453,7 @@ pub async fn unpin(store: &Store, tenant: &str, run: &str) -> Result<bool, Snaps
     }
     match store.inner.delete(&key).await {
         Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(op_err(store, "delete", &key, e).into()),
+        Err(e) => return Err(store.op_err("delete", &key)(e).into()),
     }
     tracing::info!(tenant, run, "snapshot run unpinned");
     Ok(true)
@@ -519,9 +505,8 @@ mod tests {
 
     use super::*;
     use crate::config::SecretRef;
-    use crate::snapshot::manifest::{FORMAT, FileEntry, TableEntry};
+    use crate::snapshot::MANIFEST;
     use crate::snapshot::read::runs;
-    use crate::snapshot::{MANIFEST, part_key};
 
     fn t0() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-22T20:50:11Z")
@@ -537,50 +522,8 @@ mod tests {
         .unwrap()
     }
 
-    /// A committed run: `parts` part files and a manifest listing them.
     async fn fake_run(store: &Store, tenant: &str, run: &str, parts: usize) {
-        let mut files = Vec::new();
-        for i in 0..parts {
-            let key = part_key(tenant, run, "messages", i);
-            let body = Bytes::from(format!("part {i} of {tenant}/{run}"));
-            files.push(FileEntry {
-                table: "messages".into(),
-                path: key.to_string(),
-                rows: 1,
-                bytes: body.len() as u64,
-                sha256: crate::util::sha256_hex(&body),
-                schema_fingerprint: "sha256:x".into(),
-            });
-            store.put(&key, body).await.unwrap();
-        }
-        let mut m = Manifest {
-            format: FORMAT.into(),
-            run_id: run.into(),
-            tenant: tenant.into(),
-            created_at: rfc3339(t0()),
-            committed_at: rfc3339(t0()),
-            tool_version: "test".into(),
-            policy_version: "1".into(),
-            policy_hash: "sha256:x".into(),
-            key_id: "dek-x".into(),
-            master_key_id: "lethe-master-x".into(),
-            tables: vec![TableEntry {
-                table: "messages".into(),
-                rows: parts as u64,
-                schema_fingerprint: "sha256:x".into(),
-            }],
-            files,
-            checksum: String::new(),
-            audit_head: None,
-            mac: String::new(),
-        };
-        store
-            .put(
-                &manifest_key(tenant, run),
-                Bytes::from(m.to_bytes_unauthenticated()),
-            )
-            .await
-            .unwrap();
+        crate::snapshot::testing::fake_run(store, tenant, run, parts, "test", &rfc3339(t0())).await;
     }
 
     async fn keys(store: &Store, prefix: &str) -> Vec<String> {
