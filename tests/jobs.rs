@@ -351,3 +351,113 @@ fn the_nightly_snapshot_never_holds_a_row_that_was_already_due() {
     }
     assert!(checked_rows > 1000, "the check read {checked_rows} rows");
 }
+
+/// The kill test for the whole job: `run nightly` aborted at every crash point in turn, and
+/// killed with SIGKILL at random moments, then run again, ends where one uninterrupted run
+/// ends: the same database, the same blobs, an audit chain that verifies.
+#[test]
+fn run_nightly_killed_anywhere_then_rerun_converges() {
+    let base = demo(3, 150);
+    let mut text = std::fs::read_to_string(&base.config).unwrap();
+    text.push_str("\n[retention]\nmax_share = 1.0\nmax_rows = 100000000\nbatch_rows = 50\n");
+    std::fs::write(&base.config, text).unwrap();
+    let now = (Utc::now() - TimeDelta::seconds(5)).to_rfc3339();
+    let copy = |name: &str| -> (tempfile::TempDir, std::path::PathBuf) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join(name);
+        for (p, b) in files(&base.dir) {
+            let to = dir.join(p.strip_prefix(&base.dir).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::write(to, b).unwrap();
+        }
+        (tmp, dir)
+    };
+    let nightly = |dir: &Path, env: &[(&str, String)]| {
+        let config = dir.join("lethe.toml");
+        common::lethe_env(
+            &[
+                "--config",
+                config.to_str().unwrap(),
+                "run",
+                "nightly",
+                "--now",
+                &now,
+            ],
+            env,
+        )
+    };
+    let blobs = |dir: &Path| -> Vec<std::path::PathBuf> {
+        files(&dir.join("blobs"))
+            .into_keys()
+            .map(|p| p.strip_prefix(dir.join("blobs")).unwrap().to_path_buf())
+            .collect()
+    };
+    let verify = |dir: &Path| {
+        let config = dir.join("lethe.toml");
+        let (code, out, err) = lethe(&["--config", config.to_str().unwrap(), "audit", "verify"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    };
+
+    let (_r, reference) = copy("reference");
+    let (code, out, err) = nightly(&reference, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let want = (database(&reference.join("source.db")), blobs(&reference));
+
+    // Crash points (debug builds): abort at the 1st, 2nd, … until a run completes.
+    let (_w, work) = copy("work");
+    let mut crashes = 0;
+    for n in 1..=400 {
+        let (code, out, err) = nightly(&work, &[("LETHE_CRASH_AT", n.to_string())]);
+        if code == 0 {
+            break;
+        }
+        assert!(err.contains("LETHE_CRASH_AT"), "run {n}: {out}\n{err}");
+        crashes += 1;
+    }
+    if cfg!(debug_assertions) {
+        assert!(crashes >= 5, "only {crashes} crash points were hit");
+    }
+    let (code, out, err) = nightly(&work, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        (database(&work.join("source.db")), blobs(&work)),
+        want,
+        "after {crashes} crashes"
+    );
+    verify(&work);
+
+    // Real SIGKILLs at random moments of the job.
+    let (_k, killed) = copy("killed");
+    let config = killed.join("lethe.toml");
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..6 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args([
+                "--config",
+                config.to_str().unwrap(),
+                "run",
+                "nightly",
+                "--now",
+                &now,
+            ])
+            .env("LETHE_LOG", "lethe=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20 + seed % 600));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (code, out, err) = nightly(&killed, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        (database(&killed.join("source.db")), blobs(&killed)),
+        want,
+        "after SIGKILLs"
+    );
+    verify(&killed);
+}
