@@ -116,7 +116,9 @@ fn gen_key(name: &str, generation: u64) -> ObjPath {
     ObjPath::from(format!("{LOCKS}/{name}/{generation:012}.json"))
 }
 
-/// The newest generation of `name` and its record (`None`: never taken).
+/// The highest generation number of `name` (readable or not) and the newest readable record
+/// (`None`: never taken). An unreadable generation (damaged, or planted) never blocks: the next
+/// one is written after the highest number, and the holder is judged by the newest readable.
 async fn newest(store: &Store, name: &str) -> Result<Option<(u64, LeaseRecord)>, StoreError> {
     let mut gens: Vec<u64> = store
         .list(&ObjPath::from(format!("{LOCKS}/{name}")))
@@ -129,14 +131,29 @@ async fn newest(store: &Store, name: &str) -> Result<Option<(u64, LeaseRecord)>,
         })
         .collect();
     gens.sort_unstable();
+    let Some(&highest) = gens.last() else {
+        return Ok(None);
+    };
     for g in gens.into_iter().rev() {
         if let Some(b) = store.get_opt(&gen_key(name, g)).await?
             && let Ok(r) = serde_json::from_slice::<LeaseRecord>(&b)
         {
-            return Ok(Some((g, r)));
+            return Ok(Some((highest, r)));
         }
     }
-    Ok(None)
+    // Nothing readable: as if released.
+    Ok(Some((
+        highest,
+        LeaseRecord {
+            holder: String::new(),
+            host: String::new(),
+            pid: 0,
+            purpose: "an unreadable lease".into(),
+            acquired_at: String::new(),
+            expires_at: String::new(),
+            released: true,
+        },
+    )))
 }
 
 /// Create-only put; `Ok(false)` when the generation exists already.
@@ -420,7 +437,28 @@ mod tests {
         assert!(Lease::acquire(&s, "q", "x").await.is_err());
         dead.expires_at = rfc3339(now - chrono::TimeDelta::seconds(1));
         assert!(put_new(&s, &gen_key("q", 1), &dead).await.unwrap());
-        Lease::acquire(&s, "q", "x").await.unwrap();
+        Lease::acquire(&s, "q", "x")
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+
+        // A garbled generation above the live one neither blocks nor hides the holder.
+        s.put(&gen_key("g", 5), bytes::Bytes::from_static(b"not json"))
+            .await
+            .unwrap();
+        let a = Lease::acquire(&s, "g", "x").await.unwrap();
+        assert_eq!(a.shared.first, 6);
+        assert!(Lease::acquire(&s, "g", "y").await.is_err(), "a is live");
+        s.put(&gen_key("g", 9), bytes::Bytes::from_static(b"{"))
+            .await
+            .unwrap();
+        let e = Lease::acquire(&s, "g", "y").await.unwrap_err();
+        assert!(
+            matches!(&e, LeaseError::Held { holder, .. } if holder.purpose == "x"),
+            "{e}"
+        );
     }
 
     #[tokio::test]
