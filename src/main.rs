@@ -629,6 +629,11 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             let single = lethe::jobs::Step::parse(&r.step);
             let steps = match single {
                 Some(step) if step.available() => vec![step],
+                Some(lethe::jobs::Step::BackupPurge) => {
+                    return Err(lethe::Error::Usage(
+                        "backups are purged by the retention step in this build: run `lethe run retention` (see `lethe plan` for the runs it would purge)".into(),
+                    ));
+                }
                 Some(step) => {
                     return Err(lethe::Error::Usage(format!(
                         "step {step} is not in this build; its steps are: {}",

@@ -314,7 +314,7 @@ pub async fn run_steps(
         };
         rec.seconds = t0.elapsed().as_secs_f64();
         if let Err(e) = result {
-            tracing::error!(step = step.name(), error = %e, "step failed; the steps after it do not run");
+            tracing::error!(step = step.name(), error = %e, "step failed");
             rec.outcome = "failed";
             rec.error = Some(e.to_string());
             run.record.outcome = "failed";
