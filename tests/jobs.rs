@@ -429,29 +429,19 @@ fn run_nightly_killed_anywhere_then_rerun_converges() {
     // Real SIGKILLs at random moments of the job.
     let (_k, killed) = copy("killed");
     let config = killed.join("lethe.toml");
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for _ in 0..6 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lethe"))
-            .args([
-                "--config",
-                config.to_str().unwrap(),
-                "run",
-                "nightly",
-                "--now",
-                &now,
-            ])
-            .env("LETHE_LOG", "lethe=warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20 + seed % 600));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    common::kill_randomly(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "nightly",
+            "--now",
+            &now,
+        ],
+        6,
+        0x9e37_79b9_7f4a_7c15,
+        600,
+    );
     let (code, out, err) = nightly(&killed, &[]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(

@@ -680,22 +680,12 @@ fn killed_at_every_step_then_rerun_converges_to_the_uninterrupted_end_state() {
     // Real SIGKILLs at random moments, then a final run: same end state.
     let killed = copy_demo(&base, "killed");
     let kcfg = killed.config.to_str().unwrap().to_string();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for _ in 0..6 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lethe"))
-            .args(["--config", &kcfg, "run", "retention", "--now", &now_s])
-            .env("LETHE_LOG", "lethe=warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20 + seed % 400));
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    common::kill_randomly(
+        &["--config", &kcfg, "run", "retention", "--now", &now_s],
+        6,
+        0x2545_f491_4f6c_dd1d,
+        400,
+    );
     let (code, out, err) = lethe(&["--config", &kcfg, "run", "retention", "--now", &now_s]);
     assert_eq!(code, 0, "{out}\n{err}");
     let got = state(&killed);

@@ -50,6 +50,26 @@ pub fn demo(tenants: usize, days: u32) -> Demo {
     }
 }
 
+/// Start `lethe args…` `times` times and kill each with SIGKILL after 20 ms plus a
+/// pseudo-random share of `spread_ms` (xorshift from `seed`, so a failure replays).
+pub fn kill_randomly(args: &[&str], times: usize, mut seed: u64, spread_ms: u64) {
+    for _ in 0..times {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args(args)
+            .env("LETHE_LOG", "lethe=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20 + seed % spread_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
 /// Say loudly that `test` was skipped for a missing service, and count it where
 /// `LETHE_SKIPPED_LOG` points (scripts/test prints the count: a skipped test is not a passed one).
 pub fn skipped(test: &str, message: &str) {
