@@ -625,6 +625,20 @@ impl AuditLog {
         }
     }
 
+    /// Append a typed event (a struct that serializes to an object of counts, names, ids and
+    /// hashes — what the deleters write), as [`AuditLog::append`] does.
+    pub async fn record<E: Serialize>(
+        &mut self,
+        event: &E,
+        at: DateTime<Utc>,
+    ) -> Result<RecordRef, AuditError> {
+        self.append(
+            serde_json::to_value(event).expect("audit events serialize"),
+            at,
+        )
+        .await
+    }
+
     /// Sign a checkpoint for the head record; `None` for an empty log. Idempotent: a valid
     /// checkpoint of the same record already there is returned as is.
     pub async fn checkpoint(

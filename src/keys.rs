@@ -430,6 +430,68 @@ impl Keyring {
         Ok(true)
     }
 
+    /// THE deleter for keys: destroy `tenant`'s data key (crypto-shredding) between an audit
+    /// `start` and an `end` record, verified by the keyring no longer holding it. Every snapshot
+    /// of the tenant, on every copy and every object version, becomes unreadable; backups of the
+    /// keyring still hold the key and are their owner's to destroy. `Ok(false)` if there was none.
+    pub async fn shred(
+        &mut self,
+        tenant: &str,
+        audit: &mut crate::audit::AuditLog,
+        plan_hash: &str,
+    ) -> crate::Result<bool> {
+        #[derive(Serialize)]
+        struct ShredStart<'a> {
+            step: &'static str,
+            phase: &'static str,
+            plan_hash: &'a str,
+            tenant: &'a str,
+        }
+        #[derive(Serialize)]
+        struct ShredEnd<'a> {
+            step: &'static str,
+            phase: &'static str,
+            plan_hash: &'a str,
+            tenant: &'a str,
+            destroyed: bool,
+            verified: &'static str,
+        }
+        let now = chrono::Utc::now;
+        audit
+            .record(
+                &ShredStart {
+                    step: "crypto-shred",
+                    phase: "start",
+                    plan_hash,
+                    tenant,
+                },
+                now(),
+            )
+            .await?;
+        tracing::info!(tenant, "crypto-shred: start");
+        let destroyed = self.destroy_data_key(tenant)?;
+        let gone = !self.has(tenant);
+        tracing::info!(tenant, destroyed, "crypto-shred: end");
+        audit
+            .record(
+                &ShredEnd {
+                    step: "crypto-shred",
+                    phase: "end",
+                    plan_hash,
+                    tenant,
+                    destroyed,
+                    verified: if gone {
+                        "the keyring no longer holds the tenant's data key"
+                    } else {
+                        "KEY STILL PRESENT"
+                    },
+                },
+                now(),
+            )
+            .await?;
+        Ok(destroyed)
+    }
+
     /// Does the keyring hold a key for `tenant`?
     pub fn has(&self, tenant: &str) -> bool {
         self.file.tenants.contains_key(tenant)
@@ -611,5 +673,31 @@ mod tests {
         let e = Keyring::open(&kr, &SecretRef::File(mk.clone()), true).unwrap_err();
         assert!(matches!(e, KeyError::MasterKeyMissing { .. }), "{e}");
         assert!(!mk.exists());
+    }
+
+    #[test]
+    fn crypto_shred_destroys_one_tenants_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let kr = dir.path().join("keyring.json");
+        let mk = SecretRef::File(dir.path().join("master.key"));
+        let mut ring = Keyring::open(&kr, &mk, true).unwrap();
+        ring.data_key_or_create("acme").unwrap();
+        let globex = ring.data_key_or_create("globex").unwrap();
+
+        assert!(ring.destroy_data_key("acme").unwrap());
+        assert!(!ring.destroy_data_key("acme").unwrap());
+        let e = ring.data_key("acme").unwrap_err();
+        assert!(matches!(e, KeyError::NoKey { .. }), "{e}");
+        assert_eq!(ring.data_key("globex").unwrap().key, globex.key);
+
+        // Persisted: a fresh open agrees, and the file no longer names the tenant.
+        let reopened = Keyring::open(&kr, &mk, false).unwrap();
+        assert!(reopened.data_key("acme").is_err());
+        assert_eq!(reopened.data_key("globex").unwrap().key, globex.key);
+        let text = std::fs::read_to_string(&kr).unwrap();
+        assert!(
+            !text.contains("\"acme\"") && !text.contains("dek-acme"),
+            "{text}"
+        );
     }
 }

@@ -17,12 +17,14 @@
 //! - [`preflight`]: what in the live data and the stores would make a destructive run go wrong;
 //! - [`lease`]: leases under `locks/`, so that two destructive runs never overlap;
 //! - [`demo`]: the embedded demo (synthetic tenants in SQLite, a local store);
-//! - [`pipeline`]: the one module that orders the stages.
+//! - [`pipeline`]: the one module that orders the stages;
+//! - [`blobs`]: the one deleter of the blob store.
 //!
 //! Invariant held everywhere: personal data (cell values) never reaches a log line, an error
 //! message or an object in plaintext. Errors name tables, columns, files and keys, never values.
 
 pub mod audit;
+pub mod blobs;
 pub mod check;
 pub mod config;
 pub mod datamap;

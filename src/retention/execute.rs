@@ -11,11 +11,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use object_store::ObjectStoreExt;
-use object_store::path::Path as ObjPath;
 use serde_json::json;
 
 use crate::audit::AuditLog;
+use crate::blobs::{BlobDeleter, BlobPass, Gone};
 use crate::datamap::DataMap;
 use crate::keys::Keyring;
 use crate::retention::crash_point;
@@ -205,21 +204,6 @@ fn run_batches(
     Ok((done, left, changing, verifying))
 }
 
-/// What a pass over the blob outbox did.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct BlobPass {
-    /// Existed, deleted, and verified gone (HEAD: not found).
-    pub deleted: u64,
-    /// Not in the store when lethe came to delete it (never there, or deleted by someone else):
-    /// counted apart — a delete of nothing is not a deletion.
-    pub absent: u64,
-    /// Still referenced by a row (shared blobs): left in place, entry dropped.
-    pub kept_referenced: u64,
-    /// Could not be deleted (Object Lock, store errors, bad keys): left in the outbox and
-    /// retried on every run; the run is not verified while any is left.
-    pub failed: u64,
-}
-
 /// Delete the blobs the outbox lists — unless a row still references them — verify each is
 /// gone, then forget exactly those entries. One blob that cannot go stays pending; the others
 /// proceed. Blob keys never reach logs or errors (they may embed identifiers).
@@ -235,12 +219,8 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
             db::OUTBOX
         )));
     };
-    env.audit
-        .append(
-            json!({"step": "blobs", "phase": "start", "plan_hash": plan_hash, "pending": pending}),
-            Utc::now(),
-        )
-        .await?;
+    let blobs = BlobDeleter::new(blobs, env.blobs_s3);
+    blobs.begin(env.audit, plan_hash, pending).await?;
     let mut after = 0i64;
     loop {
         let batch = db::outbox_next(env.db, after, 500)?;
@@ -257,12 +237,7 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
                 done.push(*id);
                 continue;
             }
-            if !within_tenant_prefix(env.dm, tenant, key) {
-                pass.failed += 1;
-                tracing::warn!(outbox_id = id, tenant = %tenant, "blob not deleted: it lies outside its tenant's blob_prefix (a row of one tenant never deletes another's blob); it stays pending until the data map or the outbox entry is fixed");
-                continue;
-            }
-            match delete_blob(blobs, env.blobs_s3, key).await {
+            match blobs.delete(env.dm, tenant, key).await {
                 Ok(Gone::Deleted) => {
                     pass.deleted += 1;
                     done.push(*id);
@@ -273,7 +248,7 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
                 }
                 Err(why) => {
                     pass.failed += 1;
-                    tracing::warn!(outbox_id = id, problem = %why, "blob not deleted; it stays pending and is retried next run");
+                    tracing::warn!(outbox_id = id, tenant = %tenant, problem = %why, "blob not deleted; it stays pending and is retried next run");
                 }
             }
             crash_point("after a blob delete");
@@ -281,89 +256,8 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
         db::outbox_done(env.db, &done)?;
         crash_point("after an outbox batch");
     }
-    env.audit
-        .append(
-            json!({"step": "blobs", "phase": "end", "plan_hash": plan_hash,
-                   "deleted": pass.deleted, "already_absent": pass.absent,
-                   "kept_still_referenced": pass.kept_referenced,
-                   "failed_left_pending": pass.failed,
-                   "verified": "each deleted blob existed before its delete and HEAD returned not-found after it; already_absent were not in the store before lethe came"}),
-            Utc::now(),
-        )
-        .await?;
+    blobs.end(env.audit, plan_hash, &pass).await?;
     Ok(pass)
-}
-
-/// Is `key` under one of `tenant`'s blob prefixes? Only decided when every blob table of the
-/// data map declares `blob_prefix` (a per-tenant layout); otherwise any key passes.
-fn within_tenant_prefix(dm: &DataMap, tenant: &str, key: &str) -> bool {
-    let prefixes: Vec<Option<String>> = dm
-        .tables
-        .iter()
-        .filter(|t| t.config.blob_column.is_some())
-        .map(|t| t.config.blob_prefix_of(tenant))
-        .collect();
-    if prefixes.iter().any(Option::is_none) {
-        return true;
-    }
-    prefixes
-        .iter()
-        .flatten()
-        .any(|p| key.starts_with(p.as_str()))
-}
-
-/// What deleting a blob found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Gone {
-    /// It existed, and is gone now.
-    Deleted,
-    /// It was not there to begin with.
-    Absent,
-}
-
-/// Delete one blob (every version on a versioned bucket) and check it is gone: `Deleted` only
-/// when it existed before (HEAD, or a version purged) and HEAD finds nothing after. The error
-/// describes the failure without the key.
-async fn delete_blob(blobs: &Store, s3: Option<&S3Admin>, key: &str) -> Result<Gone, String> {
-    let path = ObjPath::parse(key).map_err(|_| "the key is not a valid object path".to_string())?;
-    if key.is_empty() {
-        return Err("the key is empty".into());
-    }
-    let existed = match blobs.inner.head(&path).await {
-        Ok(_) => true,
-        Err(object_store::Error::NotFound { .. }) => false,
-        Err(_) => return Err("the store could not say whether the blob exists".into()),
-    };
-    let mut versions_purged = false;
-    if let Some(admin) = s3 {
-        let p = admin
-            .purge_key(path.as_ref())
-            .await
-            .map_err(|_| "the version purge failed".to_string())?;
-        if let Some(l) = p.locked.first() {
-            return Err(format!(
-                "under Object Lock until {}",
-                l.retain_until
-                    .as_deref()
-                    .unwrap_or("its legal hold is released")
-            ));
-        }
-        versions_purged = p.versions_deleted > 0;
-    }
-    if existed {
-        match blobs.inner.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(_) => return Err("the store refused the delete".into()),
-        }
-    }
-    match blobs.inner.head(&path).await {
-        Err(object_store::Error::NotFound { .. }) if existed || versions_purged => {
-            Ok(Gone::Deleted)
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(Gone::Absent),
-        Ok(_) => Err("still present after its delete".into()),
-        Err(_) => Err("the store could not confirm the delete".into()),
-    }
 }
 
 /// Execute `plan`. Rows first (per table and selection, across tenants), then their blobs,
@@ -485,21 +379,7 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
     }
 
     for t in &plan.shred_keys {
-        env.audit
-            .append(
-                json!({"step": "crypto-shred", "phase": "start", "plan_hash": plan.hash, "tenant": t}),
-                Utc::now(),
-            )
-            .await?;
-        let destroyed = crate::snapshot::purge::crypto_shred(env.keyring, t)?;
-        let verified = env.keyring.data_key(t).is_err();
-        env.audit
-            .append(
-                json!({"step": "crypto-shred", "phase": "end", "plan_hash": plan.hash, "tenant": t,
-                       "destroyed": destroyed, "verified": if verified {"the keyring no longer holds the tenant's data key"} else {"KEY STILL PRESENT"}}),
-                Utc::now(),
-            )
-            .await?;
+        env.keyring.shred(t, env.audit, &plan.hash).await?;
         out.shredded.push(t.clone());
     }
     Ok(out)

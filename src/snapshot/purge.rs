@@ -43,7 +43,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{SnapshotError, manifest::Manifest, manifest_key, run_prefix};
 use crate::config::StoreSpec;
-use crate::keys::{KeyError, Keyring};
 use crate::s3::{Locked, S3Admin, Versioning};
 use crate::store::{Store, StoreError};
 use crate::util::{is_safe_ident, rfc3339};
@@ -482,16 +481,6 @@ pub async fn pins(store: &Store, tenant: Option<&str>) -> Result<Vec<Pin>, Snaps
     Ok(out)
 }
 
-/// Destroy the tenant's data key in the keyring (saved atomically): every snapshot of the
-/// tenant, on every copy and every object version, becomes unreadable. `true` if there was a
-/// key. Backups of the keyring still hold the key; they are their owner's to destroy.
-pub fn crypto_shred(keyring: &mut Keyring, tenant: &str) -> Result<bool, KeyError> {
-    tracing::info!(tenant, "crypto-shred: start");
-    let destroyed = keyring.destroy_data_key(tenant)?;
-    tracing::info!(tenant, destroyed, "crypto-shred: end");
-    Ok(destroyed)
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -504,7 +493,6 @@ mod tests {
     };
 
     use super::*;
-    use crate::config::SecretRef;
     use crate::snapshot::MANIFEST;
     use crate::snapshot::read::runs;
 
@@ -888,31 +876,5 @@ mod tests {
         assert!(check_admin(&s3_store, &admin).is_err());
         let ok = S3Admin::from_client(client(), "bucket", "prod/backups/");
         assert!(check_admin(&s3_store, &ok).is_ok());
-    }
-
-    #[test]
-    fn crypto_shred_destroys_one_tenants_key_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let kr = dir.path().join("keyring.json");
-        let mk = SecretRef::File(dir.path().join("master.key"));
-        let mut ring = Keyring::open(&kr, &mk, true).unwrap();
-        ring.data_key_or_create("acme").unwrap();
-        let globex = ring.data_key_or_create("globex").unwrap();
-
-        assert!(crypto_shred(&mut ring, "acme").unwrap());
-        assert!(!crypto_shred(&mut ring, "acme").unwrap());
-        let e = ring.data_key("acme").unwrap_err();
-        assert!(matches!(e, KeyError::NoKey { .. }), "{e}");
-        assert_eq!(ring.data_key("globex").unwrap().key, globex.key);
-
-        // Persisted: a fresh open agrees, and the file no longer names the tenant.
-        let reopened = Keyring::open(&kr, &mk, false).unwrap();
-        assert!(reopened.data_key("acme").is_err());
-        assert_eq!(reopened.data_key("globex").unwrap().key, globex.key);
-        let text = std::fs::read_to_string(&kr).unwrap();
-        assert!(
-            !text.contains("\"acme\"") && !text.contains("dek-acme"),
-            "{text}"
-        );
     }
 }
