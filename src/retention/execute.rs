@@ -21,7 +21,7 @@ use crate::retention::crash_point;
 use crate::retention::db::{self, Db, Range};
 use crate::retention::plan::{RetentionPlan, RowAction, Selection};
 use crate::s3::S3Admin;
-use crate::snapshot::purge::{RunPurge, purge_run};
+use crate::snapshot::purge::{RunPurge, purge_run_recorded};
 use crate::store::Store;
 
 /// What one group of units (one table, one selection, several tenants) did.
@@ -332,50 +332,14 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
     }
 
     for r in &plan.backups {
-        env.audit
-            .append(
-                json!({"step": "backup-purge", "phase": "start", "plan_hash": plan.hash,
-                       "tenant": r.tenant, "run_id": r.run_id, "rule": r.rule}),
-                Utc::now(),
-            )
-            .await?;
-        crash_point("before a run purge");
-        let p = match purge_run(env.store, env.s3, &r.tenant, &r.run_id).await {
-            Ok(p) => p,
-            Err(crate::snapshot::SnapshotError::Pinned { .. }) => {
-                env.audit
-                    .append(
-                        json!({"step": "backup-purge", "phase": "end", "plan_hash": plan.hash,
-                               "tenant": r.tenant, "run_id": r.run_id, "skipped": "pinned since planning"}),
-                        Utc::now(),
-                    )
-                    .await?;
-                out.runs_skipped.push(format!("{}/{}", r.tenant, r.run_id));
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let locked: Vec<String> = p
-            .locked
-            .iter()
-            .map(|l| {
-                l.retain_until
-                    .clone()
-                    .unwrap_or_else(|| "legal hold".into())
-            })
-            .collect();
-        env.audit
-            .append(
-                json!({"step": "backup-purge", "phase": "end", "plan_hash": plan.hash,
-                       "tenant": r.tenant, "run_id": r.run_id, "method": p.method,
-                       "objects_deleted": p.objects_deleted, "versions_deleted": p.versions_deleted,
-                       "delete_markers_deleted": p.delete_markers_deleted,
-                       "locked_until": locked, "verified": p.verified}),
-                Utc::now(),
-            )
-            .await?;
-        crash_point("after a run purge");
-        out.runs.push(p);
+        match purge_run_recorded(
+            env.store, env.s3, env.audit, &plan.hash, &r.tenant, &r.run_id, &r.rule,
+        )
+        .await?
+        {
+            Some(p) => out.runs.push(p),
+            None => out.runs_skipped.push(format!("{}/{}", r.tenant, r.run_id)),
+        }
     }
 
     for t in &plan.shred_keys {

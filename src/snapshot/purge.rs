@@ -196,6 +196,120 @@ pub async fn s3_admin_for(spec: &StoreSpec) -> Result<Option<S3Admin>, StoreErro
 ///
 /// Pass `s3` (from [`s3_admin_for`]) whenever the store is a versioned or suspended bucket:
 /// without it, old versions of every file stay in the bucket.
+/// THE deleter for the snapshot store, as destructive runs call it: [`purge_run`] between a
+/// typed audit `start` record (plan hash, tenant, run, the rule that made it due) and an `end`
+/// record (what went, how it was verified, what Object Lock keeps). `None` when the run was
+/// pinned since planning: it is kept, and the `end` record says so.
+pub async fn purge_run_recorded(
+    store: &Store,
+    s3: Option<&S3Admin>,
+    audit: &mut crate::audit::AuditLog,
+    plan_hash: &str,
+    tenant: &str,
+    run_id: &str,
+    rule: &str,
+) -> crate::Result<Option<RunPurge>> {
+    use crate::retention::crash_point;
+    #[derive(Serialize)]
+    struct Start<'a> {
+        step: &'static str,
+        phase: &'static str,
+        plan_hash: &'a str,
+        tenant: &'a str,
+        run_id: &'a str,
+        rule: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Skipped<'a> {
+        step: &'static str,
+        phase: &'static str,
+        plan_hash: &'a str,
+        tenant: &'a str,
+        run_id: &'a str,
+        skipped: &'static str,
+    }
+    #[derive(Serialize)]
+    struct End<'a> {
+        step: &'static str,
+        phase: &'static str,
+        plan_hash: &'a str,
+        tenant: &'a str,
+        run_id: &'a str,
+        method: &'a str,
+        objects_deleted: u64,
+        versions_deleted: u64,
+        delete_markers_deleted: u64,
+        locked_until: Vec<String>,
+        verified: bool,
+    }
+    const STEP: &str = "backup-purge";
+    let now = chrono::Utc::now;
+    audit
+        .record(
+            &Start {
+                step: STEP,
+                phase: "start",
+                plan_hash,
+                tenant,
+                run_id,
+                rule,
+            },
+            now(),
+        )
+        .await?;
+    crash_point("before a run purge");
+    let p = match purge_run(store, s3, tenant, run_id).await {
+        Ok(p) => p,
+        Err(SnapshotError::Pinned { .. }) => {
+            audit
+                .record(
+                    &Skipped {
+                        step: STEP,
+                        phase: "end",
+                        plan_hash,
+                        tenant,
+                        run_id,
+                        skipped: "pinned since planning",
+                    },
+                    now(),
+                )
+                .await?;
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let locked_until = p
+        .locked
+        .iter()
+        .map(|l| {
+            l.retain_until
+                .clone()
+                .unwrap_or_else(|| "legal hold".into())
+        })
+        .collect();
+    audit
+        .record(
+            &End {
+                step: STEP,
+                phase: "end",
+                plan_hash,
+                tenant,
+                run_id,
+                method: p.method,
+                objects_deleted: p.objects_deleted,
+                versions_deleted: p.versions_deleted,
+                delete_markers_deleted: p.delete_markers_deleted,
+                locked_until,
+                verified: p.verified,
+            },
+            now(),
+        )
+        .await?;
+    crash_point("after a run purge");
+    Ok(Some(p))
+}
+
+/// Purge one run (no audit records: [`purge_run_recorded`] is what destructive runs call).
 pub async fn purge_run(
     store: &Store,
     s3: Option<&S3Admin>,
