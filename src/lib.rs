@@ -18,6 +18,7 @@
 //! - [`lease`]: leases under `locks/`, so that two destructive runs never overlap;
 //! - [`demo`]: the embedded demo (synthetic tenants in SQLite, a local store);
 //! - [`pipeline`]: the one module that orders the stages;
+//! - [`primary`]: the one deleter of the primary database (batched DELETE/UPDATE, blob outbox);
 //! - [`blobs`]: the one deleter of the blob store.
 //!
 //! Invariant held everywhere: personal data (cell values) never reaches a log line, an error
@@ -36,6 +37,7 @@ pub mod lease;
 pub mod pipeline;
 pub mod policy;
 pub mod preflight;
+pub mod primary;
 pub mod problem;
 pub mod retention;
 pub mod s3;
