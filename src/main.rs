@@ -318,10 +318,10 @@ fn print_job_run(run: &lethe::pipeline::JobRun) {
 
 /// The run's exit: the failed step's error (printed by main), else 1 for failed tenants.
 fn finish(run: lethe::pipeline::JobRun) -> lethe::Result<ExitCode> {
+    let code = run.exit_code();
     match run.error {
         Some(e) => Err(e),
-        None if run.record.outcome == "ok" => Ok(ExitCode::SUCCESS),
-        None => Ok(ExitCode::from(1)),
+        None => Ok(ExitCode::from(code)),
     }
 }
 
@@ -594,10 +594,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             let run = lethe::pipeline::run_steps(&checked, &steps, &opts, Some("nightly")).await?;
             println!();
             print_job_run(&run);
-            let code = run.exit_code();
-            if let Some(e) = run.error {
-                return Err(e);
-            }
+            let code = finish(run)?;
             println!(
                 "\nencrypted snapshots are in {}; try:",
                 a.dir.join("store").display()
@@ -610,7 +607,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
             println!(
                 "  lethe --config {c} snapshot restore --tenant kopi-senja --out /tmp/kopi-senja --format csv"
             );
-            Ok(ExitCode::from(code))
+            Ok(code)
         }
         Command::Check => {
             let c = lethe::check::check_all(&cli.config).await?;

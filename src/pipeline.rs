@@ -566,6 +566,22 @@ async fn retention_locked(
     )?;
     let lock = crate::audit::object_lock_writer(cfg).await?;
     let mut audit = crate::audit::AuditLog::open(store.clone(), signer, lock).await?;
+    // A log shorter than what the keyring directory anchors: the wrong store, or a cut log.
+    // Appending there would start a second chain and record deletions where nobody looks.
+    let anchor_file = crate::audit::anchor_path(&cfg.keyring);
+    if let Some(a) = crate::audit::read_anchor(&anchor_file)
+        && audit.head().is_none_or(|h| h.seq < a.seq)
+    {
+        return Err(crate::retention::Refusal::LogBehindAnchor {
+            store: store.url.clone(),
+            head: audit
+                .head()
+                .map_or("empty".to_string(), |h| format!("at record {}", h.seq)),
+            anchor_file: anchor_file.display().to_string(),
+            anchored: a.seq,
+        }
+        .into());
+    }
     audit.guard(lease);
     audit.close_interrupted(chrono::Utc::now()).await?;
     audit

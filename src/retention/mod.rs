@@ -51,6 +51,17 @@ pub enum Refusal {
         "rows of tenants the tenants table does not list — {what}. No rule ever makes them due, so nothing is deleted while they exist (policy {policy}: orphans = \"refuse\")\n  fix: add the tenants to the tenants table, delete the rows, or set orphans = \"delete\" (they go as a terminated tenant's would) or \"keep\" in the policy"
     )]
     Orphans { what: String, policy: String },
+    /// The store's audit log ends before the checkpoint the keyring directory anchors: the
+    /// store URL points elsewhere, or the log was cut back. Appending would start a second chain.
+    #[error(
+        "the audit log in store {store} ends {head}, but {anchor_file} anchors checkpoint {anchored}: this is not the store these keys have been recording to (or its log was cut back). Nothing was deleted\n  fix: check store.url (and LETHE_STORE_URL); run `lethe audit verify` on the right store"
+    )]
+    LogBehindAnchor {
+        store: String,
+        head: String,
+        anchor_file: String,
+        anchored: u64,
+    },
     #[error(transparent)]
     Stale(#[from] plan::PlanError),
 }

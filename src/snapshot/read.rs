@@ -102,13 +102,15 @@ fn committed_time(m: &Manifest) -> Option<chrono::DateTime<chrono::FixedOffset>>
     chrono::DateTime::parse_from_rfc3339(&m.committed_at).ok()
 }
 
-/// Order of committed runs, oldest first: by the second in the run id, then by commit time
-/// (run ids of one second do not sort by time).
-fn run_order(m: &Manifest) -> (&str, Option<chrono::DateTime<chrono::FixedOffset>>) {
-    (
-        m.run_id.split('-').next().unwrap_or_default(),
-        committed_time(m),
-    )
+/// The newest of committed runs: by the second in the run id, then by commit time (run ids of
+/// one second do not sort by time).
+fn newest_of(runs: &[Manifest]) -> Option<&Manifest> {
+    runs.iter().max_by_key(|m| {
+        (
+            m.run_id.split('-').next().unwrap_or_default(),
+            committed_time(m),
+        )
+    })
 }
 
 /// The newest committed run of `tenant` (reading manifests newest first, so only as many as
@@ -119,19 +121,16 @@ pub async fn newest_committed(store: &Store, tenant: &str) -> Result<Option<Mani
     let second = |id: &str| id.split('-').next().unwrap_or_default().to_string();
     while let Some(last) = ids.last().map(|id| second(id)) {
         let split = ids.partition_point(|id| second(id) < last);
-        let mut best: Option<Manifest> = None;
+        let mut group = Vec::new();
         for run_id in ids.drain(split..) {
             if let Some(b) = store.get_opt(&manifest_key(tenant, &run_id)).await?
                 && let Ok(m) = parse_manifest(&b, tenant, &run_id)
-                && best
-                    .as_ref()
-                    .is_none_or(|x| committed_time(&m) > committed_time(x))
             {
-                best = Some(m);
+                group.push(m);
             }
         }
-        if best.is_some() {
-            return Ok(best);
+        if let Some(m) = newest_of(&group) {
+            return Ok(Some(m.clone()));
         }
     }
     Ok(None)
@@ -437,10 +436,7 @@ pub async fn restore(
     let runs = committed(store, tenant).await?;
     let manifest = match run {
         Some(r) => runs.iter().find(|m| m.run_id == r).cloned(),
-        None => runs
-            .iter()
-            .max_by(|a, b| run_order(a).cmp(&run_order(b)))
-            .cloned(),
+        None => newest_of(&runs).cloned(),
     }
     .ok_or_else(|| match run {
         Some(r) => crate::Error::Usage(format!(
