@@ -54,7 +54,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -463,11 +462,7 @@ pub async fn newest_checkpoint(store: &Store) -> Result<Option<(String, Checkpoi
 }
 
 async fn delete_if_present(store: &Store, key: &str) -> Result<bool, StoreError> {
-    match store.inner.delete(&ObjPath::from(key)).await {
-        Ok(()) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(store.op_err("delete", key)(e)),
-    }
+    store.delete_object(&ObjPath::from(key)).await
 }
 
 fn parse_time(at: &str) -> Option<DateTime<Utc>> {
@@ -853,10 +848,8 @@ impl AuditLog {
         let path = ObjPath::from(key);
         match &self.lock {
             Some(l) => {
-                match self.store.inner.head(&path).await {
-                    Ok(_) => return Ok(Put::Exists),
-                    Err(object_store::Error::NotFound { .. }) => {}
-                    Err(e) => return Err(self.store.op_err("head", key)(e).into()),
+                if self.store.head(&path).await?.is_some() {
+                    return Ok(Put::Exists);
                 }
                 let retain_until = l.retain.after(at).ok_or_else(|| AuditError::TimeRange {
                     at: rfc3339(at),
@@ -875,19 +868,10 @@ impl AuditLog {
                 Ok(Put::Written)
             }
             None => {
-                let r = self
-                    .store
-                    .inner
-                    .put_opts(
-                        &path,
-                        PutPayload::from_bytes(bytes),
-                        PutOptions::from(PutMode::Create),
-                    )
-                    .await;
-                match r {
-                    Ok(_) => Ok(Put::Written),
-                    Err(object_store::Error::AlreadyExists { .. }) => Ok(Put::Exists),
-                    Err(e) => Err(self.store.op_err("put (create-only)", key)(e).into()),
+                if self.store.put_create(&path, bytes).await? {
+                    Ok(Put::Written)
+                } else {
+                    Ok(Put::Exists)
                 }
             }
         }
@@ -902,12 +886,7 @@ async fn find_head(store: &Store, signer: &SigningKey) -> Result<Option<RecordRe
     let listed: Vec<_> = match newest_cp {
         Some(c) => {
             let offset = ObjPath::from(format!("{RECORDS}/{c:012}"));
-            store
-                .inner
-                .list_with_offset(Some(&records_dir), &offset)
-                .try_collect()
-                .await
-                .map_err(store.op_err("list", RECORDS))?
+            store.list_after(&records_dir, &offset).await?
         }
         None => store.list(&records_dir).await?,
     };
@@ -927,14 +906,7 @@ async fn find_head(store: &Store, signer: &SigningKey) -> Result<Option<RecordRe
         (None, Some(c)) => {
             // Nothing at or after the newest checkpoint: every record expired (then the chain
             // goes on from the checkpoint), or the tail was removed (then refuse to write).
-            let any_record = store
-                .inner
-                .list(Some(&records_dir))
-                .next()
-                .await
-                .transpose()
-                .map_err(store.op_err("list", RECORDS))?;
-            if any_record.is_some() {
+            if store.any_under(&records_dir).await? {
                 return Err(AuditError::Corrupt {
                     key: record_key(c),
                     problem: format!(

@@ -7,7 +7,6 @@
 //! identifiers).
 
 use chrono::Utc;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 use serde::Serialize;
 
@@ -146,9 +145,8 @@ async fn delete_blob(blobs: &Store, s3: Option<&S3Admin>, key: &str) -> Result<G
     if key.is_empty() {
         return Err("the key is empty".into());
     }
-    let existed = match blobs.inner.head(&path).await {
-        Ok(_) => true,
-        Err(object_store::Error::NotFound { .. }) => false,
+    let existed = match blobs.head(&path).await {
+        Ok(m) => m.is_some(),
         Err(_) => return Err("the store could not say whether the blob exists".into()),
     };
     let mut versions_purged = false;
@@ -167,18 +165,15 @@ async fn delete_blob(blobs: &Store, s3: Option<&S3Admin>, key: &str) -> Result<G
         }
         versions_purged = p.versions_deleted > 0;
     }
-    if existed {
-        match blobs.inner.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(_) => return Err("the store refused the delete".into()),
-        }
+    // With every version purged there is nothing left to delete (a plain DELETE on a
+    // versioned bucket would only add a delete marker).
+    if existed && !versions_purged && blobs.delete_object(&path).await.is_err() {
+        return Err("the store refused the delete".into());
     }
-    match blobs.inner.head(&path).await {
-        Err(object_store::Error::NotFound { .. }) if existed || versions_purged => {
-            Ok(Gone::Deleted)
-        }
-        Err(object_store::Error::NotFound { .. }) => Ok(Gone::Absent),
-        Ok(_) => Err("still present after its delete".into()),
+    match blobs.head(&path).await {
+        Ok(None) if existed || versions_purged => Ok(Gone::Deleted),
+        Ok(None) => Ok(Gone::Absent),
+        Ok(Some(_)) => Err("still present after its delete".into()),
         Err(_) => Err("the store could not confirm the delete".into()),
     }
 }

@@ -25,7 +25,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::path::Path as ObjPath;
-use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
@@ -159,21 +158,7 @@ async fn newest(store: &Store, name: &str) -> Result<Option<(u64, LeaseRecord)>,
 /// Create-only put; `Ok(false)` when the generation exists already.
 async fn put_new(store: &Store, key: &ObjPath, rec: &LeaseRecord) -> Result<bool, StoreError> {
     let bytes = Bytes::from(serde_json::to_vec_pretty(rec).expect("serializable"));
-    let opts = PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
-    match store
-        .inner
-        .put_opts(key, PutPayload::from_bytes(bytes), opts)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(
-            object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. },
-        ) => Ok(false),
-        Err(e) => Err(store.op_err("put (create-only)", key)(e)),
-    }
+    store.put_create(key, bytes).await
 }
 
 struct Shared {
@@ -342,8 +327,7 @@ impl Lease {
             let _ = self
                 .shared
                 .store
-                .inner
-                .delete(&gen_key(&self.shared.name, g))
+                .delete_object(&gen_key(&self.shared.name, g))
                 .await;
         }
         Ok(())
@@ -361,14 +345,8 @@ impl Lease {
         for g in (self.shared.first..=last).rev() {
             self.shared
                 .store
-                .inner
-                .delete(&gen_key(&self.shared.name, g))
-                .await
-                .map_err(
-                    self.shared
-                        .store
-                        .op_err("delete", gen_key(&self.shared.name, g)),
-                )?;
+                .delete_object(&gen_key(&self.shared.name, g))
+                .await?;
         }
         Ok(())
     }

@@ -22,7 +22,6 @@
 
 use std::collections::BTreeSet;
 
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
 
@@ -437,9 +436,9 @@ async fn blob_store_problems(
         let mut errors = 0;
         for k in &keys {
             let Ok(p) = ObjPath::parse(k) else { continue };
-            match blobs.inner.head(&p).await {
-                Ok(_) => found += 1,
-                Err(object_store::Error::NotFound { .. }) => {}
+            match blobs.head(&p).await {
+                Ok(Some(_)) => found += 1,
+                Ok(None) => {}
                 Err(_) => errors += 1,
             }
         }

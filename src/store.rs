@@ -15,18 +15,20 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures::TryStreamExt;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ClientConfigKey;
 use object_store::StaticCredentialProvider;
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::buffered::BufWriter;
 use object_store::gcp::{
     GcpCredential, GcpSigningCredential, GoogleCloudStorageBuilder, GoogleConfigKey,
 };
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjPath;
 use object_store::prefix::PrefixStore;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use thiserror::Error;
 
 use crate::config::StoreSpec;
@@ -249,7 +251,10 @@ fn on_cloud(vendor: &str) -> bool {
 #[derive(Clone)]
 pub struct Store {
     pub url: String,
-    pub inner: Arc<dyn ObjectStore>,
+    /// Private: reading and writing go through the methods below; deleting goes through the
+    /// deleters (`blobs::BlobDeleter`, `snapshot::purge`, audit expiry, lease release), the
+    /// only callers of [`Store::delete_object`] (`tests/architecture.rs` keeps it so).
+    inner: Arc<dyn ObjectStore>,
 }
 
 impl std::fmt::Debug for Store {
@@ -377,6 +382,15 @@ impl Store {
         ))
     }
 
+    /// A store over any object_store implementation (a fault-injecting wrapper in tests).
+    #[doc(hidden)]
+    pub fn from_object_store(url: impl Into<String>, inner: Arc<dyn ObjectStore>) -> Store {
+        Store {
+            url: url.into(),
+            inner,
+        }
+    }
+
     /// Turns an object_store error of `op` on `key` into one that names the store.
     pub(crate) fn op_err(
         &self,
@@ -421,6 +435,113 @@ impl Store {
             .try_collect()
             .await
             .map_err(self.op_err("list", prefix))
+    }
+
+    /// The object's metadata (HEAD), or `None` if there is no such object.
+    pub async fn head(&self, key: &ObjPath) -> Result<Option<ObjectMeta>, StoreError> {
+        match self.inner.head(key).await {
+            Ok(m) => Ok(Some(m)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.op_err("head", key)(e)),
+        }
+    }
+
+    /// Write `key` only if it does not exist: `true` if written, `false` if an object was
+    /// already there (nothing is overwritten).
+    pub async fn put_create(&self, key: &ObjPath, bytes: Bytes) -> Result<bool, StoreError> {
+        let r = self
+            .inner
+            .put_opts(
+                key,
+                PutPayload::from_bytes(bytes),
+                PutOptions::from(PutMode::Create),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(false),
+            Err(e) => Err(self.op_err("put (create-only)", key)(e)),
+        }
+    }
+
+    /// The object's bytes as a stream of chunks (for files too large to hold in memory).
+    pub async fn get_stream(
+        &self,
+        key: &ObjPath,
+    ) -> Result<BoxStream<'static, Result<Bytes, StoreError>>, StoreError> {
+        let r = self.inner.get(key).await.map_err(self.op_err("get", key))?;
+        let url = self.url.clone();
+        let k = key.to_string();
+        Ok(r.into_stream()
+            .map_err(move |source| StoreError::Op {
+                url: url.clone(),
+                op: "get",
+                key: k.clone(),
+                source,
+            })
+            .boxed())
+    }
+
+    /// Every object under `prefix` whose key sorts after `offset`.
+    pub async fn list_after(
+        &self,
+        prefix: &ObjPath,
+        offset: &ObjPath,
+    ) -> Result<Vec<ObjectMeta>, StoreError> {
+        self.inner
+            .list_with_offset(Some(prefix), offset)
+            .try_collect()
+            .await
+            .map_err(self.op_err("list", prefix))
+    }
+
+    /// Whether anything is under `prefix` (lists one object at most).
+    pub async fn any_under(&self, prefix: &ObjPath) -> Result<bool, StoreError> {
+        let first = self
+            .inner
+            .list(Some(prefix))
+            .next()
+            .await
+            .transpose()
+            .map_err(self.op_err("list", prefix))?;
+        Ok(first.is_some())
+    }
+
+    /// A writer that uploads `key` in parts of `part` bytes (multipart on cloud stores).
+    pub fn multipart_writer(&self, key: &ObjPath, part: usize) -> BufWriter {
+        BufWriter::with_capacity(self.inner.clone(), key.clone(), part)
+    }
+
+    /// Delete one object: `true` if the store deleted it, `false` if there was none. Only the
+    /// deleters call this (see the struct's doc); on a versioned bucket it leaves a delete
+    /// marker, so callers HEAD first where that matters.
+    pub(crate) async fn delete_object(&self, key: &ObjPath) -> Result<bool, StoreError> {
+        match self.inner.delete(key).await {
+            Ok(()) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.op_err("delete", key)(e)),
+        }
+    }
+
+    /// Delete `keys` (batched where the store can); an object already gone is not an error.
+    /// Errors name `prefix`. Only the deleters call this.
+    pub(crate) async fn delete_objects(
+        &self,
+        prefix: &ObjPath,
+        keys: Vec<ObjPath>,
+    ) -> Result<(), StoreError> {
+        let input = futures::stream::iter(keys.into_iter().map(Ok)).boxed();
+        let mut results = self.inner.delete_stream(input);
+        while let Some(r) = results.next().await {
+            match r {
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.op_err("delete", prefix)(e)),
+            }
+        }
+        Ok(())
     }
 
     /// The immediate "directories" under `prefix`.

@@ -435,13 +435,13 @@ async fn count_versions(sdk: &aws_sdk_s3::Client, bucket: &str, prefix: &str) ->
 
 /// A `Store` over the test server's bucket under `prefix` (credentials given, not from the env).
 fn s3_store(moto: &Moto, bucket: &str, prefix: &str) -> lethe::store::Store {
-    lethe::store::Store {
-        url: format!("s3://{bucket}/{prefix}"),
-        inner: std::sync::Arc::new(object_store::prefix::PrefixStore::new(
+    lethe::store::Store::from_object_store(
+        format!("s3://{bucket}/{prefix}"),
+        std::sync::Arc::new(object_store::prefix::PrefixStore::new(
             moto.client(bucket),
             prefix,
         )),
-    }
+    )
 }
 
 #[test]
@@ -461,7 +461,12 @@ fn purge_run_on_a_versioned_bucket_leaves_no_version_and_no_delete_marker_of_the
         // A deleted object of the run: one version and a delete marker.
         let gone = lethe::snapshot::part_key("acme", "r1", "calls", 0);
         store.put(&gone, bytes::Bytes::from("x")).await.unwrap();
-        store.inner.delete(&gone).await.unwrap();
+        sdk.delete_object()
+            .bucket(bucket)
+            .key(format!("prod/{gone}"))
+            .send()
+            .await
+            .unwrap();
         // Neighbours: r10 shares the string prefix `run=r1`; another tenant's r1.
         put_fake_run(&store, "acme", "r10", 2, "first").await;
         put_fake_run(&store, "acme2", "r1", 1, "first").await;
@@ -740,9 +745,15 @@ fn purge_key_removes_every_version_of_one_blob_only() {
         for body in ["v1", "v2"] {
             store.put(&key, bytes::Bytes::from(body)).await.unwrap();
         }
-        store.inner.delete(&key).await.unwrap(); // a delete marker hides both versions
-        store.put(&sibling, bytes::Bytes::from("t")).await.unwrap();
         let sdk = moto.sdk();
+        // A delete marker hides both versions.
+        sdk.delete_object()
+            .bucket(bucket)
+            .key(format!("app/{key}"))
+            .send()
+            .await
+            .unwrap();
+        store.put(&sibling, bytes::Bytes::from("t")).await.unwrap();
         assert_eq!(
             count_versions(&sdk, bucket, "app/selfies/t1/9.jpg").await,
             (3, 1)

@@ -36,8 +36,6 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 use serde::{Deserialize, Serialize};
 
@@ -125,25 +123,7 @@ fn check_ids(op: &'static str, tenant: &str, run: &str) -> Result<(), SnapshotEr
 
 /// Whether `key` exists (HEAD).
 async fn exists(store: &Store, key: &ObjPath) -> Result<bool, StoreError> {
-    match store.inner.head(key).await {
-        Ok(_) => Ok(true),
-        Err(object_store::Error::NotFound { .. }) => Ok(false),
-        Err(e) => Err(store.op_err("head", key)(e)),
-    }
-}
-
-/// Delete `keys` under `prefix` (batched where the store can); an object already gone is
-/// not an error.
-async fn delete_all(store: &Store, prefix: &ObjPath, keys: Vec<ObjPath>) -> Result<(), StoreError> {
-    let input = futures::stream::iter(keys.into_iter().map(Ok)).boxed();
-    let mut results = store.inner.delete_stream(input);
-    while let Some(r) = results.next().await {
-        match r {
-            Ok(_) | Err(object_store::Error::NotFound { .. }) => {}
-            Err(e) => return Err(store.op_err("delete", prefix)(e)),
-        }
-    }
-    Ok(())
+    Ok(store.head(key).await?.is_some())
 }
 
 /// Step one of a purge: delete the run's manifest, so the run is uncommitted and no reader
@@ -154,10 +134,8 @@ pub(crate) async fn uncommit(store: &Store, tenant: &str, run: &str) -> Result<b
     if !exists(store, &key).await? {
         return Ok(false);
     }
-    match store.inner.delete(&key).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(true),
-        Err(e) => Err(store.op_err("delete", &key)(e)),
-    }
+    store.delete_object(&key).await?;
+    Ok(true)
 }
 
 /// The admin must address the store's own bucket and prefix: its keys are relative to it.
@@ -362,12 +340,9 @@ pub async fn purge_run(
     match s3 {
         None => {
             let rest = store.list(&prefix).await?;
-            delete_all(
-                store,
-                &prefix,
-                rest.into_iter().map(|m| m.location).collect(),
-            )
-            .await?;
+            store
+                .delete_objects(&prefix, rest.into_iter().map(|m| m.location).collect())
+                .await?;
         }
         Some(admin) => {
             let o = admin.purge_prefix(&format!("{prefix}/")).await?;
@@ -379,12 +354,9 @@ pub async fn purge_run(
                 // A locked version is current again now that its marker is gone: hide it,
                 // or a locked manifest would re-commit a run whose other files are gone.
                 let visible = store.list(&prefix).await?;
-                delete_all(
-                    store,
-                    &prefix,
-                    visible.into_iter().map(|m| m.location).collect(),
-                )
-                .await?;
+                store
+                    .delete_objects(&prefix, visible.into_iter().map(|m| m.location).collect())
+                    .await?;
             }
         }
     }
@@ -564,10 +536,7 @@ pub async fn unpin(store: &Store, tenant: &str, run: &str) -> Result<bool, Snaps
     if !exists(store, &key).await? {
         return Ok(false);
     }
-    match store.inner.delete(&key).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-        Err(e) => return Err(store.op_err("delete", &key)(e).into()),
-    }
+    store.delete_object(&key).await?;
     tracing::info!(tenant, run, "snapshot run unpinned");
     Ok(true)
 }
@@ -607,6 +576,7 @@ mod tests {
     };
 
     use super::*;
+    use futures::StreamExt;
     use crate::snapshot::MANIFEST;
     use crate::snapshot::read::runs;
 
@@ -806,14 +776,16 @@ mod tests {
         let store = local(&dir);
         fake_run(&store, "acme", "r1", 3).await;
         let deleted = Arc::new(Mutex::new(Vec::new()));
-        let crashing = Store {
-            url: store.url.clone(),
-            inner: Arc::new(Crashing {
-                inner: store.inner.clone(),
+        let crashing = Store::from_object_store(
+            store.url.clone(),
+            Arc::new(Crashing {
+                inner: Arc::new(
+                    object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap(),
+                ),
                 deleted: deleted.clone(),
                 crash: true,
             }),
-        };
+        );
         let e = purge_run(&crashing, None, "acme", "r1").await.unwrap_err();
         assert!(e.to_string().contains("simulated crash"), "{e}");
         let log = deleted.lock().unwrap().clone();
@@ -983,10 +955,10 @@ mod tests {
         );
         assert_eq!(keys(&store, "snapshots").await.len(), 2);
 
-        let s3_store = Store {
-            url: "s3://bucket/prod/backups".into(),
-            inner: store.inner.clone(),
-        };
+        let s3_store = Store::from_object_store(
+            "s3://bucket/prod/backups",
+            Arc::new(object_store::memory::InMemory::new()),
+        );
         assert!(check_admin(&s3_store, &admin).is_err());
         let ok = S3Admin::from_client(client(), "bucket", "prod/backups/");
         assert!(check_admin(&s3_store, &ok).is_ok());

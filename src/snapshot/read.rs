@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::StreamExt;
-use object_store::ObjectStoreExt;
 use object_store::path::Path as ObjPath;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
@@ -146,17 +145,11 @@ async fn download(
         source: e,
     };
     let mut tmp = tempfile::NamedTempFile::new().map_err(io)?;
-    let op = |e: object_store::Error| StoreError::Op {
-        url: store.url.clone(),
-        op: "get",
-        key: key.to_string(),
-        source: e,
-    };
-    let mut stream = store.inner.get(key).await.map_err(op)?.into_stream();
+    let mut stream = store.get_stream(key).await?;
     let mut sha = digest::Context::new(&digest::SHA256);
     let mut n = 0u64;
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(op)?;
+        let chunk = chunk?;
         sha.update(&chunk);
         n += chunk.len() as u64;
         tmp.write_all(&chunk).map_err(io)?;

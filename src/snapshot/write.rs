@@ -28,7 +28,6 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use futures::StreamExt;
-use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjPath;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
@@ -365,7 +364,8 @@ async fn upload_spill(
     let key = spill.key.to_string();
     let err = |e: &dyn std::fmt::Display| format!("upload of {key} failed: {e}");
     let mut rx = spill.progress;
-    let mut w = BufWriter::with_capacity(store.inner.clone(), spill.key.clone(), PART)
+    let mut w = store
+        .multipart_writer(&spill.key, PART)
         .with_max_concurrency(UPLOAD_CONCURRENCY);
     let mut sent = 0u64;
     // After `shutdown` (successful or not) the writer must not be aborted: it has completed or
