@@ -87,7 +87,7 @@ pub async fn data(
     blobs: Option<&Store>,
 ) -> crate::Result<Findings> {
     let mut f = Findings {
-        problems: checks_without_counts(c, db, blobs).await?,
+        problems: checks_without_counts(c, db, blobs).await?.all(),
         orphans: Vec::new(),
     };
     let known = known_ids(tenants);
@@ -113,19 +113,42 @@ pub fn known_ids(tenants: &TenantList) -> BTreeSet<String> {
         .collect()
 }
 
+/// What [`checks_without_counts`] found, by what a run does about it.
+#[derive(Debug, Default)]
+pub struct Uncounted {
+    /// Foreign keys that cascade deletes into mapped tables.
+    pub cascades: Vec<Problem>,
+    /// SQLite anchors that are not canonical UTC text, primary keys not enforced.
+    pub unsafe_data: Vec<Problem>,
+    /// The blob store holds none of the newest blobs: `blobs.url` is wrong (configuration).
+    pub blob_store: Vec<Problem>,
+}
+
+impl Uncounted {
+    pub fn all(self) -> Vec<Problem> {
+        let mut v = self.cascades;
+        v.extend(self.unsafe_data);
+        v.extend(self.blob_store);
+        v
+    }
+}
+
 /// The checks that need no count of the whole table: cascading foreign keys, SQLite anchors,
 /// primary keys the database does not enforce, and a sample of blobs.
 pub async fn checks_without_counts(
     c: &Checked,
     db: &mut Db,
     blobs: Option<&Store>,
-) -> crate::Result<Vec<Problem>> {
-    let mut out = cascade_problems(c, db)?;
+) -> crate::Result<Uncounted> {
+    let mut out = Uncounted {
+        cascades: cascade_problems(c, db)?,
+        ..Default::default()
+    };
     for t in &c.data_map.tables {
-        out.extend(anchor_problems(c, db, t)?);
-        out.extend(key_problems(db, t)?);
+        out.unsafe_data.extend(anchor_problems(c, db, t)?);
+        out.unsafe_data.extend(key_problems(db, t)?);
     }
-    out.extend(blob_store_problems(c, db, blobs).await?);
+    out.blob_store = blob_store_problems(c, db, blobs).await?;
     Ok(out)
 }
 

@@ -119,14 +119,14 @@ fn run_nightly_equals_its_steps_one_by_one_and_records_the_run() {
 #[test]
 fn a_failed_step_stops_the_steps_after_it_and_is_recorded() {
     let d = demo(2, 200);
-    // A legal hold naming a tenant that does not exist: retention refuses (exit 2), so the
-    // snapshot does not run.
+    // A legal hold naming a tenant that does not exist: retention refuses
+    // (Refusal::UnknownNames, exit 1), so the snapshot does not run.
     let policy = d.dir.join("jobs/retention.toml");
     let mut text = std::fs::read_to_string(&policy).unwrap();
     text.push_str("\n[[legal_holds]]\ntenant = \"no-such-tenant\"\nreason = \"case 7\"\nplaced_by = \"legal\"\n");
     std::fs::write(&policy, text).unwrap();
     let (code, out, err) = lethe(&["--config", cfg(&d), "run", "nightly"]);
-    assert_eq!(code, 2, "{out}\n{err}");
+    assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("no-such-tenant"), "{err}");
     assert!(out.contains("== retention (failed)"), "{out}");
     assert!(out.contains("== snapshot (skipped)"), "{out}");

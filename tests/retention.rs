@@ -820,7 +820,7 @@ fn fail_closed_on_odd_anchors_unknown_hold_targets_and_shared_blobs() {
     );
     let before = common::files(&d.dir);
     let (code, out, err) = lethe(&["--config", cfg, "run", "retention"]);
-    assert_eq!(code, 2, "{out}\n{err}");
+    assert_eq!(code, 1, "{out}\n{err}"); // Refusal::UnsafeData
     assert!(
         err.contains("attendance_checkins") && err.contains("checked_in_at"),
         "{err}"
@@ -837,7 +837,7 @@ fn fail_closed_on_odd_anchors_unknown_hold_targets_and_shared_blobs() {
     )
     .unwrap();
     let (code, out, err) = lethe(&["--config", cfg, "run", "retention"]);
-    assert_eq!(code, 2, "{out}\n{err}");
+    assert_eq!(code, 1, "{out}\n{err}"); // Refusal::UnknownNames
     assert!(err.contains("klinik-sehatt"), "{err}");
     std::fs::write(&policy, good).unwrap();
 

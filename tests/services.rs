@@ -1208,6 +1208,34 @@ fn demo_on_postgres_runs_everything_and_refuses_foreign_tables() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("reusing the demo tables"), "{out}");
 
+    // A foreign key that would cascade a retention DELETE into rows lethe did not select:
+    // `check` reports it (exit 2); `plan` and `run retention` refuse with
+    // Refusal::CascadingDeletes (exit 1), naming the constraint, and delete nothing.
+    pg.execute(
+        "CREATE TABLE message_notes (id bigint PRIMARY KEY, message_id bigint \
+         CONSTRAINT notes_follow_messages REFERENCES messages(id) ON DELETE CASCADE)",
+    );
+    let cfg = dir.join("lethe.toml");
+    let cfg = cfg.to_str().unwrap();
+    let count = "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM calls)";
+    let before = pg.count(count);
+    for (args, want) in [
+        (&["check"][..], 2),
+        (&["plan"][..], 1),
+        (&["run", "retention"][..], 1),
+    ] {
+        let mut all = vec!["--config", cfg];
+        all.extend_from_slice(args);
+        let (code, out, err) = common::lethe(&all);
+        assert_eq!(code, want, "{args:?}\n{out}\n{err}");
+        assert!(
+            err.contains("notes_follow_messages") && err.contains("ON DELETE RESTRICT"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(pg.count(count), before, "nothing deleted");
+    pg.execute("DROP TABLE message_notes");
+
     let Some(other) = PgSchema::create("demo_pg_foreign") else {
         return;
     };

@@ -22,6 +22,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use crate::check::Checked;
+use crate::problem::Problems;
 use crate::retention::db::Db;
 use crate::retention::plan::{Inventory, RunInfo, Selection, TenantInfo, UnitKey, selections};
 use crate::snapshot::read;
@@ -62,8 +63,34 @@ pub enum Refusal {
         anchor_file: String,
         anchored: u64,
     },
+    /// Foreign keys that cascade deletes into mapped tables: a DELETE there would remove rows
+    /// past legal holds and the blob outbox.
+    #[error("nothing was deleted: foreign keys would cascade deletes past lethe\n{0}")]
+    CascadingDeletes(Problems),
+    /// Rows the plan cannot be trusted on: anchors that do not compare as instants, primary
+    /// keys the database does not enforce, blobs outside their tenant's prefix.
+    #[error("nothing was deleted: the data is not in a state lethe can delete from safely\n{0}")]
+    UnsafeData(Problems),
+    /// Legal holds or overrides that name tenants, tables or categories that do not exist: a
+    /// hold that protects nothing must not let its rows go.
+    #[error("nothing was deleted until these name real things\n{0}")]
+    UnknownNames(Problems),
     #[error(transparent)]
     Stale(#[from] plan::PlanError),
+}
+
+impl Refusal {
+    /// `Err` of `variant` unless `problems` is empty.
+    fn unless_empty(
+        problems: Vec<crate::problem::Problem>,
+        variant: fn(Problems) -> Refusal,
+    ) -> crate::Result<()> {
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(variant(Problems(problems)).into())
+        }
+    }
 }
 
 /// Test hook: with `LETHE_CRASH_AT=n` (debug builds only), the process aborts at the n-th
@@ -105,7 +132,7 @@ fn run_time(run_id: &str, created: Option<&str>) -> Option<DateTime<Utc>> {
 
 /// Read everything the planner needs: tenants, holds, counts for every due selection, pending
 /// blobs, snapshot runs and pins. Reads only. Runs the preflight first: any finding that would
-/// make the run go wrong refuses the plan (exit 2) before a count is taken.
+/// make the run go wrong refuses the plan (a named [`Refusal`], exit 1) before it deletes.
 pub async fn inventory(
     c: &Checked,
     db: &mut Db,
@@ -122,14 +149,13 @@ pub async fn inventory(
         None => vec![],
     };
     // The preflight: what needs no count first, then what the counting pass shows.
-    let refuse = |problems: Vec<crate::problem::Problem>| -> crate::Result<()> {
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(crate::Error::Check(crate::problem::Problems(problems)))
-        }
-    };
-    refuse(crate::preflight::checks_without_counts(c, db, blobs).await?)?;
+    // A blob store that holds none of the newest blobs is a wrong `blobs.url` (exit 2).
+    let found = crate::preflight::checks_without_counts(c, db, blobs).await?;
+    if !found.blob_store.is_empty() {
+        return Err(crate::Error::Check(Problems(found.blob_store)));
+    }
+    Refusal::unless_empty(found.cascades, Refusal::CascadingDeletes)?;
+    Refusal::unless_empty(found.unsafe_data, Refusal::UnsafeData)?;
     let known = crate::preflight::known_ids(&list);
     let mut tenants: Vec<TenantInfo> = list
         .valid
@@ -162,13 +188,11 @@ pub async fn inventory(
         table_rows.insert(table.name.clone(), counts.per_tenant());
     }
     orphans.sort();
-    problems.extend(crate::preflight::names_problems(
-        c,
-        &source_holds,
-        &known,
-        &orphans,
-    ));
-    refuse(problems)?;
+    Refusal::unless_empty(problems, Refusal::UnsafeData)?;
+    Refusal::unless_empty(
+        crate::preflight::names_problems(c, &source_holds, &known, &orphans),
+        Refusal::UnknownNames,
+    )?;
     // `orphans = "delete"`: their rows go as a terminated tenant's; a second pass counts them
     // (only then, and only for them).
     if policy.orphans == crate::policy::Orphans::Delete {

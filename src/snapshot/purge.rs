@@ -576,9 +576,9 @@ mod tests {
     };
 
     use super::*;
-    use futures::StreamExt;
     use crate::snapshot::MANIFEST;
     use crate::snapshot::read::runs;
+    use futures::StreamExt;
 
     fn t0() -> DateTime<Utc> {
         DateTime::parse_from_rfc3339("2026-11-22T20:50:11Z")
