@@ -6,7 +6,6 @@
 //! `start` and `end` record. Blob keys never reach logs, errors or records (they may embed
 //! identifiers).
 
-use chrono::Utc;
 use object_store::path::Path as ObjPath;
 use serde::Serialize;
 
@@ -74,7 +73,7 @@ impl<'a> BlobDeleter<'a> {
             plan_hash,
             pending,
         };
-        audit.record(&start, Utc::now()).await?;
+        audit.record(&start).await?;
         Ok(())
     }
 
@@ -95,7 +94,7 @@ impl<'a> BlobDeleter<'a> {
             failed_left_pending: pass.failed,
             verified: "each deleted blob existed before its delete and HEAD returned not-found after it; already_absent were not in the store before lethe came",
         };
-        audit.record(&end, Utc::now()).await?;
+        audit.record(&end).await?;
         Ok(())
     }
 

@@ -456,38 +456,31 @@ impl Keyring {
             destroyed: bool,
             verified: &'static str,
         }
-        let now = chrono::Utc::now;
         audit
-            .record(
-                &ShredStart {
-                    step: "crypto-shred",
-                    phase: "start",
-                    plan_hash,
-                    tenant,
-                },
-                now(),
-            )
+            .record(&ShredStart {
+                step: "crypto-shred",
+                phase: "start",
+                plan_hash,
+                tenant,
+            })
             .await?;
         tracing::info!(tenant, "crypto-shred: start");
         let destroyed = self.destroy_data_key(tenant)?;
         let gone = !self.has(tenant);
         tracing::info!(tenant, destroyed, "crypto-shred: end");
         audit
-            .record(
-                &ShredEnd {
-                    step: "crypto-shred",
-                    phase: "end",
-                    plan_hash,
-                    tenant,
-                    destroyed,
-                    verified: if gone {
-                        "the keyring no longer holds the tenant's data key"
-                    } else {
-                        "KEY STILL PRESENT"
-                    },
+            .record(&ShredEnd {
+                step: "crypto-shred",
+                phase: "end",
+                plan_hash,
+                tenant,
+                destroyed,
+                verified: if gone {
+                    "the keyring no longer holds the tenant's data key"
+                } else {
+                    "KEY STILL PRESENT"
                 },
-                now(),
-            )
+            })
             .await?;
         Ok(destroyed)
     }

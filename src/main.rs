@@ -579,7 +579,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                     config.display()
                 );
             } else {
-                let now = lethe::pipeline::clock(None)?;
+                let now = lethe::clock::as_of(&lethe::clock::SystemClock, None)?;
                 let plan = lethe::pipeline::retention_plan(&checked, now).await?;
                 println!("\nretention as of {} (plan {})", plan.now, plan.hash);
                 if !plan.brake.is_empty() {
@@ -655,6 +655,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
                 plan_hash: r.plan_hash,
                 now: r.now,
                 tenants: r.tenants,
+                ..Default::default()
             };
             let record_as = single.is_none().then_some(r.step.as_str());
             let run = lethe::pipeline::run_steps(&c, &steps, &opts, record_as).await?;
@@ -663,7 +664,7 @@ async fn run(cli: Cli) -> lethe::Result<ExitCode> {
         }
         Command::Plan(p) => {
             let c = lethe::check::check(&cli.config)?;
-            let now = lethe::pipeline::clock(p.now)?;
+            let now = lethe::clock::as_of(&lethe::clock::SystemClock, p.now)?;
             let plan = lethe::pipeline::retention_plan(&c, now).await?;
             if p.json {
                 println!(

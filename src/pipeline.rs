@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::check::{Checked, check};
+use crate::clock::Clock;
 use crate::keys::Keyring;
 use crate::snapshot::Manifest;
 use crate::snapshot::new_run_id;
@@ -39,10 +40,14 @@ pub struct SnapshotRun {
 /// `lethe run snapshot`: validate everything, then snapshot every tenant.
 pub async fn run_snapshot(config: &Path, only: &[String]) -> crate::Result<SnapshotRun> {
     let checked = check(config)?;
-    snapshot_all(&checked, only).await
+    snapshot_all(&checked, only, &crate::clock::system()).await
 }
 
-pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<SnapshotRun> {
+pub async fn snapshot_all(
+    c: &Checked,
+    only: &[String],
+    clock: &Arc<dyn Clock>,
+) -> crate::Result<SnapshotRun> {
     let cfg = &c.config;
     let source = Source::open(&cfg.source)?;
     let list = source.tenants(&c.data_map)?;
@@ -90,7 +95,7 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
         let key = keyring.data_key_or_create(&t.id)?;
         jobs.push(TenantJob {
             tenant: t.id.clone(),
-            run_id: new_run_id(chrono::Utc::now()),
+            run_id: new_run_id(clock.now()),
             key,
         });
     }
@@ -108,6 +113,7 @@ pub async fn snapshot_all(c: &Checked, only: &[String]) -> crate::Result<Snapsho
                 seq: cp.seq,
                 record_hash: cp.record_hash,
             }),
+        clock: clock.clone(),
     };
     tracing::info!(tenants = jobs.len(), store = %cfg.store.url, "snapshot started");
     let results = snapshot_run(&store, spec, jobs).await;
@@ -157,7 +163,7 @@ async fn refuse_new_keys(cfg: &crate::config::Config, store: &Store) -> crate::R
 }
 
 /// How a run was asked for.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Retention: execute only the plan with this hash (also confirms a plan the brake stopped).
     pub plan_hash: Option<String>,
@@ -165,6 +171,19 @@ pub struct RunOptions {
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// Snapshot: only these tenants.
     pub tenants: Vec<String>,
+    /// Where every step reads the time.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            plan_hash: None,
+            now: None,
+            tenants: Vec::new(),
+            clock: crate::clock::system(),
+        }
+    }
 }
 
 /// What one step of a run did, as the run record keeps it.
@@ -245,7 +264,7 @@ pub async fn run_steps(
     record_as: Option<&str>,
 ) -> crate::Result<JobRun> {
     use crate::jobs::Step;
-    let started = chrono::Utc::now();
+    let started = opts.clock.now();
     let mut run = JobRun {
         record: RunRecord {
             format: "lethe-run/1",
@@ -280,9 +299,9 @@ pub async fn run_steps(
             "step started"
         );
         let result: crate::Result<()> = match step {
-            Step::Retention => match clock(opts.now) {
+            Step::Retention => match crate::clock::as_of(&*opts.clock, opts.now) {
                 Err(e) => Err(e),
-                Ok(now) => run_retention(c, now, opts.plan_hash.as_deref())
+                Ok(now) => run_retention(c, &opts.clock, now, opts.plan_hash.as_deref())
                     .await
                     .map(|r| {
                         let o = &r.outcome;
@@ -294,7 +313,7 @@ pub async fn run_steps(
                         run.retention = Some(r);
                     }),
             },
-            Step::Snapshot => snapshot_all(c, &opts.tenants).await.map(|s| {
+            Step::Snapshot => snapshot_all(c, &opts.tenants, &opts.clock).await.map(|s| {
                 rec.counts.insert("tenants_committed", s.done.len() as u64);
                 rec.counts.insert("tenants_failed", s.failed.len() as u64);
                 rec.counts
@@ -322,7 +341,7 @@ pub async fn run_steps(
         }
         run.record.steps.push(rec);
     }
-    run.record.finished_at = crate::util::rfc3339(chrono::Utc::now());
+    run.record.finished_at = crate::util::rfc3339(opts.clock.now());
     if let Some(job) = record_as {
         let store = Store::create(&c.config.store)?;
         let key = object_store::path::Path::from(format!("runs/{job}/{}.json", run.record.run_id));
@@ -335,23 +354,6 @@ pub async fn run_steps(
         tracing::info!(job, run = %run.record.run_id, outcome = run.record.outcome, "run recorded");
     }
     Ok(run)
-}
-
-/// The clock: the real one, or an override for tests and backfills. An override may only lie
-/// in the past — a clock in the future would delete data early.
-pub fn clock(
-    now: Option<chrono::DateTime<chrono::Utc>>,
-) -> crate::Result<chrono::DateTime<chrono::Utc>> {
-    let real = chrono::Utc::now();
-    match now {
-        None => Ok(real),
-        Some(t) if t <= real => Ok(t),
-        Some(t) => Err(crate::Error::Usage(format!(
-            "--now {} is later than the clock ({}); a clock in the future would delete data early. Use a time in the past, or leave --now out",
-            crate::util::rfc3339(t),
-            crate::util::rfc3339(real)
-        ))),
-    }
 }
 
 /// The keyring if it exists: planning never creates one (before the first snapshot there is
@@ -455,6 +457,7 @@ pub fn normalize_plan_hash(h: &str) -> String {
 /// (or the brake), execute, audit, checkpoint, release.
 pub async fn run_retention(
     c: &Checked,
+    clock: &Arc<dyn Clock>,
     now: chrono::DateTime<chrono::Utc>,
     expect_hash: Option<&str>,
 ) -> crate::Result<RetentionRun> {
@@ -467,7 +470,16 @@ pub async fn run_retention(
             .map_err(crate::audit::AuditError::from)?,
     );
     let mut touched = false;
-    let result = retention_locked(c, &store, now, expect_hash, lease.clone(), &mut touched).await;
+    let result = retention_locked(
+        c,
+        &store,
+        clock,
+        now,
+        expect_hash,
+        lease.clone(),
+        &mut touched,
+    )
+    .await;
     match std::sync::Arc::try_unwrap(lease) {
         Ok(l) => {
             // A run refused before it changed anything leaves no trace, not even its lease.
@@ -488,6 +500,7 @@ pub async fn run_retention(
 async fn retention_locked(
     c: &Checked,
     store: &Store,
+    clock: &Arc<dyn Clock>,
     now: chrono::DateTime<chrono::Utc>,
     expect_hash: Option<&str>,
     lease: std::sync::Arc<crate::lease::Lease>,
@@ -565,7 +578,8 @@ async fn retention_locked(
         true,
     )?;
     let lock = crate::audit::object_lock_writer(cfg).await?;
-    let mut audit = crate::audit::AuditLog::open(store.clone(), signer, lock).await?;
+    let mut audit =
+        crate::audit::AuditLog::open(store.clone(), signer, lock, clock.clone()).await?;
     // A log shorter than what the keyring directory anchors: the wrong store, or a cut log.
     // Appending there would start a second chain and record deletions where nobody looks.
     let anchor_file = crate::audit::anchor_path(&cfg.keyring);
@@ -583,14 +597,18 @@ async fn retention_locked(
         .into());
     }
     audit.guard(lease);
-    audit.close_interrupted(chrono::Utc::now()).await?;
+    audit.close_interrupted().await?;
     audit
-        .append(
-            serde_json::json!({"step": "retention", "phase": "start", "plan_hash": plan.hash,
-                "now": plan.now, "policy_version": plan.policy_version, "policy_hash": plan.policy_hash,
-                "planned": plan.totals, "confirmed": expect_hash.is_some()}),
-            chrono::Utc::now(),
-        )
+        .record(&crate::audit::event::RetentionStart {
+            step: "retention",
+            phase: "start",
+            plan_hash: &plan.hash,
+            now: &plan.now,
+            policy_version: &plan.policy_version,
+            policy_hash: &plan.policy_hash,
+            planned: &plan.totals,
+            confirmed: expect_hash.is_some(),
+        })
         .await?;
     let subject_key = keyring.subject_key();
     let mut env = execute::Env {
@@ -608,18 +626,22 @@ async fn retention_locked(
     };
     let outcome = execute::execute(&mut env, &plan).await?;
     audit
-        .append(
-            serde_json::json!({"step": "retention", "phase": "end", "plan_hash": plan.hash,
-                "rows": outcome.rows(), "blobs_deleted": outcome.blobs_deleted,
-                "blobs_already_absent": outcome.blobs_absent, "runs_purged": outcome.runs.len(),
-                "keys_shredded": outcome.shredded.len(), "verified": outcome.verified()}),
-            chrono::Utc::now(),
-        )
+        .record(&crate::audit::event::RetentionEnd {
+            step: "retention",
+            phase: "end",
+            plan_hash: &plan.hash,
+            rows: outcome.rows(),
+            blobs_deleted: outcome.blobs_deleted,
+            blobs_already_absent: outcome.blobs_absent,
+            runs_purged: outcome.runs.len(),
+            keys_shredded: outcome.shredded.len(),
+            verified: outcome.verified(),
+        })
         .await?;
     audit
-        .expire(chrono::Utc::now(), crate::span::Span::Months(12))
+        .expire(clock.now(), crate::span::Span::Months(12))
         .await?;
-    if let Some(cp) = audit.checkpoint(chrono::Utc::now()).await?
+    if let Some(cp) = audit.checkpoint().await?
         && let Err(e) = crate::audit::write_anchor(&cfg.keyring, &cp)
     {
         tracing::warn!(error = %e, file = %crate::audit::anchor_path(&cfg.keyring).display(), "could not record the audit anchor beside the keyring");

@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use serde::Serialize;
 
 use crate::blobs::{BlobDeleter, BlobPass, Gone};
@@ -91,7 +90,7 @@ pub async fn change_rows(
             })
             .collect(),
     };
-    env.audit.record(&start, Utc::now()).await?;
+    env.audit.record(&start).await?;
     crash_point("after a start record");
     let (rows, remaining, changing, verifying) =
         tokio::task::block_in_place(|| run_batches(env, sel, &tenants, units))?;
@@ -112,7 +111,7 @@ pub async fn change_rows(
         remaining,
         verified: format!("re-query of the due rows returned {remaining} rows"),
     };
-    env.audit.record(&end, Utc::now()).await?;
+    env.audit.record(&end).await?;
     crash_point("after an end record");
     tracing::debug!(table = %sel.table, category, action = sel.change.verb(), rows = rows.values().sum::<u64>(), remaining, seconds_changing = changing, seconds_verifying = verifying, "rows done");
     Ok(UnitOutcome {

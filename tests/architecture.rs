@@ -13,7 +13,7 @@ const DELETERS: &[(&str, &[&str], &str)] = &[
         &[
             "src/blobs.rs",          // blob store: BlobDeleter
             "src/snapshot/purge.rs", // snapshot store: runs and pins
-            "src/audit.rs",          // the audit log's own expiry
+            "src/audit/mod.rs",      // the audit log's own expiry
             "src/lease.rs",          // lock generations it wrote itself
         ],
         "object store",

@@ -359,13 +359,14 @@ fn defect_4_audit_verify_flags_a_start_without_its_end() {
             false,
         )
         .unwrap();
-        let mut log = lethe::audit::AuditLog::open(store, key, None).await.unwrap();
+        let mut log = lethe::audit::AuditLog::open(store, key, None, lethe::clock::system())
+            .await
+            .unwrap();
         // A loser's start with no end, then a winner's complete step, then a checkpoint.
-        let now = chrono::Utc::now();
-        log.append(serde_json::json!({"step": "rows", "phase": "start", "plan_hash": "sha256:aa", "table": "messages", "category": "messages"}), now).await.unwrap();
-        log.append(serde_json::json!({"step": "rows", "phase": "start", "plan_hash": "sha256:bb", "table": "calls", "category": "calls"}), now).await.unwrap();
-        log.append(serde_json::json!({"step": "rows", "phase": "end", "plan_hash": "sha256:bb", "table": "calls", "category": "calls"}), now).await.unwrap();
-        log.checkpoint(now).await.unwrap();
+        log.append(serde_json::json!({"step": "rows", "phase": "start", "plan_hash": "sha256:aa", "table": "messages", "category": "messages"})).await.unwrap();
+        log.append(serde_json::json!({"step": "rows", "phase": "start", "plan_hash": "sha256:bb", "table": "calls", "category": "calls"})).await.unwrap();
+        log.append(serde_json::json!({"step": "rows", "phase": "end", "plan_hash": "sha256:bb", "table": "calls", "category": "calls"})).await.unwrap();
+        log.checkpoint().await.unwrap();
     });
     let (code, out, err) = lethe(&["--config", cfg(&d), "audit", "verify"]);
     assert_eq!(code, 1, "{out}\n{err}");

@@ -48,7 +48,7 @@ fn retention_at(d: &Demo, now: DateTime<Utc>) -> lethe::pipeline::RetentionRun {
     rt().block_on(async {
         let c = lethe::check::check(&d.config).unwrap();
         let plan = lethe::pipeline::retention_plan(&c, now).await.unwrap();
-        lethe::pipeline::run_retention(&c, now, Some(&plan.hash))
+        lethe::pipeline::run_retention(&c, &lethe::clock::system(), now, Some(&plan.hash))
             .await
             .unwrap()
     })

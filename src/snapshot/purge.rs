@@ -221,36 +221,29 @@ pub async fn purge_run_recorded(
         verified: bool,
     }
     const STEP: &str = "backup-purge";
-    let now = chrono::Utc::now;
     audit
-        .record(
-            &Start {
-                step: STEP,
-                phase: "start",
-                plan_hash,
-                tenant,
-                run_id,
-                rule,
-            },
-            now(),
-        )
+        .record(&Start {
+            step: STEP,
+            phase: "start",
+            plan_hash,
+            tenant,
+            run_id,
+            rule,
+        })
         .await?;
     crash_point("before a run purge");
     let p = match purge_run(store, s3, tenant, run_id).await {
         Ok(p) => p,
         Err(SnapshotError::Pinned { .. }) => {
             audit
-                .record(
-                    &Skipped {
-                        step: STEP,
-                        phase: "end",
-                        plan_hash,
-                        tenant,
-                        run_id,
-                        skipped: "pinned since planning",
-                    },
-                    now(),
-                )
+                .record(&Skipped {
+                    step: STEP,
+                    phase: "end",
+                    plan_hash,
+                    tenant,
+                    run_id,
+                    skipped: "pinned since planning",
+                })
                 .await?;
             return Ok(None);
         }
@@ -266,22 +259,19 @@ pub async fn purge_run_recorded(
         })
         .collect();
     audit
-        .record(
-            &End {
-                step: STEP,
-                phase: "end",
-                plan_hash,
-                tenant,
-                run_id,
-                method: p.method,
-                objects_deleted: p.objects_deleted,
-                versions_deleted: p.versions_deleted,
-                delete_markers_deleted: p.delete_markers_deleted,
-                locked_until,
-                verified: p.verified,
-            },
-            now(),
-        )
+        .record(&End {
+            step: STEP,
+            phase: "end",
+            plan_hash,
+            tenant,
+            run_id,
+            method: p.method,
+            objects_deleted: p.objects_deleted,
+            versions_deleted: p.versions_deleted,
+            delete_markers_deleted: p.delete_markers_deleted,
+            locked_until,
+            verified: p.verified,
+        })
         .await?;
     crash_point("after a run purge");
     Ok(Some(p))

@@ -74,6 +74,8 @@ pub struct RunSpec {
     pub selective: bool,
     /// The newest audit checkpoint now, recorded in every manifest (an anchor of the log).
     pub audit_head: Option<crate::snapshot::manifest::AuditHead>,
+    /// What stamps `created_at` and `committed_at`.
+    pub clock: Arc<dyn crate::clock::Clock>,
 }
 
 /// Writer properties of a snapshot file: zstd, bounded row groups, AES-GCM with the footer and
@@ -171,7 +173,7 @@ pub type TenantResult = (String, Result<(Manifest, f64), SnapshotError>);
 /// Snapshot `jobs` (one per tenant) in one pass over the source, then commit each tenant that
 /// succeeded with its manifest.
 pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) -> Vec<TenantResult> {
-    let created_at = rfc3339(chrono::Utc::now());
+    let created_at = rfc3339(spec.clock.now());
     let started = std::time::Instant::now();
     let n = jobs.len();
     let plan = ScanPlan {
@@ -322,7 +324,10 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             tenant: job.tenant.clone(),
             created_at: created_at.clone(),
             // Microseconds: runs of one second are ordered by when they committed.
-            committed_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            committed_at: spec
+                .clock
+                .now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
             tool_version: format!("lethe {}", env!("CARGO_PKG_VERSION")),
             policy_version: spec.policy_version.clone(),
             policy_hash: spec.policy_hash.clone(),

@@ -46,6 +46,8 @@
 //! delete markers; their versions stay until their lock ends and a lifecycle rule for noncurrent
 //! versions removes them.
 
+pub mod event;
+
 use std::collections::{BTreeMap, HashSet};
 
 use base64::Engine;
@@ -486,6 +488,9 @@ pub struct AuditLog {
     lease: Option<std::sync::Arc<crate::lease::Lease>>,
     /// The last record written (or, once every record has expired, the newest checkpoint's).
     head: Option<RecordRef>,
+    /// What stamps records and checkpoints (the wall clock, also under `--now`: a record says
+    /// when it was written; the plan's "as of" is in the event).
+    clock: std::sync::Arc<dyn crate::clock::Clock>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -507,6 +512,7 @@ impl AuditLog {
         store: Store,
         signer: SigningKey,
         lock: Option<ObjectLockWriter>,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
     ) -> Result<AuditLog, AuditError> {
         let head = find_head(&store, &signer).await?;
         Ok(AuditLog {
@@ -515,6 +521,7 @@ impl AuditLog {
             lock,
             lease: None,
             head,
+            clock,
         })
     }
 
@@ -527,7 +534,7 @@ impl AuditLog {
     /// record lists them (their outcome is unknown; the run that follows re-counts and finishes
     /// the work). Only records after the newest checkpoint are looked at: a run checkpoints last,
     /// so an interrupted run's records are all there. Returns the seqs closed.
-    pub async fn close_interrupted(&mut self, at: DateTime<Utc>) -> Result<Vec<u64>, AuditError> {
+    pub async fn close_interrupted(&mut self) -> Result<Vec<u64>, AuditError> {
         let Some(head) = self.head.clone() else {
             return Ok(vec![]);
         };
@@ -550,11 +557,12 @@ impl AuditLog {
             records = ?open,
             "an earlier run was interrupted between a start record and its end; recording that their outcome is unknown (this run re-counts and finishes the work)"
         );
-        self.append(
-            serde_json::json!({"step": "recovery", "phase": "note", "closes": open,
-                "reason": "the run that wrote these start records was interrupted before their end; the following run re-counted and finished the work"}),
-            at,
-        )
+        self.record(&event::Recovery {
+            step: "recovery",
+            phase: "note",
+            closes: &open,
+            reason: "the run that wrote these start records was interrupted before their end; the following run re-counted and finished the work",
+        })
         .await?;
         Ok(open)
     }
@@ -569,11 +577,8 @@ impl AuditLog {
     }
 
     /// Append `event` (a JSON object without personal data) as the next record.
-    pub async fn append(
-        &mut self,
-        event: serde_json::Value,
-        at: DateTime<Utc>,
-    ) -> Result<RecordRef, AuditError> {
+    pub async fn append(&mut self, event: serde_json::Value) -> Result<RecordRef, AuditError> {
+        let at = self.clock.now();
         if !event.is_object() {
             let got = match event {
                 serde_json::Value::Null => "null",
@@ -622,24 +627,15 @@ impl AuditLog {
 
     /// Append a typed event (a struct that serializes to an object of counts, names, ids and
     /// hashes — what the deleters write), as [`AuditLog::append`] does.
-    pub async fn record<E: Serialize>(
-        &mut self,
-        event: &E,
-        at: DateTime<Utc>,
-    ) -> Result<RecordRef, AuditError> {
-        self.append(
-            serde_json::to_value(event).expect("audit events serialize"),
-            at,
-        )
-        .await
+    pub async fn record<E: Serialize>(&mut self, event: &E) -> Result<RecordRef, AuditError> {
+        self.append(serde_json::to_value(event).expect("audit events serialize"))
+            .await
     }
 
     /// Sign a checkpoint for the head record; `None` for an empty log. Idempotent: a valid
     /// checkpoint of the same record already there is returned as is.
-    pub async fn checkpoint(
-        &mut self,
-        at: DateTime<Utc>,
-    ) -> Result<Option<CheckpointRef>, AuditError> {
+    pub async fn checkpoint(&mut self) -> Result<Option<CheckpointRef>, AuditError> {
+        let at = self.clock.now();
         let Some(head) = self.head.clone() else {
             return Ok(None);
         };
@@ -779,17 +775,14 @@ impl AuditLog {
             checkpoints = doomed_checkpoints.len(),
             "audit expiry: start"
         );
-        self.append(
-            serde_json::json!({
-                "step": "audit-expire",
-                "phase": "start",
-                "keep": keep.to_string(),
-                "anchor_checkpoint": anchor,
-                "records": doomed_records.len(),
-                "checkpoints": doomed_checkpoints.len(),
-            }),
-            now,
-        )
+        self.record(&event::ExpireStart {
+            step: "audit-expire",
+            phase: "start",
+            keep: keep.to_string(),
+            anchor_checkpoint: anchor,
+            records: doomed_records.len(),
+            checkpoints: doomed_checkpoints.len(),
+        })
         .await?;
         if let Some(&from_seq) = doomed_records.first() {
             let mut marker = ExpiryMarker {
@@ -823,16 +816,13 @@ impl AuditLog {
             }
         }
         delete_if_present(&self.store, EXPIRY_MARKER).await?;
-        self.append(
-            serde_json::json!({
-                "step": "audit-expire",
-                "phase": "end",
-                "anchor_checkpoint": anchor,
-                "records_deleted": outcome.records_deleted,
-                "checkpoints_deleted": outcome.checkpoints_deleted,
-            }),
-            now,
-        )
+        self.record(&event::ExpireEnd {
+            step: "audit-expire",
+            phase: "end",
+            anchor_checkpoint: anchor,
+            records_deleted: outcome.records_deleted,
+            checkpoints_deleted: outcome.checkpoints_deleted,
+        })
         .await?;
         tracing::info!(
             anchor,
@@ -1364,6 +1354,25 @@ pub async fn verify_anchored(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writing at a given time: the log's clock is set to `at` first.
+    impl AuditLog {
+        async fn append_at(
+            &mut self,
+            event: serde_json::Value,
+            at: DateTime<Utc>,
+        ) -> Result<RecordRef, AuditError> {
+            self.clock = crate::clock::FixedClock::at(at);
+            self.append(event).await
+        }
+        async fn checkpoint_at(
+            &mut self,
+            at: DateTime<Utc>,
+        ) -> Result<Option<CheckpointRef>, AuditError> {
+            self.clock = crate::clock::FixedClock::at(at);
+            self.checkpoint().await
+        }
+    }
     use crate::config::StoreSpec;
     use chrono::TimeZone;
 
@@ -1395,9 +1404,14 @@ mod tests {
             self.key("audit.pk8").public_key()
         }
         async fn log(&self) -> AuditLog {
-            AuditLog::open(self.store.clone(), self.key("audit.pk8"), None)
-                .await
-                .unwrap()
+            AuditLog::open(
+                self.store.clone(),
+                self.key("audit.pk8"),
+                None,
+                crate::clock::system(),
+            )
+            .await
+            .unwrap()
         }
         fn file(&self, key: &str) -> std::path::PathBuf {
             self.root.join(key)
@@ -1427,13 +1441,13 @@ mod tests {
         let mut log = fx.log().await;
         for i in 0..n {
             let r = log
-                .append(event(i), t0() + chrono::Duration::days(i as i64))
+                .append_at(event(i), t0() + chrono::Duration::days(i as i64))
                 .await
                 .unwrap();
             assert_eq!(r.seq, i);
         }
         let cp = log
-            .checkpoint(t0() + chrono::Duration::days(n as i64))
+            .checkpoint_at(t0() + chrono::Duration::days(n as i64))
             .await
             .unwrap()
             .unwrap();
@@ -1467,7 +1481,7 @@ mod tests {
         // A reopened log continues the chain; new records are "not yet checkpointed".
         let mut log = fx.log().await;
         assert_eq!(log.head().unwrap().seq, 5);
-        let r6 = log.append(event(6), t0()).await.unwrap();
+        let r6 = log.append_at(event(6), t0()).await.unwrap();
         assert_eq!(r6.seq, 6);
         let r = fx.verify().await;
         assert!(r.is_ok(), "{r}");
@@ -1481,7 +1495,7 @@ mod tests {
         let fx = Fixture::new();
         let mut log = fx.log().await;
         let e = log
-            .append(serde_json::json!("alice@example.com"), t0())
+            .append_at(serde_json::json!("alice@example.com"), t0())
             .await
             .unwrap_err();
         assert!(matches!(e, AuditError::EventNotObject { .. }), "{e}");
@@ -1493,8 +1507,8 @@ mod tests {
         let fx = seeded(2).await;
         let mut a = fx.log().await;
         let mut b = fx.log().await;
-        a.append(event(10), t0()).await.unwrap();
-        let e = b.append(event(11), t0()).await.unwrap_err();
+        a.append_at(event(10), t0()).await.unwrap();
+        let e = b.append_at(event(11), t0()).await.unwrap_err();
         match &e {
             AuditError::Conflict { key, head } => {
                 assert_eq!(key, &record_key(2));
@@ -1503,7 +1517,7 @@ mod tests {
             other => panic!("{other}"),
         }
         // The loser re-read the head and can go on.
-        assert_eq!(b.append(event(11), t0()).await.unwrap().seq, 3);
+        assert_eq!(b.append_at(event(11), t0()).await.unwrap().seq, 3);
         assert!(fx.verify().await.is_ok());
     }
 
@@ -1511,14 +1525,14 @@ mod tests {
     async fn checkpoint_is_idempotent() {
         let fx = seeded(3).await;
         let mut log = fx.log().await;
-        let again = log.checkpoint(t0()).await.unwrap().unwrap();
+        let again = log.checkpoint_at(t0()).await.unwrap().unwrap();
         assert_eq!(again.seq, 2);
         assert_eq!(fx.verify().await.checkpoints, 1);
         assert!(
             Fixture::new()
                 .log()
                 .await
-                .checkpoint(t0())
+                .checkpoint_at(t0())
                 .await
                 .unwrap()
                 .is_none()
@@ -1551,7 +1565,7 @@ mod tests {
         let fx = seeded(3).await;
         let mut log = fx.log().await;
         for i in 3..6 {
-            log.append(event(i), t0()).await.unwrap();
+            log.append_at(event(i), t0()).await.unwrap();
         }
         let key = record_key(4);
         fx.write(&key, &fx.read(&key).replace("\"rows\":104", "\"rows\":1"));
@@ -1655,11 +1669,16 @@ mod tests {
     #[tokio::test]
     async fn a_checkpoint_signed_by_another_key_is_named() {
         let fx = seeded(3).await;
-        let mut log = AuditLog::open(fx.store.clone(), fx.key("intruder.pk8"), None)
-            .await
-            .unwrap();
-        log.append(event(3), t0()).await.unwrap();
-        log.checkpoint(t0()).await.unwrap();
+        let mut log = AuditLog::open(
+            fx.store.clone(),
+            fx.key("intruder.pk8"),
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .unwrap();
+        log.append_at(event(3), t0()).await.unwrap();
+        log.checkpoint_at(t0()).await.unwrap();
         let r = fx.verify().await;
         assert_eq!(keys_of(&r), vec![checkpoint_key(3).as_str()], "{r}");
         assert!(r.findings[0].problem.contains("signed by key"), "{r}");
@@ -1690,9 +1709,14 @@ mod tests {
         assert_eq!(keys_of(&r), vec![record_key(5).as_str()], "{r}");
         assert_eq!(r.findings[0].kind, FindingKind::RemovedTail);
         // And the writer refuses to build on a cut tail.
-        let e = AuditLog::open(fx.store.clone(), fx.key("audit.pk8"), None)
-            .await
-            .unwrap_err();
+        let e = AuditLog::open(
+            fx.store.clone(),
+            fx.key("audit.pk8"),
+            None,
+            crate::clock::system(),
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(e, AuditError::Corrupt { .. }), "{e}");
     }
 
@@ -1703,9 +1727,9 @@ mod tests {
         let mut log = fx.log().await;
         for i in 0..10u64 {
             let at = t0() + chrono::Duration::weeks(i as i64 * 4);
-            log.append(event(i), at).await.unwrap();
+            log.append_at(event(i), at).await.unwrap();
             if i % 3 == 0 && i > 0 {
-                log.checkpoint(at).await.unwrap();
+                log.checkpoint_at(at).await.unwrap();
             }
         }
         fx
@@ -1750,10 +1774,10 @@ mod tests {
         // Idempotent, and the log goes on.
         let out = log.expire(now, Span::Months(12)).await.unwrap();
         assert_eq!((out.records_deleted, out.checkpoints_deleted), (0, 0));
-        log.append(event(99), now).await.unwrap();
-        log.checkpoint(now).await.unwrap();
+        log.append_at(event(99), now).await.unwrap();
+        log.checkpoint_at(now).await.unwrap();
         let mut reopened = fx.log().await;
-        reopened.append(event(100), now).await.unwrap();
+        reopened.append_at(event(100), now).await.unwrap();
         assert!(fx.verify().await.is_ok());
     }
 
