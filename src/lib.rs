@@ -27,6 +27,7 @@
 pub mod audit;
 pub mod blobs;
 pub mod check;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod datamap;

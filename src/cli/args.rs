@@ -1,0 +1,236 @@
+//! What the command line accepts: clap's derive structs, with the help text users read.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::snapshot::read::RestoreFormat;
+
+/// lethe keeps a multi-tenant SaaS's personal data inside the promises its privacy policy makes:
+/// encrypted per-tenant snapshots, retention, erasure with signed certificates, audit.
+///
+/// Start with `lethe demo`: it builds a synthetic multi-tenant database in ./lethe-demo, snapshots
+/// it into encrypted Parquet and applies the retention policy. Then point --config at
+/// ./lethe-demo/lethe.toml and try `plan`, `audit verify`, `snapshot ls`.
+#[derive(Parser)]
+#[command(name = "lethe", version, max_term_width = 100)]
+pub(super) struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        default_value = "lethe.toml",
+        env = "LETHE_CONFIG"
+    )]
+    pub(super) config: PathBuf,
+    /// More logging (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub(super) verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub(super) quiet: bool,
+    #[command(subcommand)]
+    pub(super) command: Command,
+}
+
+#[derive(Subcommand)]
+pub(super) enum Command {
+    /// Build the embedded demo (synthetic tenants in SQLite, a local store) and run the nightly
+    /// job on it: retention, then a snapshot.
+    ///
+    /// Safe to run again: the database, blobs and keyring are kept and a new snapshot run is added.
+    Demo(DemoArgs),
+    /// Validate lethe.toml, the data map (against the live database), the policy and the jobs.
+    ///
+    /// Prints every problem with its file, key or line, and a fix. Exit 2 if any.
+    Check,
+    /// Retention dry run: what would be deleted, anonymized or flagged, per tenant and
+    /// category; what is held back and why; which backups would be purged; and the plan hash.
+    ///
+    /// Changes nothing anywhere (the database is opened read-only). To execute exactly this
+    /// plan, pass its hash: `lethe run retention --now <the plan's now> --plan-hash <hash>`.
+    Plan(PlanArgs),
+    /// Run a job of jobs/*.toml now (`lethe run nightly`: what a CronJob or systemd timer
+    /// calls), or a single step (`lethe run retention`, `lethe run snapshot`).
+    ///
+    /// A job's steps run in the order its file lists them; a failed step stops the steps after
+    /// it; a tenant whose snapshot failed alone is reported and the run exits 1 at the end. A
+    /// job run is recorded in the store as runs/<job>/<run-id>.json.
+    Run(RunArgs),
+    /// The audit log: verify the hash chain and the signed checkpoints.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Keys: the public key that verifies audit checkpoints (and certificates).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Snapshot runs in the store: list, verify, restore.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Args)]
+pub(super) struct DemoArgs {
+    /// Directory to create (or reuse).
+    #[arg(long, default_value = "lethe-demo")]
+    pub(super) dir: PathBuf,
+    /// Number of tenants (a few of them cancelled).
+    #[arg(long, default_value_t = 20)]
+    pub(super) tenants: usize,
+    /// Days of history to generate, ending today (00:00 UTC).
+    #[arg(long, default_value_t = 400)]
+    pub(super) days: u32,
+    /// Seed of the generator: the same seed on the same day gives the same database.
+    #[arg(long, default_value_t = 42)]
+    pub(super) seed: u64,
+    /// Load the demo into this PostgreSQL database (`postgres://user@host:5432/db`, password
+    /// in PGPASSWORD) and snapshot from there. Existing demo tables there are kept.
+    #[arg(long)]
+    pub(super) source: Option<String>,
+    /// Build and snapshot only; leave retention to `lethe run retention`.
+    #[arg(long)]
+    pub(super) no_retention: bool,
+}
+
+#[derive(Args)]
+pub(super) struct PlanArgs {
+    /// Print the plan as JSON (the hash covers exactly this document).
+    #[arg(long)]
+    pub(super) json: bool,
+    /// Plan as of this instant (RFC 3339) instead of the clock; never later than the clock.
+    #[arg(long, value_parser = parse_instant)]
+    pub(super) now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Args)]
+pub(super) struct RunArgs {
+    /// A job name from jobs/*.toml (e.g. `nightly`), or one step: `retention`, `snapshot`.
+    #[arg(value_name = "JOB|STEP", value_parser = parse_target)]
+    pub(super) target: Target,
+    /// Only these tenants (repeatable; the snapshot step only, by hand).
+    #[arg(long = "tenant")]
+    pub(super) tenants: Vec<String>,
+    /// retention: execute only if the current plan has this hash (from `lethe plan`), which
+    /// also confirms a plan the safety brake stopped.
+    #[arg(long)]
+    pub(super) plan_hash: Option<String>,
+    /// retention: run as of this instant (RFC 3339) instead of the clock; never later than the
+    /// clock, so an override can only delete less.
+    #[arg(long, value_parser = parse_instant)]
+    pub(super) now: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(Subcommand)]
+pub(super) enum AuditCommand {
+    /// Verify the chain: every record's hash link, sequence and signed checkpoints.
+    ///
+    /// Exit 1 naming each edited, removed, reordered or inserted record.
+    Verify {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum KeysCommand {
+    /// Print the Ed25519 public key (checkpoints, certificates).
+    Public {
+        #[arg(long, value_enum, default_value = "jwk")]
+        format: KeyFormat,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum KeyFormat {
+    Jwk,
+    Hex,
+}
+
+pub(super) fn parse_instant(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e}: write an RFC 3339 instant like 2026-11-01T00:00:00Z"))
+}
+
+#[derive(Subcommand)]
+pub(super) enum SnapshotCommand {
+    /// List committed runs per tenant (uncommitted runs are not shown: `verify` reports them).
+    Ls {
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every file's sha256, decrypt every footer, compare row counts with the manifest.
+    ///
+    /// Exit 1 naming each file on a mismatch, a missing or unlisted file, or an uncommitted run.
+    Verify {
+        /// Only these tenants (repeatable).
+        #[arg(long = "tenant")]
+        tenants: Vec<String>,
+    },
+    /// Write a tenant's run back to a local directory as plaintext Parquet or CSV.
+    ///
+    /// Each file's sha256 is checked before it is decrypted. Nothing existing is overwritten.
+    /// The output is personal data in plaintext: restore only where such data may live.
+    Restore {
+        #[arg(long)]
+        tenant: String,
+        /// Run id (default: the newest committed run).
+        #[arg(long)]
+        run: Option<String>,
+        /// Output directory (created; files inside must not exist yet).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value = "parquet")]
+        format: RestoreFormat,
+        /// Only these tables (repeatable).
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
+    /// Keep a committed run from backup purge until it is unpinned.
+    Pin {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        run: String,
+        /// Why (a ticket or case number; never personal data).
+        #[arg(long)]
+        reason: String,
+        /// Who pins it.
+        #[arg(long, env = "USER", default_value = "unknown")]
+        by: String,
+    },
+    /// Remove a pin.
+    Unpin {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        run: String,
+    },
+}
+
+/// What `lethe run` runs: one step this build has, or a job of jobs/*.toml by name.
+#[derive(Debug, Clone)]
+pub(super) enum Target {
+    Step(crate::jobs::Step),
+    Job(String),
+}
+
+/// A step's name is a step (refused here, exit 2, when this build does not have it); any other
+/// name is a job, found (or refused, naming jobs/) when the configuration is read.
+pub(super) fn parse_target(s: &str) -> Result<Target, String> {
+    use crate::jobs::Step;
+    match Step::parse(s) {
+        Some(step) if step.available() => Ok(Target::Step(step)),
+        Some(Step::BackupPurge) => Err(
+            "backups are purged by the retention step in this build: run `lethe run retention` (see `lethe plan` for the runs it would purge)".into(),
+        ),
+        Some(step) => Err(format!(
+            "step {step} is not in this build; its steps are: {}",
+            Step::available_names()
+        )),
+        None => Ok(Target::Job(s.to_string())),
+    }
+}

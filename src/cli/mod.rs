@@ -1,0 +1,403 @@
+//! The command line: argument parsing (`args`), rendering for people (`render`), and the
+//! dispatch from a parsed command to the library, mapping errors to exit codes (0 success, 1
+//! the job failed or found a violation, 2 bad usage or configuration). `src/main.rs` only
+//! calls [`main`].
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use crate::keys::Keyring;
+use crate::snapshot::read;
+use crate::store::Store;
+use clap::Parser;
+
+mod args;
+mod render;
+
+use args::*;
+use render::*;
+
+fn init_logging(cli: &Cli) {
+    use tracing_subscriber::EnvFilter;
+    let level = if cli.quiet {
+        "warn"
+    } else {
+        ["info", "debug", "trace"][cli.verbose.min(2) as usize]
+    };
+    let filter = EnvFilter::try_from_env("LETHE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("lethe={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.compact().without_time().init();
+    } else {
+        builder.json().flatten_event(true).init();
+    }
+}
+
+/// The whole command line: parse, log, run, map the outcome to an exit code.
+pub fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`lethe snapshot ls | head`), as command-line tools do,
+    // instead of panicking on the next println.
+    // SAFETY: called first thing, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// The audit log's anchors kept outside it: the file beside the keyring, and the audit head
+/// every committed manifest recorded (the newest manifest of each tenant).
+async fn audit_anchors(
+    config: &crate::config::Config,
+    store: &Store,
+) -> crate::Result<Vec<crate::audit::Anchor>> {
+    let mut out = Vec::new();
+    if let Some(a) = crate::audit::read_anchor(&crate::audit::anchor_path(&config.keyring)) {
+        out.push(a);
+    }
+    for t in read::tenants(store).await? {
+        if let Some(m) = read::newest_committed(store, &t).await?
+            && let Some(h) = &m.audit_head
+        {
+            out.push(crate::audit::Anchor {
+                seq: h.seq,
+                record_hash: h.record_hash.clone(),
+                source: crate::snapshot::manifest_key(&m.tenant, &m.run_id).to_string(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn run(cli: Cli) -> crate::Result<ExitCode> {
+    match cli.command {
+        Command::Demo(a) => {
+            let opts = crate::demo::DemoOptions {
+                dir: a.dir.clone(),
+                source: a.source.clone(),
+                tenants: a.tenants,
+                days: a.days,
+                seed: a.seed,
+            };
+            let (config, generated) = crate::demo::prepare(&opts)?;
+            match &generated {
+                Some(g) => {
+                    let rows: u64 = g.rows.iter().map(|r| r.1).sum();
+                    println!(
+                        "created {} with {} tenants, {rows} rows in {} tables and {} blobs over {} days",
+                        a.dir.join("source.db").display(),
+                        a.tenants,
+                        g.rows.len(),
+                        g.blobs,
+                        a.days
+                    );
+                }
+                None => println!(
+                    "reusing the existing demo database in {} (delete the directory to start over)",
+                    a.dir.display()
+                ),
+            }
+            if let Some(url) = &a.source {
+                let redacted = crate::source::postgres::redact(url);
+                match crate::demo::load_into_postgres(&a.dir.join("source.db"), url).await {
+                    Ok(Some(rows)) => println!("loaded {rows} rows into {redacted} (COPY FROM)"),
+                    Ok(None) => println!("reusing the demo tables already in {redacted}"),
+                    Err(e) => {
+                        return Err(crate::Error::Usage(format!(
+                            "cannot load the demo into {redacted}: {e}"
+                        )));
+                    }
+                }
+            }
+            // The nightly job, as a scheduler would run it: retention, then the snapshot.
+            let checked = crate::check::check(&config)?;
+            let nightly = crate::pipeline::job(&checked, "nightly")?;
+            let mut steps = nightly.steps.clone();
+            let mut opts = crate::pipeline::RunOptions::default();
+            if a.no_retention {
+                steps.retain(|s| *s != crate::jobs::Step::Retention);
+                println!(
+                    "retention skipped (--no-retention); see `lethe --config {} plan`",
+                    config.display()
+                );
+            } else {
+                let now = crate::clock::as_of(&crate::clock::SystemClock, None)?;
+                let plan = crate::pipeline::retention_plan(&checked, now).await?;
+                println!("\nretention as of {} (plan {})", plan.now, plan.hash);
+                if !plan.brake.is_empty() {
+                    println!(
+                        "the safety brake stops a first run over {} table(s) of old data; the demo confirms this exact plan by its hash",
+                        plan.brake.len()
+                    );
+                }
+                opts.now = Some(now);
+                opts.plan_hash = Some(plan.hash.clone());
+            }
+            let run = crate::pipeline::run_steps(&checked, &steps, &opts, Some("nightly")).await?;
+            println!();
+            print_job_run(&run);
+            let code = finish(run)?;
+            println!(
+                "\nencrypted snapshots are in {}; try:",
+                a.dir.join("store").display()
+            );
+            let c = config.display();
+            println!("  lethe --config {c} plan");
+            println!("  lethe --config {c} audit verify");
+            println!("  lethe --config {c} snapshot ls");
+            println!("  lethe --config {c} snapshot verify");
+            println!(
+                "  lethe --config {c} snapshot restore --tenant kopi-senja --out /tmp/kopi-senja --format csv"
+            );
+            Ok(code)
+        }
+        Command::Check => {
+            let c = crate::check::check_all(&cli.config).await?;
+            println!(
+                "ok: {} tables in the data map, {} policy categories (policy {} {}), {} job(s)",
+                c.data_map.tables.len(),
+                c.policy.categories.len(),
+                c.policy.version,
+                c.policy.hash,
+                c.jobs.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(r) => {
+            let c = crate::check::check(&cli.config)?;
+            let (steps, job) = match &r.target {
+                Target::Step(step) => (vec![*step], None),
+                Target::Job(name) => (
+                    crate::pipeline::job(&c, name)?.steps.clone(),
+                    Some(name.as_str()),
+                ),
+            };
+            let retention = steps.contains(&crate::jobs::Step::Retention);
+            let snapshot = steps.contains(&crate::jobs::Step::Snapshot);
+            if (r.plan_hash.is_some() || r.now.is_some()) && !retention {
+                return Err(crate::Error::Usage(
+                    "--plan-hash and --now apply to retention only".into(),
+                ));
+            }
+            if !r.tenants.is_empty() && (retention || job.is_some() || !snapshot) {
+                return Err(crate::Error::Usage(
+                    "--tenant applies to `lethe run snapshot` only: retention always plans every tenant (a legal hold or override is what keeps a tenant's data)".into(),
+                ));
+            }
+            let opts = crate::pipeline::RunOptions {
+                plan_hash: r.plan_hash,
+                now: r.now,
+                tenants: r.tenants,
+                ..Default::default()
+            };
+            let run = crate::pipeline::run_steps(&c, &steps, &opts, job).await?;
+            print_job_run(&run);
+            finish(run)
+        }
+        Command::Plan(p) => {
+            let c = crate::check::check(&cli.config)?;
+            let now = crate::clock::as_of(&crate::clock::SystemClock, p.now)?;
+            let plan = crate::pipeline::retention_plan(&c, now).await?;
+            if p.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&plan).expect("plan serializes")
+                );
+            } else {
+                print_plan(&plan);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify { json }) => {
+            let config = crate::config::Config::load(&cli.config)?;
+            let store = Store::open(&config.store)?;
+            let key = crate::sign::SigningKey::load_or_create(
+                &crate::sign::signing_key_path(&config.keyring),
+                false,
+            )?;
+            let anchors = audit_anchors(&config, &store).await?;
+            let r = crate::audit::verify_anchored(&store, &key.public_key(), &anchors).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&r).expect("report serializes")
+                );
+            } else {
+                for f in &r.findings {
+                    println!("FAIL {}: {}", f.key, f.problem);
+                }
+                println!(
+                    "{} records (seq {}..{}), {} checkpoints, {} not yet checkpointed; {} problem(s)",
+                    r.records,
+                    r.first_seq.map(|s| s.to_string()).unwrap_or("-".into()),
+                    r.last_seq.map(|s| s.to_string()).unwrap_or("-".into()),
+                    r.checkpoints,
+                    r.unanchored,
+                    r.findings.len()
+                );
+            }
+            Ok(if r.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Keys(KeysCommand::Public { format }) => {
+            let config = crate::config::Config::load(&cli.config)?;
+            let key = crate::sign::SigningKey::load_or_create(
+                &crate::sign::signing_key_path(&config.keyring),
+                false,
+            )?;
+            match format {
+                KeyFormat::Jwk => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&key.public_jwk()).expect("jwk")
+                ),
+                KeyFormat::Hex => println!("{}", crate::util::hex(&key.public_key())),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Snapshot(s) => {
+            let config = crate::config::Config::load(&cli.config)?;
+            let store = Store::open(&config.store)?;
+            match s {
+                SnapshotCommand::Ls { tenant, json } => {
+                    let known = read::tenants(&store).await?;
+                    let tenants = match tenant {
+                        Some(t) => {
+                            read::unknown_tenants(std::slice::from_ref(&t), &known)?;
+                            vec![t]
+                        }
+                        None => known,
+                    };
+                    let mut all = Vec::new();
+                    for t in &tenants {
+                        all.extend(read::committed(&store, t).await?);
+                    }
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&all).expect("manifests serialize")
+                        );
+                    } else {
+                        println!(
+                            "{:<20} {:<24} {:<27} {:>6} {:>10} {:>11}",
+                            "tenant", "run", "committed", "tables", "rows", "bytes"
+                        );
+                        for m in &all {
+                            println!(
+                                "{:<20} {:<24} {:<27} {:>6} {:>10} {:>11}",
+                                m.tenant,
+                                m.run_id,
+                                m.committed_at,
+                                m.tables.len(),
+                                m.rows(),
+                                human_bytes(m.bytes())
+                            );
+                        }
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                SnapshotCommand::Verify { tenants } => {
+                    let keyring = Keyring::open(&config.keyring, &config.master_key, false)?;
+                    let r = read::verify(&store, &keyring, &tenants).await?;
+                    for f in &r.findings {
+                        println!("FAIL {}: {}", f.key, f.message);
+                    }
+                    println!(
+                        "{} runs, {} files, {} rows, {} checked; {} problem(s)",
+                        r.runs,
+                        r.files,
+                        r.rows,
+                        human_bytes(r.bytes),
+                        r.findings.len()
+                    );
+                    if r.findings.is_empty() {
+                        Ok(ExitCode::SUCCESS)
+                    } else {
+                        Err(
+                            crate::Error::Snapshot(crate::snapshot::SnapshotError::VerifyFailed(
+                                r.findings.len(),
+                            ))
+                            .into(),
+                        )
+                    }
+                }
+                SnapshotCommand::Restore {
+                    tenant,
+                    run,
+                    out,
+                    format,
+                    tables,
+                } => {
+                    let keyring = Keyring::open(&config.keyring, &config.master_key, false)?;
+                    let o = read::restore(
+                        &store,
+                        &keyring,
+                        &tenant,
+                        run.as_deref(),
+                        &out,
+                        format,
+                        &tables,
+                    )
+                    .await?;
+                    for (table, path, rows) in &o.files {
+                        println!("{table:<22} {rows:>10} rows  {}", path.display());
+                    }
+                    println!(
+                        "restored run {} of tenant {tenant} into {} (plaintext: handle as personal data)",
+                        o.run_id,
+                        out.display()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                SnapshotCommand::Pin {
+                    tenant,
+                    run,
+                    reason,
+                    by,
+                } => {
+                    crate::snapshot::purge::pin(
+                        &store,
+                        &tenant,
+                        &run,
+                        &reason,
+                        &by,
+                        chrono::Utc::now(),
+                    )
+                    .await?;
+                    println!(
+                        "pinned tenant {tenant} run {run}: backup purge keeps it until `lethe snapshot unpin`"
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                SnapshotCommand::Unpin { tenant, run } => {
+                    let was = crate::snapshot::purge::unpin(&store, &tenant, &run).await?;
+                    println!(
+                        "{}",
+                        if was {
+                            format!("unpinned tenant {tenant} run {run}")
+                        } else {
+                            format!("tenant {tenant} run {run} was not pinned")
+                        }
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! What people read: run summaries, plans and outcomes as text.
+
+use std::process::ExitCode;
+
+/// Print what each step of a run did (and, for a job, the run record's summary).
+pub(super) fn print_job_run(run: &crate::pipeline::JobRun) {
+    let job = !run.record.job.is_empty();
+    for step in &run.record.steps {
+        if job {
+            println!("== {} ({})", step.step, step.outcome);
+        }
+        match step.step {
+            "retention" => {
+                if let Some(r) = &run.retention {
+                    print_retention(r);
+                }
+            }
+            "snapshot" => {
+                if let Some(s) = &run.snapshot {
+                    print_snapshot_summary(s);
+                }
+            }
+            _ => {}
+        }
+        if job && let Some(e) = &step.error {
+            println!("failed: {}", e.lines().next().unwrap_or_default());
+        }
+    }
+    if job {
+        println!(
+            "\njob {} run {}: {} (recorded as runs/{}/{}.json)",
+            run.record.job,
+            run.record.run_id,
+            run.record.outcome,
+            run.record.job,
+            run.record.run_id
+        );
+    }
+}
+
+/// The run's exit: the failed step's error (printed by main), else 1 for failed tenants.
+pub(super) fn finish(run: crate::pipeline::JobRun) -> crate::Result<ExitCode> {
+    let code = run.exit_code();
+    match run.error {
+        Some(e) => Err(e),
+        None => Ok(ExitCode::from(code)),
+    }
+}
+
+pub(super) fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
+}
+
+pub(super) fn print_snapshot_summary(run: &crate::pipeline::SnapshotRun) {
+    println!(
+        "{:<20} {:>6} {:>10} {:>11} {:>8}  run",
+        "tenant", "tables", "rows", "bytes", "seconds"
+    );
+    let (mut rows, mut bytes) = (0u64, 0u64);
+    for t in &run.done {
+        let m = &t.manifest;
+        rows += m.rows();
+        bytes += m.bytes();
+        println!(
+            "{:<20} {:>6} {:>10} {:>11} {:>8.2}  {}",
+            t.tenant,
+            m.tables.len(),
+            m.rows(),
+            human_bytes(m.bytes()),
+            t.seconds,
+            m.run_id
+        );
+    }
+    println!(
+        "{:<20} {:>6} {:>10} {:>11}",
+        format!("total ({} tenants)", run.done.len()),
+        "",
+        rows,
+        human_bytes(bytes)
+    );
+    for (t, e) in &run.failed {
+        println!("{t:<20} FAILED: {e}");
+    }
+}
+
+pub(super) fn print_plan(plan: &crate::retention::plan::RetentionPlan) {
+    use std::collections::BTreeMap;
+    println!(
+        "retention plan as of {} (policy {} {})",
+        plan.now, plan.policy_version, plan.policy_hash
+    );
+    // Per category and table, summed over tenants.
+    let mut by: BTreeMap<(&str, &str, &str), (usize, u64, u64, Option<&str>)> = BTreeMap::new();
+    for a in &plan.actions {
+        let e = by
+            .entry((a.category.as_str(), a.table.as_str(), a.action))
+            .or_insert((0, 0, 0, a.bound.as_deref()));
+        e.0 += 1;
+        e.1 += a.rows;
+        e.2 += a.blobs;
+    }
+    println!(
+        "\n{:<20} {:<20} {:<10} {:>7} {:>10} {:>7}  due if anchor <=",
+        "category", "table", "action", "tenants", "rows", "blobs"
+    );
+    for ((cat, table, action), (n, rows, blobs, bound)) in &by {
+        println!(
+            "{cat:<20} {table:<20} {action:<10} {n:>7} {rows:>10} {blobs:>7}  {}",
+            bound.unwrap_or("(every row: tenant terminated)")
+        );
+    }
+    if by.is_empty() {
+        println!("(nothing is due)");
+    }
+    if plan.pending_blobs > 0 {
+        println!(
+            "blob deletions left pending by an interrupted run: {}",
+            plan.pending_blobs
+        );
+    }
+    if !plan.backups.is_empty() {
+        println!("\nbackups to purge (every object; every version on versioned buckets):");
+        for r in &plan.backups {
+            println!("  {:<20} {:<24} {}", r.tenant, r.run_id, r.rule);
+        }
+    }
+    for t in &plan.shred_keys {
+        println!("crypto-shred: the data key of tenant {t} is destroyed");
+    }
+    if !plan.held_back.is_empty() {
+        println!("\nheld back:");
+        for h in &plan.held_back {
+            let what = match (&h.table, &h.run_id) {
+                (_, Some(r)) => format!("run {r}"),
+                (Some(t), None) => format!(
+                    "{t}{}{}",
+                    h.category
+                        .as_ref()
+                        .map(|c| format!(" ({c})"))
+                        .unwrap_or_default(),
+                    if h.rows > 0 {
+                        format!(": {} rows", h.rows)
+                    } else {
+                        String::new()
+                    }
+                ),
+                _ => String::new(),
+            };
+            println!(
+                "  {:<20} {what} — {}: {}{}{}",
+                h.tenant,
+                h.kind,
+                h.reason,
+                h.placed_by
+                    .as_ref()
+                    .map(|b| format!(" (placed by {b})"))
+                    .unwrap_or_default(),
+                h.subject
+                    .as_ref()
+                    .map(|s| format!(" subject {s}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if !plan.orphans.is_empty() {
+        let choice = plan.orphans_policy.unwrap_or_default();
+        println!(
+            "\nrows of tenants the tenants table does not list (policy orphans = {}):",
+            serde_json::to_string(&choice).unwrap_or_default()
+        );
+        for o in &plan.orphans {
+            println!("  {o}");
+        }
+        if choice == crate::policy::Orphans::Refuse {
+            println!("  `run retention` refuses while there are any (exit 1)");
+        }
+    }
+    let t = &plan.totals;
+    println!(
+        "\ntotal: {} rows deleted, {} anonymized, {} flagged, {} blobs, {} backup runs; {} rows held back",
+        t.rows_deleted, t.rows_anonymized, t.rows_flagged, t.blobs, t.runs_purged, t.rows_held
+    );
+    for b in &plan.brake {
+        println!(
+            "BRAKE {}: {} of {} rows is over {}; `run retention` needs --plan-hash to confirm",
+            b.table, b.rows, b.of_rows, b.limit
+        );
+    }
+    println!("plan hash: {}", plan.hash);
+    println!(
+        "execute exactly this plan: lethe run retention --now {} --plan-hash {}",
+        plan.now, plan.hash
+    );
+}
+
+pub(super) fn print_retention(run: &crate::pipeline::RetentionRun) {
+    use std::collections::BTreeMap;
+    let o = &run.outcome;
+    let mut by: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for u in &o.units {
+        *by.entry((u.category.as_str(), u.table.as_str(), u.action))
+            .or_default() += u.rows.values().sum::<u64>();
+    }
+    println!(
+        "{:<20} {:<20} {:<10} {:>10}  verified",
+        "category", "table", "action", "rows"
+    );
+    for ((cat, table, action), rows) in &by {
+        println!("{cat:<20} {table:<20} {action:<10} {rows:>10}  re-query: 0 left");
+    }
+    println!(
+        "blobs deleted: {} (each existed; HEAD now: not found){}; backup runs purged: {}; keys shredded: {}",
+        o.blobs_deleted,
+        if o.blobs_absent > 0 {
+            format!(
+                "; already absent before the delete: {} (not counted as deleted)",
+                o.blobs_absent
+            )
+        } else {
+            String::new()
+        },
+        o.runs.len(),
+        o.shredded.len()
+    );
+    if !run.plan.held_back.is_empty() {
+        println!("held back:");
+        let mut kinds: BTreeMap<(&str, &str), (usize, u64)> = BTreeMap::new();
+        for h in &run.plan.held_back {
+            let e = kinds.entry((h.kind, h.reason.as_str())).or_default();
+            e.0 += 1;
+            e.1 += h.rows;
+        }
+        for ((kind, reason), (n, rows)) in kinds {
+            println!(
+                "  {kind}: {n} item(s){} — {reason}",
+                if rows > 0 {
+                    format!(", {rows} rows")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    println!("plan {} executed; audit records written", o.plan_hash);
+}
