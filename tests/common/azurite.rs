@@ -5,10 +5,6 @@
 //! Without it the tests that need it say loudly that they were skipped, unless
 //! `LETHE_REQUIRE_SERVICES=1` (set by `.ci/run`), which turns the skip into a failure.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use super::server::{Server, Spec};
 
 /// Azurite's well-known development account and key (public, in Microsoft's docs).
@@ -78,27 +74,16 @@ impl Azurite {
         let b64 = base64::engine::general_purpose::STANDARD;
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &b64.decode(KEY).unwrap());
         let sig = b64.encode(ring::hmac::sign(&key, to_sign.as_bytes()).as_ref());
-        let mut last = String::new();
-        for _ in 0..50 {
-            let attempt = || -> std::io::Result<String> {
-                let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-                write!(
-                    s,
-                    "PUT {path}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-                    self.port
-                )?;
-                let mut resp = String::new();
-                s.read_to_string(&mut resp)?;
-                Ok(resp)
-            };
-            match attempt() {
-                Ok(r) if r.starts_with("HTTP/1.1 201") => return,
-                Ok(r) => last = r,
-                Err(e) => last = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("create container {container}: {last}");
+        let request = format!(
+            "PUT {path}?restype=container HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nx-ms-date: {date}\r\nx-ms-version: {version}\r\nAuthorization: SharedKey {ACCOUNT}:{sig}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        super::server::request_until(
+            self.port,
+            &request,
+            "201",
+            &format!("create container {container}"),
+        );
     }
 
     /// Environment for a `lethe` process using the emulator the standard way.

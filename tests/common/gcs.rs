@@ -9,7 +9,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
 
 use super::server::{Server, Spec};
 
@@ -62,28 +61,17 @@ impl FakeGcs {
     /// Create a bucket through the JSON API (the emulator takes unauthenticated requests).
     pub fn create_bucket(&self, bucket: &str) {
         let body = format!("{{\"name\":\"{bucket}\"}}");
-        let mut last = String::new();
-        for _ in 0..50 {
-            let attempt = || -> std::io::Result<String> {
-                let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-                write!(
-                    s,
-                    "POST /storage/v1/b?project=test HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    self.port,
-                    body.len()
-                )?;
-                let mut resp = String::new();
-                s.read_to_string(&mut resp)?;
-                Ok(resp)
-            };
-            match attempt() {
-                Ok(r) if r.get(9..12) == Some("200") => return,
-                Ok(r) => last = r,
-                Err(e) => last = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("create bucket {bucket}: {last}");
+        let request = format!(
+            "POST /storage/v1/b?project=test HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            self.port,
+            body.len()
+        );
+        super::server::request_until(
+            self.port,
+            &request,
+            "200",
+            &format!("create bucket {bucket}"),
+        );
     }
 
     /// Upload one object through the JSON API (`uploadType=media`): the upload path the

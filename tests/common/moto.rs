@@ -5,10 +5,6 @@
 //! it the tests that need it say loudly that they were skipped, unless
 //! `LETHE_REQUIRE_SERVICES=1` (set by `.ci/run`), which turns the skip into a failure.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
-
 use super::server::{Server, Spec};
 
 pub struct Moto {
@@ -77,39 +73,21 @@ impl Moto {
     }
 
     fn create_bucket_headers(&self, bucket: &str, headers: &str) {
-        let mut last = String::new();
-        for _ in 0..50 {
-            let attempt = || -> std::io::Result<String> {
-                let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
-                write!(
-                    s,
-                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n",
-                    self.port
-                )?;
-                let mut resp = String::new();
-                s.read_to_string(&mut resp)?;
-                Ok(resp)
-            };
-            match attempt() {
-                Ok(r) if r.starts_with("HTTP/1.1 200") => return,
-                Ok(r) => last = r,
-                Err(e) => last = e.to_string(),
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        panic!("create bucket {bucket}: {last}");
+        let request = format!(
+            "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        super::server::request_until(
+            self.port,
+            &request,
+            "200",
+            &format!("create bucket {bucket}"),
+        );
     }
 
     /// Create a bucket with S3 versioning enabled, or with Object Lock (which implies versioning).
     pub fn create_bucket_with(&self, bucket: &str, versioning: bool, object_lock: bool) {
         let port = self.port;
-        let send = |req: String| -> String {
-            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-            s.write_all(req.as_bytes()).unwrap();
-            let mut resp = String::new();
-            s.read_to_string(&mut resp).unwrap();
-            resp
-        };
         self.create_bucket_headers(
             bucket,
             if object_lock {
@@ -121,11 +99,11 @@ impl Moto {
         if versioning && !object_lock {
             let body =
                 "<VersioningConfiguration><Status>Enabled</Status></VersioningConfiguration>";
-            let r = send(format!(
+            let request = format!(
                 "PUT /{bucket}?versioning HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
-            ));
-            assert!(r.starts_with("HTTP/1.1 200"), "versioning {bucket}: {r}");
+            );
+            super::server::request_until(port, &request, "200", &format!("versioning {bucket}"));
         }
     }
 

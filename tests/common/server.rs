@@ -84,3 +84,27 @@ impl Server {
         Some(server)
     }
 }
+
+/// Send one raw HTTP/1.1 `request` (with `Connection: close`) to the server on `port` until it
+/// answers with `status` (e.g. "200"), retrying for ~10 s: a server may accept connections a
+/// moment before it answers them. Panics naming `what` with the last answer.
+pub fn request_until(port: u16, request: &str, status: &str, what: &str) {
+    use std::io::{Read, Write};
+    let mut last = String::new();
+    for _ in 0..50 {
+        let attempt = || -> std::io::Result<String> {
+            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            s.write_all(request.as_bytes())?;
+            let mut resp = String::new();
+            s.read_to_string(&mut resp)?;
+            Ok(resp)
+        };
+        match attempt() {
+            Ok(r) if r.get(9..12) == Some(status) => return,
+            Ok(r) => last = r,
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what}: {last}");
+}
