@@ -12,7 +12,7 @@
 # usage: benches/retention_postgres.sh          (from the repository root)
 #   First run ../shared/peers/setup.sh db from a work directory to load `messages` into `bench`.
 #   PROFILE=release (or dev: lethe's own CPU time is small here, PostgreSQL does the work)
-#   TARGET_ROWS=1000000  WRITER_RATE=200
+#   TARGET_ROWS=1000000  WRITER_RATE=200  LETHE_BIN=path/to/lethe (skips the build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEERS=$(cd "${PEERS:-../shared/peers}" && pwd)
@@ -25,7 +25,9 @@ WRITER_RATE=${WRITER_RATE:-200}
 WORK=$(mkdir -p ../bench-data/lethe-ret && cd ../bench-data/lethe-ret && pwd)
 PGBENCH=$(ls /usr/lib/postgresql/*/bin/pgbench | tail -1)
 
-if [ "$PROFILE" = dev ]; then
+if [ -n "${LETHE_BIN:-}" ]; then
+  lethe=$LETHE_BIN   # a prebuilt binary (before/after comparisons in one sitting)
+elif [ "$PROFILE" = dev ]; then
   cargo build --quiet; lethe=${CARGO_TARGET_DIR:-target}/debug/lethe
 else
   cargo build --release --quiet; lethe=${CARGO_TARGET_DIR:-target}/release/lethe

@@ -9,6 +9,7 @@
 #   peers default: duckdb cx_gcm (see ../shared/peers/03_pg_to_parquet.sh); "none" skips them
 #   First run ../shared/peers/setup.sh venvs db from a work directory (PEERS_DIR, see env.sh)
 #   to load the table into the `bench` database.
+#   LETHE_BIN=path/to/lethe (default: cargo build --release)
 #   RUNS=3  PEERS=../shared/peers  PEERS_DIR=../peers-run/.peers  MOTO=moto_server (5.1.22)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,8 +26,12 @@ rows=$(psql -Atc "SELECT count(*) FROM messages")
 # lethe needs the list of tenants; the peers' table has only tenant ids.
 psql -qc "CREATE TABLE IF NOT EXISTS tenants AS SELECT DISTINCT tenant_id::text AS id, 'active'::text AS status, NULL::timestamptz AS cancelled_at FROM messages"
 
-cargo build --release --quiet
-lethe=${CARGO_TARGET_DIR:-target}/release/lethe
+if [ -n "${LETHE_BIN:-}" ]; then
+  lethe=$LETHE_BIN   # a prebuilt binary (before/after comparisons in one sitting)
+else
+  cargo build --release --quiet
+  lethe=${CARGO_TARGET_DIR:-target}/release/lethe
+fi
 
 mkdir -p "$WORK/schemas" "$WORK/jobs"
 cat > "$WORK/schemas/messages.toml" <<'TOML'
@@ -56,6 +61,7 @@ TOML
 url="postgres://$PGUSER@$PGHOST:$PGPORT/$PGDATABASE"   # password from PGPASSWORD
 printf '[source]\nurl = "%s"\n[store]\nurl = "store"\n' "$url" > "$WORK/local.toml"
 
+[ -x "$MOTO" ] || { echo "no moto_server at $MOTO: run scripts/test once (it installs moto 5.1.22 there) or set MOTO" >&2; exit 2; }
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "$MOTO" -H 127.0.0.1 -p "$port" > "$WORK/moto.log" 2>&1 &
 moto_pid=$!
