@@ -68,6 +68,11 @@ pub struct TableConfig {
     /// delete another tenant's photo), and `check` counts rows that break it.
     #[serde(default)]
     pub blob_prefix: Option<String>,
+    /// Which columns hold which kind of identifier of a person, for erasure: `{ customer_phone
+    /// = "phone" }`. Kinds are names of your choosing; `phone` (E.164) and `email` (lower case)
+    /// are normalized before matching, others are matched as written.
+    #[serde(default)]
+    pub identifiers: std::collections::BTreeMap<String, String>,
 }
 
 impl TableConfig {
@@ -98,6 +103,7 @@ impl TableConfig {
                 .iter()
                 .map(|c| ("personal_columns", c.as_str())),
         );
+        v.extend(self.identifiers.keys().map(|c| ("identifiers", c.as_str())));
         v
     }
 }
@@ -120,6 +126,20 @@ pub struct DataMap {
 }
 
 impl DataMap {
+    /// The identifier kinds the tables declare (`identifiers`), each with the tables and
+    /// columns that hold it.
+    pub fn identifier_kinds(&self) -> BTreeMap<&str, Vec<(&str, &str)>> {
+        let mut out: BTreeMap<&str, Vec<(&str, &str)>> = BTreeMap::new();
+        for t in &self.tables {
+            for (col, kind) in &t.config.identifiers {
+                out.entry(kind.as_str())
+                    .or_default()
+                    .push((t.name.as_str(), col.as_str()));
+            }
+        }
+        out
+    }
+
     /// Read every `*.toml` in `dir` (sorted) and validate what can be validated without a database.
     pub fn load_dir(dir: &Path) -> Result<DataMap, Problems> {
         let files = toml_files(dir).map_err(|e| {

@@ -32,6 +32,7 @@ pub mod clock;
 pub mod config;
 pub mod datamap;
 pub mod demo;
+pub mod erasure;
 pub mod error;
 pub mod jobs;
 pub mod keys;

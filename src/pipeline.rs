@@ -74,25 +74,14 @@ pub async fn snapshot_all(
     let mut jobs = Vec::new();
     let mut lost_keys = Vec::new();
     for t in &tenants {
-        if !keyring.has(&t.id)
-            && let Some(m) = crate::snapshot::read::newest_committed(&store, &t.id).await?
-            && !keyring.was_shredded(&m.key_id)
-        {
-            // Its runs were made under a key this keyring does not hold and never destroyed:
-            // a new key would leave them unreadable. This tenant fails; the others go on.
-            lost_keys.push((
-                t.id.clone(),
-                format!(
-                    "the keyring {} has no data key for tenant {}, but its snapshots (e.g. run {}) were made under data key {}: restore the keyring from your backup; lethe does not create a new key over existing snapshots",
-                    cfg.keyring.display(),
-                    t.id,
-                    m.run_id,
-                    m.key_id
-                ),
-            ));
-            continue;
-        }
-        let key = keyring.data_key_or_create(&t.id)?;
+        let key = match tenant_key(cfg, &mut keyring, &store, &t.id).await? {
+            Ok(k) => k,
+            Err(lost) => {
+                // This tenant fails; the others go on.
+                lost_keys.push((t.id.clone(), lost));
+                continue;
+            }
+        };
         jobs.push(TenantJob {
             tenant: t.id.clone(),
             run_id: new_run_id(clock.now()),
@@ -149,9 +138,35 @@ pub async fn snapshot_all(
     Ok(run)
 }
 
+/// `tenant`'s data key, created on first use, or (inner `Err`) why it may not be: the tenant's
+/// snapshots were made under a key this keyring does not hold and never destroyed, and a new
+/// key would leave them unreadable.
+pub(crate) async fn tenant_key(
+    cfg: &crate::config::Config,
+    keyring: &mut Keyring,
+    store: &Store,
+    tenant: &str,
+) -> crate::Result<Result<crate::keys::DataKey, String>> {
+    if !keyring.has(tenant)
+        && let Some(m) = crate::snapshot::read::newest_committed(store, tenant).await?
+        && !keyring.was_shredded(&m.key_id)
+    {
+        return Ok(Err(format!(
+            "the keyring {} has no data key for tenant {tenant}, but its snapshots (e.g. run {}) were made under data key {}: restore the keyring from your backup; lethe does not create a new key over existing snapshots",
+            cfg.keyring.display(),
+            m.run_id,
+            m.key_id
+        )));
+    }
+    Ok(Ok(keyring.data_key_or_create(tenant)?))
+}
+
 /// Keys are never created over a store that holds what other keys made: a missing keyring,
 /// master key or signing key is restored from backup, not replaced (first use still creates).
-async fn refuse_new_keys(cfg: &crate::config::Config, store: &Store) -> crate::Result<()> {
+pub(crate) async fn refuse_new_keys(
+    cfg: &crate::config::Config,
+    store: &Store,
+) -> crate::Result<()> {
     let expected = crate::keys::StoreKeys::read(store).await?;
     crate::keys::refuse_recreate(
         &cfg.keyring,

@@ -36,6 +36,36 @@ struct PolicyFile {
     /// Rows whose tenant the tenants table does not list: `refuse` (default), `delete`, `keep`.
     #[serde(default)]
     orphans: Option<String>,
+    /// Deadlines of erasure requests.
+    erasure: Option<ErasureConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErasureConfig {
+    primary_within: Option<String>,
+    backups_within: Option<String>,
+    phone_country: Option<String>,
+}
+
+/// `[erasure]`: by when a request must be done in the primary database and in the backups
+/// (defaults 30d and 90d, the DPA's), and the country calling code of phone numbers written in
+/// national form.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErasurePolicy {
+    pub primary_within: Span,
+    pub backups_within: Span,
+    pub phone_country: Option<String>,
+}
+
+impl Default for ErasurePolicy {
+    fn default() -> Self {
+        ErasurePolicy {
+            primary_within: Span::Days(30),
+            backups_within: Span::Days(90),
+            phone_country: None,
+        }
+    }
 }
 
 /// What retention does with orphan rows — rows whose tenant id the tenants table does not
@@ -184,6 +214,7 @@ pub struct Policy {
     pub legal_holds: Vec<LegalHold>,
     pub legal_holds_source: Option<LegalHoldsSource>,
     pub orphans: Orphans,
+    pub erasure: ErasurePolicy,
 }
 
 fn parse_retain(s: &str) -> Result<Retain, String> {
@@ -421,10 +452,57 @@ impl Policy {
                 Orphans::Refuse
             }
         };
+        let mut erasure = ErasurePolicy::default();
+        if let Some(e) = &file.erasure {
+            for (key, text, slot) in [
+                (
+                    "erasure.primary_within",
+                    &e.primary_within,
+                    &mut erasure.primary_within,
+                ),
+                (
+                    "erasure.backups_within",
+                    &e.backups_within,
+                    &mut erasure.backups_within,
+                ),
+            ] {
+                if let Some(t) = text {
+                    match Span::parse(t) {
+                        Ok(s) => *slot = s,
+                        Err(m) => problems.push(p(key, m, "write a duration like 30d")),
+                    }
+                }
+            }
+            if erasure.backups_within.after(chrono::DateTime::UNIX_EPOCH)
+                < erasure.primary_within.after(chrono::DateTime::UNIX_EPOCH)
+            {
+                problems.push(p(
+                    "erasure.backups_within",
+                    "is shorter than primary_within: backups cannot be done before the primary data".into(),
+                    "make backups_within at least primary_within (defaults 30d and 90d)",
+                ));
+            }
+            if let Some(cc) = &e.phone_country {
+                if cc.is_empty()
+                    || cc.len() > 3
+                    || !cc.bytes().all(|b| b.is_ascii_digit())
+                    || cc.starts_with('0')
+                {
+                    problems.push(p(
+                        "erasure.phone_country",
+                        format!("{cc:?} is not a country calling code"),
+                        "write the digits without +, e.g. phone_country = \"62\" for Indonesia",
+                    ));
+                } else {
+                    erasure.phone_country = Some(cc.clone());
+                }
+            }
+        }
         if !problems.is_empty() {
             return Err(Problems(problems));
         }
         Ok(Policy {
+            erasure,
             path: path.to_path_buf(),
             orphans,
             version: file.version,
@@ -576,5 +654,34 @@ mod tests {
         let e =
             Policy::from_str(Path::new("p.toml"), "version = \"1\"\n[categories.x\n").unwrap_err();
         assert!(e.to_string().contains("line 2"), "{e}");
+    }
+
+    const BASE: &str = "version = \"1\"\n[categories.x]\nretain = \"90d\"\n[backups]\nretain = \"30d\"\nafter_termination = \"90d\"\n[termination]\nprimary_data_after = \"30d\"\n";
+
+    #[test]
+    fn erasure_deadlines_default_to_the_dpa_and_bad_ones_are_named() {
+        let p = Policy::from_str(Path::new("p.toml"), BASE).unwrap();
+        assert_eq!(p.erasure, ErasurePolicy::default());
+        assert_eq!(p.erasure.primary_within, Span::Days(30));
+        let ok = format!(
+            "{BASE}[erasure]\nprimary_within = \"7d\"\nbackups_within = \"30d\"\nphone_country = \"62\"\n"
+        );
+        let p = Policy::from_str(Path::new("p.toml"), &ok).unwrap();
+        assert_eq!(p.erasure.primary_within, Span::Days(7));
+        assert_eq!(p.erasure.phone_country.as_deref(), Some("62"));
+        for (extra, want) in [
+            ("primary_within = \"soon\"", "erasure.primary_within"),
+            (
+                "primary_within = \"90d\"\nbackups_within = \"30d\"",
+                "shorter than primary_within",
+            ),
+            ("phone_country = \"+62\"", "erasure.phone_country"),
+            ("phone_country = \"0\"", "erasure.phone_country"),
+            ("phone_within = \"1d\"", "unknown field"),
+        ] {
+            let text = format!("{BASE}[erasure]\n{extra}\n");
+            let e = Policy::from_str(Path::new("p.toml"), &text).unwrap_err();
+            assert!(e.to_string().contains(want), "{extra}: {e}");
+        }
     }
 }

@@ -66,6 +66,65 @@ pub(super) enum Command {
     /// Snapshot runs in the store: list, verify, restore.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Receive an erasure request: one person (`subject`) or a whole tenant (`tenant`).
+    ///
+    /// The request is validated (tenant, identifier kind, identifier), then stored create-only
+    /// as requests/tenant=<t>/<id>.json with its due dates from the policy's [erasure]. The
+    /// identifier is normalized (E.164 phones, lower-case emails) and stored only sealed under
+    /// the tenant's data key, next to its keyed hash; it is never printed or logged. Bad input
+    /// exits 2 and records nothing. This build receives and lists requests; the `erasure` step
+    /// that executes them comes next.
+    #[command(subcommand)]
+    Erase(EraseCommand),
+    /// Erasure requests: their phase and due dates.
+    #[command(subcommand)]
+    Requests(RequestsCommand),
+}
+
+#[derive(Subcommand)]
+pub(super) enum EraseCommand {
+    /// Erase one person of a tenant, found from one identifier.
+    Subject {
+        #[arg(long)]
+        tenant: String,
+        /// The identifier's kind, as the data map declares it (`identifiers`): phone, email, …
+        #[arg(long)]
+        kind: String,
+        /// The identifier (e.g. `+62 812-3456-7890`; any common way of writing it).
+        #[arg(long)]
+        id: String,
+        /// Due now: the next run executes it in the database and rewrites every backup holding
+        /// the person (the chat bot's `/forget`).
+        #[arg(long)]
+        immediate: bool,
+        /// The controller's own reference (ticket or case number).
+        #[arg(long = "ref")]
+        reference: Option<String>,
+    },
+    /// Offboard a whole tenant.
+    Tenant {
+        #[arg(long)]
+        tenant: String,
+        /// Due now instead of by the policy's deadlines.
+        #[arg(long)]
+        immediate: bool,
+        /// The controller's own reference.
+        #[arg(long = "ref")]
+        reference: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum RequestsCommand {
+    /// List requests: tenant, id, scope, state, due dates. Exit 1 if any is overdue.
+    Ls {
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]

@@ -222,6 +222,58 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Erase(EraseCommand::Subject {
+            tenant,
+            kind,
+            id,
+            immediate,
+            reference,
+        }) => {
+            let c = crate::check::check(&cli.config)?;
+            let ask = crate::erasure::SubjectRequest {
+                tenant,
+                kind,
+                id,
+                immediate,
+                reference,
+            };
+            let r = crate::erasure::erase_subject(&c, &ask, &crate::clock::system()).await?;
+            print_request_received(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Erase(EraseCommand::Tenant {
+            tenant,
+            immediate,
+            reference,
+        }) => {
+            let c = crate::check::check(&cli.config)?;
+            let r = crate::erasure::erase_tenant(
+                &c,
+                &tenant,
+                immediate,
+                reference,
+                &crate::clock::system(),
+            )
+            .await?;
+            print_request_received(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Requests(RequestsCommand::Ls { tenant, json }) => {
+            let config = crate::config::Config::load(&cli.config)?;
+            let listed = if Store::exists(&config.store) {
+                let store = Store::open(&config.store)?;
+                crate::erasure::request::list(&store, tenant.as_deref()).await?
+            } else {
+                Vec::new()
+            };
+            let now = chrono::Utc::now();
+            let overdue = print_requests(&listed, now, json);
+            Ok(if overdue > 0 || listed.iter().any(|r| r.is_err()) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
         Command::Audit(AuditCommand::Verify { json }) => {
             let config = crate::config::Config::load(&cli.config)?;
             let store = Store::open(&config.store)?;

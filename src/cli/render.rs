@@ -248,3 +248,81 @@ pub(super) fn print_retention(run: &crate::pipeline::RetentionRun) {
     }
     println!("plan {} executed; audit records written", o.plan_hash);
 }
+
+pub(super) fn print_request_received(r: &crate::erasure::request::Request) {
+    use crate::erasure::request::Scope;
+    let what = match r.scope {
+        Scope::Subject => format!(
+            "erasure of subject {} ({} identifier) of tenant {}",
+            r.subject.as_deref().unwrap_or("?"),
+            r.kind.as_deref().unwrap_or("?"),
+            r.tenant
+        ),
+        Scope::Tenant => format!("offboarding of tenant {}", r.tenant),
+    };
+    println!("request {} received: {what}", r.id);
+    println!(
+        "  due: primary data {}, backups {}{}",
+        r.due_primary,
+        r.due_backups,
+        if r.immediate { " (immediate)" } else { "" }
+    );
+    println!("  stored as {}; see `lethe requests ls`", r.key());
+}
+
+/// Print requests; returns how many are overdue at `now`.
+pub(super) fn print_requests(
+    listed: &[crate::erasure::request::Listed],
+    now: chrono::DateTime<chrono::Utc>,
+    json: bool,
+) -> usize {
+    let overdue = listed
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|r| r.overdue(now).is_some()))
+        .count();
+    if json {
+        let v: Vec<serde_json::Value> = listed
+            .iter()
+            .map(|l| match l {
+                Ok(r) => serde_json::json!({
+                    "tenant": r.tenant, "id": r.id, "scope": r.scope, "kind": r.kind,
+                    "subject": r.subject, "ref": r.reference, "state": r.state,
+                    "immediate": r.immediate, "received_at": r.received_at,
+                    "due_primary": r.due_primary, "due_backups": r.due_backups,
+                    "overdue": r.overdue(now),
+                }),
+                Err((key, why)) => serde_json::json!({"key": key, "error": why}),
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("serializable")
+        );
+        return overdue;
+    }
+    println!(
+        "{:<16} {:<30} {:<8} {:<12} {:<13} {:<21} {:<21} overdue",
+        "tenant", "request", "scope", "kind", "state", "due primary", "due backups"
+    );
+    for l in listed {
+        match l {
+            Ok(r) => println!(
+                "{:<16} {:<30} {:<8} {:<12} {:<13} {:<21} {:<21} {}",
+                r.tenant,
+                r.id,
+                match r.scope {
+                    crate::erasure::request::Scope::Subject => "subject",
+                    crate::erasure::request::Scope::Tenant => "tenant",
+                },
+                r.kind.as_deref().unwrap_or("-"),
+                r.state.name(),
+                r.due_primary,
+                r.due_backups,
+                r.overdue(now).unwrap_or("-")
+            ),
+            Err((key, why)) => println!("UNREADABLE {key}: {why}"),
+        }
+    }
+    println!("{} request(s), {overdue} overdue", listed.len());
+    overdue
+}

@@ -1,0 +1,234 @@
+//! Identifiers as erasure matches them: normalized so that a difference a person would not notice
+//! (spaces, dashes, a national trunk `0`, upper-case letters in an email) never makes a row slip
+//! through. The data map declares which columns hold which kind (`identifiers = { customer_phone
+//! = "phone" }`); the kinds `phone` and `email` have a normal form, every other kind (employee
+//! numbers, account ids) is matched as written, without surrounding spaces.
+//!
+//! Errors describe the input's shape, never the input: an identifier is personal data.
+
+use std::fmt;
+
+/// Why an identifier was refused (no part of it is included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadIdentifier {
+    pub kind: String,
+    pub why: &'static str,
+    pub fix: &'static str,
+}
+
+impl fmt::Display for BadIdentifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the {} identifier {}\n  fix: {}",
+            self.kind, self.why, self.fix
+        )
+    }
+}
+
+/// The normal form of identifier `value` of `kind`. `phone_country`: the country calling code
+/// (digits, e.g. `62`) that numbers written in national form (`0812…`) belong to.
+pub fn normalize(
+    kind: &str,
+    value: &str,
+    phone_country: Option<&str>,
+) -> Result<String, BadIdentifier> {
+    let bad = |why, fix| BadIdentifier {
+        kind: kind.to_string(),
+        why,
+        fix,
+    };
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(bad("is empty", "pass the identifier with --id"));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(bad(
+            "contains control characters",
+            "pass the identifier as stored, on one line",
+        ));
+    }
+    match kind {
+        "phone" => phone(v, phone_country).map_err(|(why, fix)| bad(why, fix)),
+        "email" => email(v).map_err(|(why, fix)| bad(why, fix)),
+        _ => Ok(v.to_string()),
+    }
+}
+
+/// E.164: `+` and 8–15 digits. Spaces, dots, dashes, slashes and parentheses are dropped; `00`
+/// is the international prefix; a leading `0` is a national trunk prefix, replaced by the
+/// country code.
+fn phone(v: &str, country: Option<&str>) -> Result<String, (&'static str, &'static str)> {
+    let mut digits = String::with_capacity(v.len());
+    let mut plus = false;
+    for (i, c) in v.chars().enumerate() {
+        match c {
+            '0'..='9' => digits.push(c),
+            '+' if i == 0 => plus = true,
+            ' ' | '-' | '.' | '(' | ')' | '/' | '\u{a0}' => {}
+            _ => {
+                return Err((
+                    "is not a phone number (only digits, a leading +, spaces, dots, dashes and parentheses)",
+                    "pass the number as the person wrote it, e.g. +62 812-3456-7890",
+                ));
+            }
+        }
+    }
+    let international = if plus {
+        digits
+    } else if let Some(rest) = digits.strip_prefix("00") {
+        rest.to_string()
+    } else if let Some(rest) = digits.strip_prefix('0') {
+        match country {
+            Some(cc) => format!("{cc}{rest}"),
+            None => {
+                return Err((
+                    "is in national form (leading 0) and no country code is configured",
+                    "set [erasure] phone_country = \"62\" (your country calling code) in the policy, or pass the number with +",
+                ));
+            }
+        }
+    } else {
+        // Digits with no prefix: already international without the `+` (how many apps store
+        // them, e.g. WhatsApp ids).
+        digits
+    };
+    if !(8..=15).contains(&international.len()) || international.starts_with('0') {
+        return Err((
+            "does not have the 8 to 15 digits of an international number",
+            "check the number; pass it with its country code, e.g. +62 812-3456-7890",
+        ));
+    }
+    Ok(format!("+{international}"))
+}
+
+/// Lower-case, trimmed, one `@` with something on both sides.
+fn email(v: &str) -> Result<String, (&'static str, &'static str)> {
+    let lower = v.to_lowercase();
+    match lower.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !lower.chars().any(char::is_whitespace) =>
+        {
+            Ok(lower)
+        }
+        _ => Err(("is not an email address", "pass the address as name@domain")),
+    }
+}
+
+/// The same normal form as SQL, for matching stored values that were not normalized on write:
+/// `Some(expression)` over `col` for kinds with a normal form a database can compute, `None`
+/// when the stored value is compared as is. Phones: non-digits removed, then the trunk or
+/// international prefix rewritten the same way as [`normalize`].
+pub fn sql_normal_form(kind: &str, col: &str, phone_country: Option<&str>) -> Option<String> {
+    match kind {
+        "email" => Some(format!("lower(trim({col}))")),
+        "phone" => {
+            // Digits only (SQLite has no regexp_replace: nested replace of the separators).
+            let mut e = format!("trim({col})");
+            for sep in [" ", "-", ".", "(", ")", "/", "+"] {
+                e = format!("replace({e}, '{sep}', '')");
+            }
+            let cc = phone_country.unwrap_or("");
+            Some(format!(
+                "'+' || CASE WHEN {e} LIKE '00%' THEN substr({e}, 3) \
+                 WHEN {e} LIKE '0%' AND trim({col}) NOT LIKE '+%' THEN '{cc}' || substr({e}, 2) \
+                 ELSE {e} END"
+            ))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_indonesian_number_written_three_ways_is_one_number() {
+        for written in [
+            "+62 812-3456-7890",
+            "0812 3456 7890",
+            "+6281234567890",
+            "6281234567890",
+            "0062 812 3456 7890",
+            "(0812) 3456.7890",
+            " +62\u{a0}812 3456 7890 ",
+        ] {
+            assert_eq!(
+                normalize("phone", written, Some("62")).unwrap(),
+                "+6281234567890",
+                "{written:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn emails_match_whatever_their_case() {
+        assert_eq!(
+            normalize("email", "  Siti.Rahma@Example.CO.ID ", None).unwrap(),
+            "siti.rahma@example.co.id"
+        );
+    }
+
+    #[test]
+    fn other_kinds_are_matched_as_written() {
+        assert_eq!(
+            normalize("employee_no", " EMP-00042 ", None).unwrap(),
+            "EMP-00042"
+        );
+    }
+
+    #[test]
+    fn bad_identifiers_are_refused_without_repeating_them() {
+        let cases = [
+            ("phone", "", "empty"),
+            ("phone", "   ", "empty"),
+            ("phone", "0812 3456 7890", "national form"),
+            ("phone", "+62 812 ABC", "not a phone number"),
+            ("phone", "+62 1", "8 to 15 digits"),
+            ("phone", "+62 8123 4567 8901 2345", "8 to 15 digits"),
+            ("email", "siti.example.com", "not an email"),
+            ("email", "@example.com", "not an email"),
+            ("email", "a@b@c", "not an email"),
+            ("email", "a b@c", "not an email"),
+            ("employee_no", "EMP\n1", "control characters"),
+        ];
+        for (kind, v, want) in cases {
+            let e = normalize(kind, v, None).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(want), "{kind} {v:?}: {text}");
+            if v.trim().len() > 3 {
+                assert!(
+                    !text.contains(v.trim()),
+                    "the error repeats the input: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn sql_and_rust_agree_on_phones() {
+        // The SQL form, evaluated by SQLite, gives the same normal form as `normalize`.
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        let expr = sql_normal_form("phone", "?1", Some("62")).unwrap();
+        for written in [
+            "+62 812-3456-7890",
+            "0812 3456 7890",
+            "6281234567890",
+            "0062 812 3456 7890",
+            "(0812) 3456.7890",
+        ] {
+            let got: String = c
+                .query_row(&format!("SELECT {expr}"), [written], |r| r.get(0))
+                .unwrap();
+            assert_eq!(
+                got,
+                normalize("phone", written, Some("62")).unwrap(),
+                "{written:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Erasure of one person or a whole tenant (see DESIGN.md, "Erasure"). This build receives and
+//! lists requests; executing them (the `erasure` step: plan, primary phase through the
+//! primary-database and blob deleters, backup rewrites, ledger) comes next.
+//!
+//! Receiving a request validates everything a person could get wrong — the tenant, the
+//! identifier kind, the identifier itself — before anything is written: bad input is exit 2 and
+//! leaves no trace. Nothing here ever prints, logs or stores the plaintext identifier: the
+//! request holds its keyed hash and the identifier sealed under the tenant's data key.
+
+pub mod identify;
+pub mod request;
+
+use std::sync::Arc;
+
+use crate::check::Checked;
+use crate::clock::Clock;
+use crate::keys::Keyring;
+use crate::source::Source;
+use crate::store::Store;
+use request::{Request, Scope, State};
+
+/// What `lethe erase subject` asks for.
+#[derive(Debug, Clone)]
+pub struct SubjectRequest {
+    pub tenant: String,
+    pub kind: String,
+    /// The identifier as given (it is normalized before anything else sees it).
+    pub id: String,
+    pub immediate: bool,
+    pub reference: Option<String>,
+}
+
+/// The tenant must be one the tenants table lists (by a valid id).
+fn known_tenant(c: &Checked, tenant: &str) -> crate::Result<()> {
+    let list = Source::open(&c.config.source)?.tenants(&c.data_map)?;
+    if list.valid.iter().any(|t| t.id == tenant) {
+        return Ok(());
+    }
+    Err(crate::Error::Usage(format!(
+        "tenant {tenant:?} is not in the tenants table ({}); nothing was recorded\n  fix: pass a tenant id the tenants table lists",
+        c.data_map.tenants.table
+    )))
+}
+
+fn check_reference(reference: Option<&str>) -> crate::Result<()> {
+    match reference {
+        Some(r) if r.trim().is_empty() || r.len() > 200 || r.chars().any(char::is_control) => {
+            Err(crate::Error::Usage(
+                "--ref must be 1 to 200 characters on one line (the controller's ticket or case number, not personal data); nothing was recorded".into(),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Open the keyring and the tenant's data key, as the snapshot does (never a new key over
+/// snapshots made under a lost one).
+async fn tenant_key(
+    c: &Checked,
+    store: &Store,
+    tenant: &str,
+) -> crate::Result<(Keyring, crate::keys::DataKey)> {
+    crate::pipeline::refuse_new_keys(&c.config, store).await?;
+    let mut keyring = Keyring::open(&c.config.keyring, &c.config.master_key, true)?;
+    match crate::pipeline::tenant_key(&c.config, &mut keyring, store, tenant).await? {
+        Ok(k) => Ok((keyring, k)),
+        Err(lost) => Err(crate::Error::Failed(lost)),
+    }
+}
+
+/// Receive a subject erasure: validate, then store the request (create-only).
+pub async fn erase_subject(
+    c: &Checked,
+    ask: &SubjectRequest,
+    clock: &Arc<dyn Clock>,
+) -> crate::Result<Request> {
+    let kinds = c.data_map.identifier_kinds();
+    if !kinds.contains_key(ask.kind.as_str()) {
+        let known: Vec<&str> = kinds.keys().copied().collect();
+        return Err(crate::Error::Usage(format!(
+            "unknown identifier kind {:?}: the data map declares {}; nothing was recorded\n  fix: pass one of them with --kind, or declare the column in the data map: identifiers = {{ <column> = \"{}\" }}",
+            ask.kind,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
+            ask.kind
+        )));
+    }
+    let normal = identify::normalize(
+        &ask.kind,
+        &ask.id,
+        c.policy.erasure.phone_country.as_deref(),
+    )
+    .map_err(|e| crate::Error::Usage(format!("{e}\n  nothing was recorded")))?;
+    check_reference(ask.reference.as_deref())?;
+    known_tenant(c, &ask.tenant)?;
+    let store = Store::create(&c.config.store)?;
+    let (keyring, key) = tenant_key(c, &store, &ask.tenant).await?;
+    let now = clock.now();
+    let id = request::new_id(now);
+    let (received_at, due_primary, due_backups) =
+        request::due(now, ask.immediate, &c.policy.erasure)?;
+    let r = Request {
+        format: request::FORMAT.into(),
+        id: id.clone(),
+        tenant: ask.tenant.clone(),
+        scope: Scope::Subject,
+        kind: Some(ask.kind.clone()),
+        subject: Some(keyring.subject_hash(&format!("{}:{normal}", ask.kind))),
+        identifier: Some(request::seal(&key, &id, &normal)),
+        reference: ask.reference.clone(),
+        source: "cli".into(),
+        immediate: ask.immediate,
+        received_at,
+        due_primary,
+        due_backups,
+        state: State::Received,
+        policy_version: c.policy.version.clone(),
+    };
+    store_new(&store, &r).await?;
+    Ok(r)
+}
+
+/// Receive a tenant offboarding: validate, then store the request (create-only).
+pub async fn erase_tenant(
+    c: &Checked,
+    tenant: &str,
+    immediate: bool,
+    reference: Option<String>,
+    clock: &Arc<dyn Clock>,
+) -> crate::Result<Request> {
+    check_reference(reference.as_deref())?;
+    known_tenant(c, tenant)?;
+    let store = Store::create(&c.config.store)?;
+    let now = clock.now();
+    let (received_at, due_primary, due_backups) = request::due(now, immediate, &c.policy.erasure)?;
+    let r = Request {
+        format: request::FORMAT.into(),
+        id: request::new_id(now),
+        tenant: tenant.to_string(),
+        scope: Scope::Tenant,
+        kind: None,
+        subject: None,
+        identifier: None,
+        reference,
+        source: "cli".into(),
+        immediate,
+        received_at,
+        due_primary,
+        due_backups,
+        state: State::Received,
+        policy_version: c.policy.version.clone(),
+    };
+    store_new(&store, &r).await?;
+    Ok(r)
+}
+
+async fn store_new(store: &Store, r: &Request) -> crate::Result<()> {
+    if !request::create(store, r).await? {
+        return Err(crate::Error::Failed(format!(
+            "a request {} of tenant {} exists already; nothing was recorded (run the command again for a new id)",
+            r.id, r.tenant
+        )));
+    }
+    tracing::info!(tenant = %r.tenant, request = %r.id, scope = ?r.scope, kind = r.kind.as_deref().unwrap_or(""), immediate = r.immediate, due_primary = %r.due_primary, "erasure request received");
+    Ok(())
+}

@@ -1,0 +1,303 @@
+//! Erasure requests: `requests/tenant=<t>/<request-id>.json`, written create-only when a request
+//! is received. A request names its subject by keyed hash (`hmac:…` under the keyring's subject
+//! key) and keeps the normalized identifier sealed under the tenant's data key (AES-GCM, bound
+//! to the request's id and tenant) until the primary phase is done; then only the hash remains.
+//!
+//! States: `received` → `primary_done` → `final`. Due dates come from the policy's `[erasure]`
+//! (`primary_within`, `backups_within`); `--immediate` makes both due at receipt.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::path::Path as ObjPath;
+use ring::aead;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::DataKey;
+use crate::store::Store;
+use crate::util::rfc3339;
+
+pub const FORMAT: &str = "lethe-request/1";
+pub const PREFIX: &str = "requests";
+
+/// What a request erases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// One person, found from one identifier.
+    Subject,
+    /// A whole tenant (offboarding).
+    Tenant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Received,
+    PrimaryDone,
+    Final,
+}
+
+impl State {
+    pub fn name(self) -> &'static str {
+        match self {
+            State::Received => "received",
+            State::PrimaryDone => "primary_done",
+            State::Final => "final",
+        }
+    }
+}
+
+/// The identifier, sealed under the tenant's data key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sealed {
+    /// The data key it is sealed under.
+    pub key_id: String,
+    /// base64(nonce ‖ ciphertext ‖ tag).
+    pub sealed: String,
+}
+
+/// One erasure request as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub format: String,
+    pub id: String,
+    pub tenant: String,
+    pub scope: Scope,
+    /// Identifier kind (data map `identifiers`), for subject requests.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub kind: Option<String>,
+    /// `hmac:…` of `<kind>:<normalized identifier>` under the subject key.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub subject: Option<String>,
+    /// The normalized identifier, sealed; removed once the primary phase is done.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub identifier: Option<Sealed>,
+    /// The controller's own reference (a ticket number), if given.
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none", default)]
+    pub reference: Option<String>,
+    /// Where the request came from: `cli` or `intake`.
+    pub source: String,
+    pub immediate: bool,
+    pub received_at: String,
+    pub due_primary: String,
+    pub due_backups: String,
+    pub state: State,
+    /// The policy the due dates were computed from.
+    pub policy_version: String,
+}
+
+impl Request {
+    pub fn key(&self) -> ObjPath {
+        key(&self.tenant, &self.id)
+    }
+
+    /// Overdue at `now`: the phase it is in should have been done by now.
+    pub fn overdue(&self, now: DateTime<Utc>) -> Option<&'static str> {
+        let past =
+            |t: &str| DateTime::parse_from_rfc3339(t).is_ok_and(|t| t.with_timezone(&Utc) < now);
+        match self.state {
+            State::Received if past(&self.due_primary) => Some("primary"),
+            State::Received | State::PrimaryDone if past(&self.due_backups) => Some("backups"),
+            _ => None,
+        }
+    }
+}
+
+pub fn key(tenant: &str, id: &str) -> ObjPath {
+    ObjPath::from(format!("{PREFIX}/tenant={tenant}/{id}.json"))
+}
+
+/// A request id: the receipt time and 48 random bits.
+pub fn new_id(now: DateTime<Utc>) -> String {
+    let mut r = [0u8; 6];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut r).expect("system RNG");
+    format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), crate::util::hex(&r))
+}
+
+fn algorithm(key: &DataKey) -> &'static aead::Algorithm {
+    if key.key.len() == 16 {
+        &aead::AES_128_GCM
+    } else {
+        &aead::AES_256_GCM
+    }
+}
+
+fn aad(tenant: &str, id: &str) -> Vec<u8> {
+    format!("lethe/request/v1\0{tenant}\0{id}").into_bytes()
+}
+
+/// Seal `identifier` for request `id` of `key`'s tenant.
+pub fn seal(key: &DataKey, id: &str, identifier: &str) -> Sealed {
+    let k = aead::LessSafeKey::new(
+        aead::UnboundKey::new(algorithm(key), &key.key).expect("a data key has a valid length"),
+    );
+    let mut nonce = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .expect("system RNG");
+    let mut buf = identifier.as_bytes().to_vec();
+    k.seal_in_place_append_tag(
+        aead::Nonce::assume_unique_for_key(nonce),
+        aead::Aad::from(aad(&key.tenant, id)),
+        &mut buf,
+    )
+    .expect("sealing cannot fail for small inputs");
+    let mut out = nonce.to_vec();
+    out.extend(buf);
+    Sealed {
+        key_id: key.key_id.clone(),
+        sealed: B64.encode(out),
+    }
+}
+
+/// Open what [`seal`] sealed; `None` if it does not open under `key` for request `id`.
+pub fn open(key: &DataKey, id: &str, s: &Sealed) -> Option<String> {
+    if s.key_id != key.key_id {
+        return None;
+    }
+    let raw = B64.decode(&s.sealed).ok()?;
+    if raw.len() < 12 + 16 {
+        return None;
+    }
+    let (nonce, ct) = raw.split_at(12);
+    let k = aead::LessSafeKey::new(aead::UnboundKey::new(algorithm(key), &key.key).ok()?);
+    let mut buf = ct.to_vec();
+    let plain = k
+        .open_in_place(
+            aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+            aead::Aad::from(aad(&key.tenant, id)),
+            &mut buf,
+        )
+        .ok()?;
+    String::from_utf8(plain.to_vec()).ok()
+}
+
+/// Store a new request (create-only). `false` if one with its id exists already.
+pub async fn create(store: &Store, r: &Request) -> Result<bool, crate::store::StoreError> {
+    let bytes = Bytes::from(serde_json::to_vec_pretty(r).expect("serializable"));
+    store.put_create(&r.key(), bytes).await
+}
+
+/// One stored request, or why it could not be read.
+pub type Listed = Result<Request, (String, String)>;
+
+/// Every request (of `tenant`, or of all), sorted by tenant and id. Unreadable files are listed
+/// with their key and the reason.
+pub async fn list(
+    store: &Store,
+    tenant: Option<&str>,
+) -> Result<Vec<Listed>, crate::store::StoreError> {
+    let prefix = match tenant {
+        Some(t) => ObjPath::from(format!("{PREFIX}/tenant={t}")),
+        None => ObjPath::from(PREFIX),
+    };
+    let mut metas = store.list(&prefix).await?;
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut out = Vec::new();
+    for m in metas {
+        if !m.location.as_ref().ends_with(".json") {
+            continue;
+        }
+        let key = m.location.to_string();
+        let bytes = store.get(&m.location).await?;
+        out.push(match serde_json::from_slice::<Request>(&bytes) {
+            Ok(r) if r.format == FORMAT && r.key() == m.location => Ok(r),
+            Ok(r) if r.format != FORMAT => Err((key, format!("unknown format {:?}", r.format))),
+            Ok(_) => Err((key, "its tenant or id does not match its key".into())),
+            Err(e) => Err((key, format!("not a request: {e}"))),
+        });
+    }
+    Ok(out)
+}
+
+/// The receipt and due times of a request received at `now`.
+pub fn due(
+    now: DateTime<Utc>,
+    immediate: bool,
+    e: &crate::policy::ErasurePolicy,
+) -> Result<(String, String, String), crate::Error> {
+    let after = |span: crate::span::Span| {
+        if immediate {
+            Ok(now)
+        } else {
+            span.after(now).ok_or_else(|| {
+                crate::Error::Usage(format!("{span} after {} is out of range", rfc3339(now)))
+            })
+        }
+    };
+    Ok((
+        rfc3339(now),
+        rfc3339(after(e.primary_within)?),
+        rfc3339(after(e.backups_within)?),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(len: usize) -> DataKey {
+        DataKey {
+            tenant: "acme".into(),
+            key_id: "k1".into(),
+            key: vec![7u8; len],
+            footer_key_metadata: vec![],
+        }
+    }
+
+    #[test]
+    fn a_sealed_identifier_opens_only_for_its_request_and_key() {
+        for len in [16, 32] {
+            let k = key(len);
+            let s = seal(&k, "r1", "+6281234567890");
+            assert!(!s.sealed.contains("6281234567890"));
+            assert_eq!(open(&k, "r1", &s).as_deref(), Some("+6281234567890"));
+            // Moved to another request, or under another key: does not open.
+            assert_eq!(open(&k, "r2", &s), None);
+            let mut other = key(len);
+            other.key[0] ^= 1;
+            assert_eq!(open(&other, "r1", &s), None);
+            let mut moved = key(len);
+            moved.tenant = "globex".into();
+            assert_eq!(open(&moved, "r1", &s), None);
+            // Tampered: does not open.
+            let mut raw = B64.decode(&s.sealed).unwrap();
+            raw[13] ^= 1;
+            let t = Sealed {
+                key_id: s.key_id.clone(),
+                sealed: B64.encode(raw),
+            };
+            assert_eq!(open(&k, "r1", &t), None);
+        }
+    }
+
+    #[test]
+    fn overdue_follows_the_phase() {
+        let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let mut r = Request {
+            format: FORMAT.into(),
+            id: "x".into(),
+            tenant: "acme".into(),
+            scope: Scope::Subject,
+            kind: Some("phone".into()),
+            subject: Some("hmac:00".into()),
+            identifier: None,
+            reference: None,
+            source: "cli".into(),
+            immediate: false,
+            received_at: "2026-01-01T00:00:00Z".into(),
+            due_primary: "2026-01-31T00:00:00Z".into(),
+            due_backups: "2026-04-01T00:00:00Z".into(),
+            state: State::Received,
+            policy_version: "v".into(),
+        };
+        assert_eq!(r.overdue(t("2026-01-30T00:00:00Z")), None);
+        assert_eq!(r.overdue(t("2026-02-01T00:00:00Z")), Some("primary"));
+        r.state = State::PrimaryDone;
+        assert_eq!(r.overdue(t("2026-02-01T00:00:00Z")), None);
+        assert_eq!(r.overdue(t("2026-04-02T00:00:00Z")), Some("backups"));
+        r.state = State::Final;
+        assert_eq!(r.overdue(t("2027-01-01T00:00:00Z")), None);
+    }
+}
