@@ -205,3 +205,240 @@ fn an_immediate_request_nothing_has_executed_is_overdue() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 request(s)"), "{out}");
 }
+
+/// The demo's identifier columns (an independent statement of schemas/app.toml's `identifiers`).
+const IDENTIFIERS: &[(&str, &str, &str)] = &[
+    ("accounts", "id", "account_id"),
+    ("accounts", "email", "email"),
+    ("customers", "phone", "phone"),
+    ("customers", "email", "email"),
+    ("messages", "customer_phone", "phone"),
+    ("calls", "customer_phone", "phone"),
+    ("attendance_checkins", "employee_no", "employee_no"),
+    ("attendance_checkins", "account_id", "account_id"),
+    ("audit_log", "account_id", "account_id"),
+    ("app_log", "account_id", "account_id"),
+    ("security_log", "account_id", "account_id"),
+    ("magic_link_tokens", "account_id", "account_id"),
+    ("refresh_tokens", "account_id", "account_id"),
+    ("ip_hashes", "account_id", "account_id"),
+    ("support_tickets", "requester_email", "email"),
+    ("billing_records", "billing_email", "email"),
+];
+
+/// The oracle: the same fixed point computed in Rust over every row of the tenant, with the
+/// Rust normalization (the resolver computes normal forms in SQL).
+fn expected_rows(
+    db: &std::path::Path,
+    tenant: &str,
+    kind: &str,
+    value: &str,
+) -> std::collections::BTreeMap<String, u64> {
+    use std::collections::{BTreeMap, BTreeSet};
+    let c = rusqlite::Connection::open(db).unwrap();
+    let norm = |k: &str, v: &str| lethe::erasure::identify::normalize(k, v, Some("62")).ok();
+    // Per table: its rows as (kind, normalized value) sets.
+    let mut tables: BTreeMap<&str, Vec<Vec<(String, String)>>> = BTreeMap::new();
+    let names: BTreeSet<&str> = IDENTIFIERS.iter().map(|(t, _, _)| *t).collect();
+    for t in names {
+        let cols: Vec<(&str, &str)> = IDENTIFIERS
+            .iter()
+            .filter(|(tt, _, _)| *tt == t)
+            .map(|(_, c, k)| (*c, *k))
+            .collect();
+        let sel: Vec<String> = cols
+            .iter()
+            .map(|(c, _)| format!("CAST({c} AS TEXT)"))
+            .collect();
+        let sql = format!("SELECT {} FROM {t} WHERE tenant_id = ?1", sel.join(", "));
+        let mut st = c.prepare(&sql).unwrap();
+        let rows: Vec<Vec<(String, String)>> = st
+            .query_map([tenant], |r| {
+                let mut v = Vec::new();
+                for (i, (_, k)) in cols.iter().enumerate() {
+                    let s: Option<String> = r.get(i)?;
+                    if let Some(n) = s.as_deref().and_then(|s| norm(k, s)) {
+                        v.push((k.to_string(), n));
+                    }
+                }
+                Ok(v)
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        tables.insert(t, rows);
+    }
+    let mut known: BTreeSet<(String, String)> = [(kind.to_string(), value.to_string())].into();
+    loop {
+        let before = known.len();
+        for rows in tables.values() {
+            for r in rows {
+                if r.iter().any(|x| known.contains(x)) {
+                    known.extend(r.iter().cloned());
+                }
+            }
+        }
+        if known.len() == before {
+            break;
+        }
+    }
+    tables
+        .iter()
+        .map(|(t, rows)| {
+            let n = rows
+                .iter()
+                .filter(|r| r.iter().any(|x| known.contains(x)))
+                .count() as u64;
+            (t.to_string(), n)
+        })
+        .collect()
+}
+
+fn show(d: &common::Demo, tenant: &str, id: &str) -> std::collections::BTreeMap<String, u64> {
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg(d),
+        "requests",
+        "show",
+        "--tenant",
+        tenant,
+        id,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    out.lines()
+        .skip_while(|l| !l.starts_with("table"))
+        .skip(1)
+        .filter(|l| !l.starts_with("total"))
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            (
+                w.next().unwrap().to_string(),
+                w.next().unwrap().parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn received_id(out: &str) -> String {
+    out.split_whitespace().nth(1).unwrap().to_string()
+}
+
+#[test]
+fn resolution_follows_links_and_matches_every_spelling_within_the_tenant_only() {
+    let d = demo(3, 60);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    // A customer with an email: phone → customer row → email → tickets and billing.
+    let (t, phone): (String, String) = c
+        .query_row(
+            "SELECT tenant_id, phone FROM customers WHERE email IS NOT NULL ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // Written in national form, with spaces.
+    let national = format!("0{} {}", &phone[3..6], &phone[6..]);
+    // Rows written by hand in other spellings match; the same number in another tenant does
+    // not.
+    let other: String = c
+        .query_row(
+            "SELECT id FROM tenants WHERE id <> ?1 ORDER BY id LIMIT 1",
+            [&t],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let dashed = format!("+62 {}-{}-{}", &phone[3..6], &phone[6..10], &phone[10..]);
+    for (id, tenant, spelled) in [
+        (990001, &t, national.as_str()),
+        (990002, &t, dashed.as_str()),
+        (990003, &other, phone.as_str()),
+    ] {
+        c.execute(
+            "INSERT INTO messages (id, tenant_id, customer_phone, channel, direction, body, status, created_at) VALUES (?1, ?2, ?3, 'whatsapp', 'in', 'x', 'read', '2026-11-01 00:00:00')",
+            rusqlite::params![id, tenant, spelled],
+        )
+        .unwrap();
+    }
+    let by_hand: i64 = c
+        .query_row(
+            "SELECT count(*) FROM messages WHERE id IN (990001, 990002)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(by_hand, 2);
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg(&d),
+        "erase",
+        "subject",
+        "--tenant",
+        &t,
+        "--kind",
+        "phone",
+        "--id",
+        &national,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let got = show(&d, &t, &received_id(&out));
+    let want = expected_rows(&d.db(), &t, "phone", &phone);
+    assert_eq!(got, want);
+    let plain: i64 = c
+        .query_row(
+            "SELECT count(*) FROM messages WHERE tenant_id = ?1 AND customer_phone = ?2",
+            [&t, &phone],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        got["messages"],
+        plain as u64 + 2,
+        "both hand-written spellings, not the other tenant's"
+    );
+    assert!(got["customers"] >= 1 && got["messages"] >= 1, "{got:?}");
+
+    // An employee: email → account id → check-ins, logs, tokens.
+    let (t, email): (String, String) = c
+        .query_row(
+            "SELECT a.tenant_id, a.email FROM accounts a WHERE EXISTS (SELECT 1 FROM attendance_checkins k WHERE k.account_id = a.id) ORDER BY a.id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg(&d),
+        "erase",
+        "subject",
+        "--tenant",
+        &t,
+        "--kind",
+        "email",
+        "--id",
+        &email.to_uppercase(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let got = show(&d, &t, &received_id(&out));
+    let want = expected_rows(&d.db(), &t, "email", &email.to_lowercase());
+    assert_eq!(got, want);
+    assert!(
+        got["accounts"] == 1 && got["attendance_checkins"] >= 1,
+        "{got:?}"
+    );
+
+    // Someone unknown: completes with 0 rows everywhere.
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg(&d),
+        "erase",
+        "subject",
+        "--tenant",
+        &t,
+        "--kind",
+        "phone",
+        "--id",
+        "+1 202 555 0100",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let got = show(&d, &t, &received_id(&out));
+    assert!(got.values().all(|n| *n == 0), "{got:?}");
+}

@@ -1208,6 +1208,44 @@ fn demo_on_postgres_runs_everything_and_refuses_foreign_tables() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("reusing the demo tables"), "{out}");
 
+    // Erasure requests on PostgreSQL: a customer's phone written in national form resolves,
+    // through bind parameters and SQL normal forms, to exactly their rows.
+    let cfg = dir.join("lethe.toml");
+    let cfg = cfg.to_str().unwrap();
+    let pick = pg_strings(
+        &pg,
+        "SELECT tenant_id || '|' || phone FROM customers WHERE email IS NOT NULL ORDER BY id LIMIT 1",
+    );
+    let (t, phone) = pick.iter().next().unwrap().split_once('|').unwrap();
+    let national = format!("0{} {}", &phone[3..6], &phone[6..]);
+    let (code, out, err) = common::lethe(&[
+        "--config", cfg, "erase", "subject", "--tenant", t, "--kind", "phone", "--id", &national,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let id = out.split_whitespace().nth(1).unwrap().to_string();
+    let (code, out, err) =
+        common::lethe(&["--config", cfg, "requests", "show", "--tenant", t, &id]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rows = |table: &str| -> i64 {
+        out.lines()
+            .find(|l| l.split_whitespace().next() == Some(table))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or_else(|| panic!("no {table} in {out}"))
+            .parse()
+            .unwrap()
+    };
+    let want = |sql: &str| pg.count(&sql.replace("$T", t).replace("$P", phone));
+    assert_eq!(
+        rows("messages"),
+        want("SELECT count(*) FROM messages WHERE tenant_id = '$T' AND customer_phone = '$P'")
+    );
+    assert_eq!(
+        rows("customers"),
+        want("SELECT count(*) FROM customers WHERE tenant_id = '$T' AND phone = '$P'")
+    );
+    assert!(rows("customers") >= 1, "{out}");
+    assert!(!out.contains(&phone[3..]), "the number is printed: {out}");
+
     // A foreign key that would cascade a retention DELETE into rows lethe did not select:
     // `check` reports it (exit 2); `plan` and `run retention` refuse with
     // Refusal::CascadingDeletes (exit 1), naming the constraint, and delete nothing.
@@ -1215,8 +1253,6 @@ fn demo_on_postgres_runs_everything_and_refuses_foreign_tables() {
         "CREATE TABLE message_notes (id bigint PRIMARY KEY, message_id bigint \
          CONSTRAINT notes_follow_messages REFERENCES messages(id) ON DELETE CASCADE)",
     );
-    let cfg = dir.join("lethe.toml");
-    let cfg = cfg.to_str().unwrap();
     let count = "SELECT (SELECT count(*) FROM messages) + (SELECT count(*) FROM calls)";
     let before = pg.count(count);
     for (args, want) in [

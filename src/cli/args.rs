@@ -116,6 +116,15 @@ pub(super) enum EraseCommand {
 
 #[derive(Subcommand)]
 pub(super) enum RequestsCommand {
+    /// What one request covers in the primary database now: the person's identifiers found by
+    /// following the data map's links (counted by kind, never shown) and the rows per table.
+    /// Reads only.
+    Show {
+        #[arg(long)]
+        tenant: String,
+        /// The request id (from `lethe requests ls`).
+        id: String,
+    },
     /// List requests: tenant, id, scope, state, due dates. Exit 1 if any is overdue.
     Ls {
         /// Only this tenant's.

@@ -9,6 +9,7 @@
 
 pub mod identify;
 pub mod request;
+pub mod resolve;
 
 use std::sync::Arc;
 
@@ -166,4 +167,53 @@ async fn store_new(store: &Store, r: &Request) -> crate::Result<()> {
     }
     tracing::info!(tenant = %r.tenant, request = %r.id, scope = ?r.scope, kind = r.kind.as_deref().unwrap_or(""), immediate = r.immediate, due_primary = %r.due_primary, "erasure request received");
     Ok(())
+}
+
+/// What request `id` of `tenant` covers in the primary database now: the person's identifiers
+/// (counted by kind) and the rows per table holding any of them. Reads only.
+pub async fn preview(
+    c: &Checked,
+    tenant: &str,
+    id: &str,
+) -> crate::Result<(Request, resolve::Resolution)> {
+    let store = Store::open(&c.config.store)?;
+    let Some(bytes) = store.get_opt(&request::key(tenant, id)).await? else {
+        return Err(crate::Error::Usage(format!(
+            "no request {id} of tenant {tenant}\n  fix: see `lethe requests ls --tenant {tenant}`"
+        )));
+    };
+    let r: Request = serde_json::from_slice(&bytes).map_err(|e| {
+        crate::Error::Failed(format!(
+            "request {id} of tenant {tenant} is not readable: {e}"
+        ))
+    })?;
+    if r.id != id || r.tenant != tenant {
+        return Err(crate::Error::Failed(format!(
+            "request {id} of tenant {tenant} names another request inside; it was moved or edited"
+        )));
+    }
+    let (Some(kind), Some(sealed)) = (r.kind.clone(), r.identifier.clone()) else {
+        return Ok((r, resolve::Resolution::default()));
+    };
+    let keyring = Keyring::open(&c.config.keyring, &c.config.master_key, false)?;
+    let key = keyring.data_key(tenant)?;
+    let value = request::open(&key, id, &sealed).ok_or_else(|| {
+        crate::Error::Failed(format!(
+            "the identifier of request {id} does not open with tenant {tenant}'s data key (edited, or sealed under another key)"
+        ))
+    })?;
+    let mut db = crate::retention::db::Db::open(&c.config.source, false, &c.config.retention)?;
+    let found = resolve::resolve(
+        &mut db,
+        &c.data_map,
+        tenant,
+        &kind,
+        &value,
+        c.policy.erasure.phone_country.as_deref(),
+    )
+    .map_err(|e| match e {
+        resolve::ResolveError::Db(e) => crate::Error::from(e),
+        other => crate::Error::Failed(other.to_string()),
+    })?;
+    Ok((r, found))
 }
