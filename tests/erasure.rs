@@ -442,3 +442,61 @@ fn resolution_follows_links_and_matches_every_spelling_within_the_tenant_only() 
     let got = show(&d, &t, &received_id(&out));
     assert!(got.values().all(|n| *n == 0), "{got:?}");
 }
+
+#[test]
+fn an_identifier_shared_by_a_crowd_is_refused_and_an_edited_request_is_named() {
+    let d = demo(2, 40);
+    let t = a_tenant(&d);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    // A placeholder address on 250 customers, each with their own phone.
+    for i in 0..250 {
+        c.execute(
+            "INSERT INTO customers (id, tenant_id, phone, name, email, created_at) VALUES (?1, ?2, ?3, 'x', 'noemail@shop.example', '2026-11-01 00:00:00')",
+            rusqlite::params![980000 + i, &t, format!("+62899{:07}", i)],
+        )
+        .unwrap();
+    }
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg(&d),
+        "erase",
+        "subject",
+        "--tenant",
+        &t,
+        "--kind",
+        "email",
+        "--id",
+        "NoEmail@Shop.example",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let id = received_id(&out);
+    let (code, out, err) = lethe(&["--config", cfg(&d), "requests", "show", "--tenant", &t, &id]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("shared by many people"), "{err}");
+    assert!(!err.contains("noemail") && !err.contains("+62899"), "{err}");
+
+    // A request file moved to another tenant's folder (or edited) is named, exit 1.
+    let path = request_files(&d).pop().unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace(&t, "someone-else")).unwrap();
+    let (code, out, _) = lethe(&["--config", cfg(&d), "requests", "ls"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("UNREADABLE") && out.contains("does not match its key"),
+        "{out}"
+    );
+    let (code, _, err) = lethe(&["--config", cfg(&d), "requests", "show", "--tenant", &t, &id]);
+    assert_eq!(code, 1, "{err}");
+    // An unknown request id is bad usage.
+    let (code, _, err) = lethe(&[
+        "--config",
+        cfg(&d),
+        "requests",
+        "show",
+        "--tenant",
+        &t,
+        "nope",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no request nope"), "{err}");
+}
