@@ -20,6 +20,22 @@ fn a_tenant(d: &common::Demo) -> String {
     .unwrap()
 }
 
+/// `lethe erase subject` on the demo.
+fn erase(d: &common::Demo, tenant: &str, kind: &str, id: &str) -> (i32, String, String) {
+    lethe(&[
+        "--config",
+        cfg(d),
+        "erase",
+        "subject",
+        "--tenant",
+        tenant,
+        "--kind",
+        kind,
+        "--id",
+        id,
+    ])
+}
+
 fn request_files(d: &common::Demo) -> Vec<std::path::PathBuf> {
     files(&d.store())
         .into_keys()
@@ -366,18 +382,7 @@ fn resolution_follows_links_and_matches_every_spelling_within_the_tenant_only() 
         )
         .unwrap();
     assert_eq!(by_hand, 2);
-    let (code, out, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "erase",
-        "subject",
-        "--tenant",
-        &t,
-        "--kind",
-        "phone",
-        "--id",
-        &national,
-    ]);
+    let (code, out, err) = erase(&d, &t, "phone", &national);
     assert_eq!(code, 0, "{out}\n{err}");
     let got = show(&d, &t, &received_id(&out));
     let want = expected_rows(&d.db(), &t, "phone", &phone);
@@ -404,18 +409,7 @@ fn resolution_follows_links_and_matches_every_spelling_within_the_tenant_only() 
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    let (code, out, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "erase",
-        "subject",
-        "--tenant",
-        &t,
-        "--kind",
-        "email",
-        "--id",
-        &email.to_uppercase(),
-    ]);
+    let (code, out, err) = erase(&d, &t, "email", &email.to_uppercase());
     assert_eq!(code, 0, "{out}\n{err}");
     let got = show(&d, &t, &received_id(&out));
     let want = expected_rows(&d.db(), &t, "email", &email.to_lowercase());
@@ -426,18 +420,7 @@ fn resolution_follows_links_and_matches_every_spelling_within_the_tenant_only() 
     );
 
     // Someone unknown: completes with 0 rows everywhere.
-    let (code, out, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "erase",
-        "subject",
-        "--tenant",
-        &t,
-        "--kind",
-        "phone",
-        "--id",
-        "+1 202 555 0100",
-    ]);
+    let (code, out, err) = erase(&d, &t, "phone", "+1 202 555 0100");
     assert_eq!(code, 0, "{out}\n{err}");
     let got = show(&d, &t, &received_id(&out));
     assert!(got.values().all(|n| *n == 0), "{got:?}");
@@ -456,18 +439,7 @@ fn an_identifier_shared_by_a_crowd_is_refused_and_an_edited_request_is_named() {
         )
         .unwrap();
     }
-    let (code, out, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "erase",
-        "subject",
-        "--tenant",
-        &t,
-        "--kind",
-        "email",
-        "--id",
-        "NoEmail@Shop.example",
-    ]);
+    let (code, out, err) = erase(&d, &t, "email", "NoEmail@Shop.example");
     assert_eq!(code, 0, "{out}\n{err}");
     let id = received_id(&out);
     let (code, out, err) = lethe(&["--config", cfg(&d), "requests", "show", "--tenant", &t, &id]);

@@ -99,27 +99,17 @@ pub async fn erase_subject(
     known_tenant(c, &ask.tenant)?;
     let store = Store::create(&c.config.store)?;
     let (keyring, key) = tenant_key(c, &store, &ask.tenant).await?;
-    let now = clock.now();
-    let id = request::new_id(now);
-    let (received_at, due_primary, due_backups) =
-        request::due(now, ask.immediate, &c.policy.erasure)?;
-    let r = Request {
-        format: request::FORMAT.into(),
-        id: id.clone(),
-        tenant: ask.tenant.clone(),
-        scope: Scope::Subject,
-        kind: Some(ask.kind.clone()),
-        subject: Some(keyring.subject_hash(&format!("{}:{normal}", ask.kind))),
-        identifier: Some(request::seal(&key, &id, &normal)),
-        reference: ask.reference.clone(),
-        source: "cli".into(),
-        immediate: ask.immediate,
-        received_at,
-        due_primary,
-        due_backups,
-        state: State::Received,
-        policy_version: c.policy.version.clone(),
-    };
+    let mut r = received(
+        c,
+        &ask.tenant,
+        Scope::Subject,
+        ask.immediate,
+        ask.reference.clone(),
+        clock,
+    )?;
+    r.identifier = Some(request::seal(&key, &r.id, &normal));
+    r.subject = Some(keyring.subject_hash(&format!("{}:{normal}", ask.kind)));
+    r.kind = Some(ask.kind.clone());
     store_new(&store, &r).await?;
     Ok(r)
 }
@@ -135,13 +125,27 @@ pub async fn erase_tenant(
     check_reference(reference.as_deref())?;
     known_tenant(c, tenant)?;
     let store = Store::create(&c.config.store)?;
+    let r = received(c, tenant, Scope::Tenant, immediate, reference, clock)?;
+    store_new(&store, &r).await?;
+    Ok(r)
+}
+
+/// A request of `scope` received now, due by the policy (or now, `immediate`).
+fn received(
+    c: &Checked,
+    tenant: &str,
+    scope: Scope,
+    immediate: bool,
+    reference: Option<String>,
+    clock: &Arc<dyn Clock>,
+) -> crate::Result<Request> {
     let now = clock.now();
     let (received_at, due_primary, due_backups) = request::due(now, immediate, &c.policy.erasure)?;
-    let r = Request {
+    Ok(Request {
         format: request::FORMAT.into(),
         id: request::new_id(now),
         tenant: tenant.to_string(),
-        scope: Scope::Tenant,
+        scope,
         kind: None,
         subject: None,
         identifier: None,
@@ -153,9 +157,7 @@ pub async fn erase_tenant(
         due_backups,
         state: State::Received,
         policy_version: c.policy.version.clone(),
-    };
-    store_new(&store, &r).await?;
-    Ok(r)
+    })
 }
 
 async fn store_new(store: &Store, r: &Request) -> crate::Result<()> {
