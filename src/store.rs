@@ -446,14 +446,19 @@ impl Store {
         }
     }
 
-    /// Write `key` only if it does not exist: `true` if written, `false` if an object was
+    /// Write `key` only if it does not exist: `true` if written, `false` if another object was
     /// already there (nothing is overwritten).
+    ///
+    /// Idempotent: when the store answers "already exists" and the object holds exactly
+    /// `bytes`, the write counts as done (`true`). That is what a retry sees after a lost
+    /// response to a write the store did make; treating it as a conflict would stop a run whose
+    /// record is safely stored.
     pub async fn put_create(&self, key: &ObjPath, bytes: Bytes) -> Result<bool, StoreError> {
         let r = self
             .inner
             .put_opts(
                 key,
-                PutPayload::from_bytes(bytes),
+                PutPayload::from_bytes(bytes.clone()),
                 PutOptions::from(PutMode::Create),
             )
             .await;
@@ -462,7 +467,7 @@ impl Store {
             Err(
                 object_store::Error::AlreadyExists { .. }
                 | object_store::Error::Precondition { .. },
-            ) => Ok(false),
+            ) => Ok(self.get_opt(key).await?.is_some_and(|there| there == bytes)),
             Err(e) => Err(self.op_err("put (create-only)", key)(e)),
         }
     }
@@ -630,6 +635,18 @@ mod tests {
         }
         let e = open_err("az:///p", &[("AZURE_STORAGE_USE_EMULATOR", "true")]);
         assert!(e.contains("no container"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_create_only_write_whose_response_was_lost_is_done_not_a_conflict() {
+        let s = Store::from_object_store("mem://", Arc::new(object_store::memory::InMemory::new()));
+        let key = ObjPath::from("audit/records/000000000001.json");
+        assert!(s.put_create(&key, Bytes::from("record 1")).await.unwrap());
+        // What a retry sees after a lost response: "already exists", holding its own bytes.
+        assert!(s.put_create(&key, Bytes::from("record 1")).await.unwrap());
+        // A second writer with other bytes: a real conflict, nothing overwritten.
+        assert!(!s.put_create(&key, Bytes::from("record 1'")).await.unwrap());
+        assert_eq!(s.get(&key).await.unwrap(), Bytes::from("record 1"));
     }
 
     #[test]
