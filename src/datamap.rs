@@ -251,6 +251,21 @@ impl DataMap {
                         ));
                     }
                 }
+                for (col, kind) in &config.identifiers {
+                    let slug = !kind.is_empty()
+                        && kind.len() <= 32
+                        && kind
+                            .bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                    if !slug {
+                        problems.push(Problem::new(
+                            path,
+                            format!("{key}.identifiers.{col}"),
+                            format!("identifier kind {kind:?} is not a name of lower-case letters, digits and _"),
+                            "name the kind like phone, email, employee_no (the name `lethe erase subject --kind` takes)",
+                        ));
+                    }
+                }
                 if let Some(prev) = tables.get(&name) {
                     problems.push(Problem::new(
                         path,
@@ -330,6 +345,28 @@ mod tests {
         let s = e.to_string();
         assert!(
             s.contains("retain") && s.contains("line 10") && s.contains("schemas/app.toml"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn identifier_kinds_are_declared_per_column_and_named_like_kinds() {
+        let table = |ids: &str| {
+            format!(
+                "{TENANTS}[tables.customers]\ntenant_column = \"tenant_id\"\nprimary_key = \"id\"\ncategories = [\"c\"]\nidentifiers = {ids}\n"
+            )
+        };
+        let dm = load(&table("{ phone = \"phone\", email = \"email\" }")).unwrap();
+        let kinds = dm.identifier_kinds();
+        assert_eq!(
+            kinds.keys().copied().collect::<Vec<_>>(),
+            ["email", "phone"]
+        );
+        assert_eq!(kinds["phone"], [("customers", "phone")]);
+        let e = load(&table("{ phone = \"Phone Number\" }")).unwrap_err();
+        let s = e.to_string();
+        assert!(
+            s.contains("tables.customers.identifiers.phone") && s.contains("Phone Number"),
             "{s}"
         );
     }
