@@ -471,4 +471,20 @@ fn an_identifier_shared_by_a_crowd_is_refused_and_an_edited_request_is_named() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no request nope"), "{err}");
+    // Names that are not ids are refused before a key is built from them.
+    for (tenant, id) in [("../..", "x"), (t.as_str(), "../../keys/x")] {
+        let (code, _, err) = lethe(&[
+            "--config",
+            cfg(&d),
+            "requests",
+            "show",
+            "--tenant",
+            tenant,
+            id,
+        ]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("is not a"), "{err}");
+    }
+    let (code, _, err) = lethe(&["--config", cfg(&d), "requests", "ls", "--tenant", "a/b"]);
+    assert_eq!(code, 2, "{err}");
 }

@@ -292,6 +292,9 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Requests(RequestsCommand::Ls { tenant, json }) => {
+            if let Some(t) = &tenant {
+                crate::erasure::check_names(t, None)?;
+            }
             let config = crate::config::Config::load(&cli.config)?;
             let listed = if Store::exists(&config.store) {
                 let store = Store::open(&config.store)?;

@@ -31,6 +31,24 @@ pub struct SubjectRequest {
     pub reference: Option<String>,
 }
 
+/// A tenant id and a request id as lethe writes them (letters, digits, `-`, `_`): anything
+/// else is bad usage, named, before a key is built from it.
+pub fn check_names(tenant: &str, id: Option<&str>) -> crate::Result<()> {
+    if !crate::util::is_safe_ident(tenant) {
+        return Err(crate::Error::Usage(format!(
+            "{tenant:?} is not a tenant id (letters, digits, - and _)\n  fix: pass a tenant id the tenants table lists"
+        )));
+    }
+    if let Some(id) = id
+        && !crate::util::is_safe_ident(id)
+    {
+        return Err(crate::Error::Usage(format!(
+            "{id:?} is not a request id\n  fix: copy it from `lethe requests ls`"
+        )));
+    }
+    Ok(())
+}
+
 /// The tenant must be one the tenants table lists (by a valid id).
 fn known_tenant(c: &Checked, tenant: &str) -> crate::Result<()> {
     let list = Source::open(&c.config.source)?.tenants(&c.data_map)?;
@@ -178,6 +196,7 @@ pub async fn preview(
     tenant: &str,
     id: &str,
 ) -> crate::Result<(Request, resolve::Resolution)> {
+    check_names(tenant, Some(id))?;
     let store = Store::open(&c.config.store)?;
     let Some(bytes) = store.get_opt(&request::key(tenant, id)).await? else {
         return Err(crate::Error::Usage(format!(
