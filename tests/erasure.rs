@@ -9,6 +9,13 @@ fn cfg(d: &common::Demo) -> &str {
     d.config.to_str().unwrap()
 }
 
+/// `lethe --config <the demo's> args…`.
+fn run(d: &common::Demo, args: &[&str]) -> (i32, String, String) {
+    let mut all = vec!["--config", cfg(d)];
+    all.extend_from_slice(args);
+    lethe(&all)
+}
+
 /// One tenant id of the demo.
 fn a_tenant(d: &common::Demo) -> String {
     let c = rusqlite::Connection::open(d.db()).unwrap();
@@ -22,18 +29,12 @@ fn a_tenant(d: &common::Demo) -> String {
 
 /// `lethe erase subject` on the demo.
 fn erase(d: &common::Demo, tenant: &str, kind: &str, id: &str) -> (i32, String, String) {
-    lethe(&[
-        "--config",
-        cfg(d),
-        "erase",
-        "subject",
-        "--tenant",
-        tenant,
-        "--kind",
-        kind,
-        "--id",
-        id,
-    ])
+    run(
+        d,
+        &[
+            "erase", "subject", "--tenant", tenant, "--kind", kind, "--id", id,
+        ],
+    )
 }
 
 fn request_files(d: &common::Demo) -> Vec<std::path::PathBuf> {
@@ -49,20 +50,21 @@ fn a_subject_request_is_stored_sealed_and_three_spellings_are_one_subject() {
     let t = a_tenant(&d);
     let mut subjects = Vec::new();
     for spelling in ["+62 812-3456-7890", "0812 3456 7890", "+6281234567890"] {
-        let (code, out, err) = lethe(&[
-            "--config",
-            cfg(&d),
-            "erase",
-            "subject",
-            "--tenant",
-            &t,
-            "--kind",
-            "phone",
-            "--id",
-            spelling,
-            "--ref",
-            "DPO-2026-114",
-        ]);
+        let (code, out, err) = run(
+            &d,
+            &[
+                "erase",
+                "subject",
+                "--tenant",
+                &t,
+                "--kind",
+                "phone",
+                "--id",
+                spelling,
+                "--ref",
+                "DPO-2026-114",
+            ],
+        );
         assert_eq!(code, 0, "{out}\n{err}");
         let subject = out
             .split_whitespace()
@@ -110,7 +112,7 @@ fn a_subject_request_is_stored_sealed_and_three_spellings_are_one_subject() {
     assert_eq!((at("due_backups") - at("received_at")).num_days(), 90);
 
     // Listed, none overdue: exit 0.
-    let (code, out, err) = lethe(&["--config", cfg(&d), "requests", "ls", "--json"]);
+    let (code, out, err) = run(&d, &["requests", "ls", "--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 3);
@@ -172,9 +174,9 @@ fn bad_requests_exit_2_and_record_nothing() {
         ),
     ];
     for (args, want) in cases {
-        let mut all = vec!["--config", cfg(&d), "erase", "subject"];
+        let mut all = vec!["erase", "subject"];
         all.extend_from_slice(args);
-        let (code, out, err) = lethe(&all);
+        let (code, out, err) = run(&d, &all);
         assert_eq!(code, 2, "{args:?}\n{out}\n{err}");
         assert!(err.contains(want), "{args:?}: {err}");
         assert!(
@@ -186,7 +188,7 @@ fn bad_requests_exit_2_and_record_nothing() {
             "{err}"
         );
     }
-    let (code, _, err) = lethe(&["--config", cfg(&d), "erase", "tenant", "--tenant", "nope"]);
+    let (code, _, err) = run(&d, &["erase", "tenant", "--tenant", "nope"]);
     assert_eq!(code, 2, "{err}");
     assert_eq!(files(&d.store()), before, "nothing recorded");
 }
@@ -195,29 +197,14 @@ fn bad_requests_exit_2_and_record_nothing() {
 fn an_immediate_request_nothing_has_executed_is_overdue() {
     let d = demo(2, 40);
     let t = a_tenant(&d);
-    let (code, out, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "erase",
-        "tenant",
-        "--tenant",
-        &t,
-        "--immediate",
-    ]);
+    let (code, out, err) = run(&d, &["erase", "tenant", "--tenant", &t, "--immediate"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("offboarding of tenant"), "{out}");
-    let (code, out, err) = lethe(&["--config", cfg(&d), "requests", "ls"]);
+    let (code, out, err) = run(&d, &["requests", "ls"]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("1 overdue"), "{out}");
     // Another tenant's listing does not show it, and is not overdue.
-    let (code, out, _) = lethe(&[
-        "--config",
-        cfg(&d),
-        "requests",
-        "ls",
-        "--tenant",
-        "someone-else",
-    ]);
+    let (code, out, _) = run(&d, &["requests", "ls", "--tenant", "someone-else"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("0 request(s)"), "{out}");
 }
@@ -311,15 +298,7 @@ fn expected_rows(
 }
 
 fn show(d: &common::Demo, tenant: &str, id: &str) -> std::collections::BTreeMap<String, u64> {
-    let (code, out, err) = lethe(&[
-        "--config",
-        cfg(d),
-        "requests",
-        "show",
-        "--tenant",
-        tenant,
-        id,
-    ]);
+    let (code, out, err) = run(d, &["requests", "show", "--tenant", tenant, id]);
     assert_eq!(code, 0, "{out}\n{err}");
     out.lines()
         .skip_while(|l| !l.starts_with("table"))
@@ -442,7 +421,7 @@ fn an_identifier_shared_by_a_crowd_is_refused_and_an_edited_request_is_named() {
     let (code, out, err) = erase(&d, &t, "email", "NoEmail@Shop.example");
     assert_eq!(code, 0, "{out}\n{err}");
     let id = received_id(&out);
-    let (code, out, err) = lethe(&["--config", cfg(&d), "requests", "show", "--tenant", &t, &id]);
+    let (code, out, err) = run(&d, &["requests", "show", "--tenant", &t, &id]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("shared by many people"), "{err}");
     assert!(!err.contains("noemail") && !err.contains("+62899"), "{err}");
@@ -451,40 +430,24 @@ fn an_identifier_shared_by_a_crowd_is_refused_and_an_edited_request_is_named() {
     let path = request_files(&d).pop().unwrap();
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace(&t, "someone-else")).unwrap();
-    let (code, out, _) = lethe(&["--config", cfg(&d), "requests", "ls"]);
+    let (code, out, _) = run(&d, &["requests", "ls"]);
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("UNREADABLE") && out.contains("does not match its key"),
         "{out}"
     );
-    let (code, _, err) = lethe(&["--config", cfg(&d), "requests", "show", "--tenant", &t, &id]);
+    let (code, _, err) = run(&d, &["requests", "show", "--tenant", &t, &id]);
     assert_eq!(code, 1, "{err}");
     // An unknown request id is bad usage.
-    let (code, _, err) = lethe(&[
-        "--config",
-        cfg(&d),
-        "requests",
-        "show",
-        "--tenant",
-        &t,
-        "nope",
-    ]);
+    let (code, _, err) = run(&d, &["requests", "show", "--tenant", &t, "nope"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no request nope"), "{err}");
     // Names that are not ids are refused before a key is built from them.
     for (tenant, id) in [("../..", "x"), (t.as_str(), "../../keys/x")] {
-        let (code, _, err) = lethe(&[
-            "--config",
-            cfg(&d),
-            "requests",
-            "show",
-            "--tenant",
-            tenant,
-            id,
-        ]);
+        let (code, _, err) = run(&d, &["requests", "show", "--tenant", tenant, id]);
         assert_eq!(code, 2, "{err}");
         assert!(err.contains("is not a"), "{err}");
     }
-    let (code, _, err) = lethe(&["--config", cfg(&d), "requests", "ls", "--tenant", "a/b"]);
+    let (code, _, err) = run(&d, &["requests", "ls", "--tenant", "a/b"]);
     assert_eq!(code, 2, "{err}");
 }

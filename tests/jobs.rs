@@ -372,19 +372,22 @@ fn run_nightly_killed_anywhere_then_rerun_converges() {
         }
         (tmp, dir)
     };
-    let nightly = |dir: &Path, env: &[(&str, String)]| {
+    let args = |dir: &Path| -> Vec<String> {
         let config = dir.join("lethe.toml");
-        common::lethe_env(
-            &[
-                "--config",
-                config.to_str().unwrap(),
-                "run",
-                "nightly",
-                "--now",
-                &now,
-            ],
-            env,
-        )
+        [
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "nightly",
+            "--now",
+            &now,
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let nightly = |dir: &Path, env: &[(&str, String)]| {
+        let a = args(dir);
+        common::lethe_env(&a.iter().map(String::as_str).collect::<Vec<_>>(), env)
     };
     let blobs = |dir: &Path| -> Vec<std::path::PathBuf> {
         files(&dir.join("blobs"))
@@ -428,16 +431,9 @@ fn run_nightly_killed_anywhere_then_rerun_converges() {
 
     // Real SIGKILLs at random moments of the job.
     let (_k, killed) = copy("killed");
-    let config = killed.join("lethe.toml");
+    let a = args(&killed);
     common::kill_randomly(
-        &[
-            "--config",
-            config.to_str().unwrap(),
-            "run",
-            "nightly",
-            "--now",
-            &now,
-        ],
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
         6,
         0x9e37_79b9_7f4a_7c15,
         600,

@@ -261,34 +261,7 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
         Command::Requests(RequestsCommand::Show { tenant, id }) => {
             let c = crate::check::check(&cli.config)?;
             let (r, found) = crate::erasure::preview(&c, &tenant, &id).await?;
-            println!(
-                "request {} of tenant {}: {} {}, state {}",
-                r.id,
-                r.tenant,
-                match r.scope {
-                    crate::erasure::request::Scope::Subject => "subject",
-                    crate::erasure::request::Scope::Tenant => "tenant offboarding",
-                },
-                r.subject.as_deref().unwrap_or(""),
-                r.state.name()
-            );
-            if r.scope == crate::erasure::request::Scope::Subject {
-                let kinds: Vec<String> = found
-                    .kinds()
-                    .iter()
-                    .map(|(k, n)| format!("{n} {k}"))
-                    .collect();
-                println!(
-                    "identifiers of the person (linked in {} round(s)): {}",
-                    found.rounds,
-                    kinds.join(", ")
-                );
-                println!("{:<24} {:>8}", "table", "rows");
-                for (t, n) in &found.rows {
-                    println!("{t:<24} {n:>8}");
-                }
-                println!("{:<24} {:>8}", "total", found.rows.values().sum::<u64>());
-            }
+            print_request_preview(&r, &found);
             Ok(ExitCode::SUCCESS)
         }
         Command::Requests(RequestsCommand::Ls { tenant, json }) => {

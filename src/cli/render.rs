@@ -310,10 +310,7 @@ pub(super) fn print_requests(
                 "{:<16} {:<30} {:<8} {:<12} {:<13} {:<21} {:<21} {}",
                 r.tenant,
                 r.id,
-                match r.scope {
-                    crate::erasure::request::Scope::Subject => "subject",
-                    crate::erasure::request::Scope::Tenant => "tenant",
-                },
+                r.scope.name(),
                 r.kind.as_deref().unwrap_or("-"),
                 r.state.name(),
                 r.due_primary,
@@ -325,4 +322,38 @@ pub(super) fn print_requests(
     }
     println!("{} request(s), {overdue} overdue", listed.len());
     overdue
+}
+
+pub(super) fn print_request_preview(
+    r: &crate::erasure::request::Request,
+    found: &crate::erasure::resolve::Resolution,
+) {
+    println!(
+        "request {} of tenant {}: {} {}, state {}",
+        r.id,
+        r.tenant,
+        match r.scope {
+            crate::erasure::request::Scope::Subject => "subject",
+            crate::erasure::request::Scope::Tenant => "tenant offboarding",
+        },
+        r.subject.as_deref().unwrap_or(""),
+        r.state.name()
+    );
+    if r.scope == crate::erasure::request::Scope::Subject {
+        let kinds: Vec<String> = found
+            .kinds()
+            .iter()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        println!(
+            "identifiers of the person (linked in {} round(s)): {}",
+            found.rounds,
+            kinds.join(", ")
+        );
+        println!("{:<24} {:>8}", "table", "rows");
+        for (t, n) in &found.rows {
+            println!("{t:<24} {n:>8}");
+        }
+        println!("{:<24} {:>8}", "total", found.rows.values().sum::<u64>());
+    }
 }

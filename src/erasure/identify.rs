@@ -128,7 +128,7 @@ pub fn sql_normal_form(kind: &str, col: &str, phone_country: Option<&str>) -> Op
         "phone" => {
             // Digits only (SQLite has no regexp_replace: nested replace of the separators).
             let mut e = format!("trim({col})");
-            for sep in [" ", "-", ".", "(", ")", "/", "+"] {
+            for sep in [" ", "\u{a0}", "-", ".", "(", ")", "/", "+"] {
                 e = format!("replace({e}, '{sep}', '')");
             }
             let cc = phone_country.unwrap_or("");
@@ -220,6 +220,7 @@ mod tests {
             "6281234567890",
             "0062 812 3456 7890",
             "(0812) 3456.7890",
+            "+62\u{a0}812\u{a0}3456\u{a0}7890",
         ] {
             let got: String = c
                 .query_row(&format!("SELECT {expr}"), [written], |r| r.get(0))

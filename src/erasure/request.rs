@@ -31,6 +31,15 @@ pub enum Scope {
     Tenant,
 }
 
+impl Scope {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scope::Subject => "subject",
+            Scope::Tenant => "tenant",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {

@@ -335,10 +335,15 @@ fn sqlite_err(e: rusqlite::Error) -> DbError {
         rusqlite::Error::SqliteFailure(f, _)
             if f.code == rusqlite::ErrorCode::DatabaseBusy || f.code == rusqlite::ErrorCode::DatabaseLocked
     );
-    DbError {
-        message: e.to_string(),
-        retry,
-    }
+    let message = match &e {
+        // rusqlite's text quotes the whole statement, and SQLite statements carry held
+        // subjects and erasure identifiers as literals: say where, not what.
+        rusqlite::Error::SqlInputError { msg, offset, .. } => {
+            format!("{msg} (at byte {offset} of lethe's statement)")
+        }
+        _ => e.to_string(),
+    };
+    DbError { message, retry }
 }
 
 /// "Any subject column holds a held subject". PostgreSQL takes the subjects as bind parameter
@@ -975,4 +980,22 @@ pub fn non_canonical_anchors(db: &mut Db, table: &Table, anchor: &str) -> Result
 /// The data-map table a plan names (plans are built from the data map, so it exists).
 pub fn table<'a>(dm: &'a DataMap, name: &str) -> &'a Table {
     dm.table(name).expect("plans name data-map tables")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_statement_is_not_quoted_in_the_error() {
+        let c = rusqlite::Connection::open_in_memory().unwrap();
+        c.execute_batch("CREATE TABLE m (phone TEXT)").unwrap();
+        let e = sqlite_rows(
+            &c,
+            "SELECT count(*) FROM m WHERE phon IN ('+6281234567890')",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("phon"), "{}", e.message);
+        assert!(!e.message.contains("6281234567890"), "{}", e.message);
+    }
 }
