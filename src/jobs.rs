@@ -52,9 +52,10 @@ impl Step {
         ("analytics", Step::Analytics),
     ];
 
-    /// The steps this build runs, in the order a job should list them: retention before
-    /// snapshot, so that a new backup never receives a row that was already due.
-    pub const AVAILABLE: [Step; 2] = [Step::Retention, Step::Snapshot];
+    /// The steps this build runs, in the order a job should list them: retention and erasure
+    /// before snapshot, so that a new backup never receives a row that was already due or a
+    /// person who asked to be erased.
+    pub const AVAILABLE: [Step; 3] = [Step::Retention, Step::Erasure, Step::Snapshot];
 
     pub fn parse(s: &str) -> Option<Step> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, st)| *st)
@@ -224,6 +225,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, Vec<Problem>> {
             "list retention first: steps = [\"retention\", \"snapshot\"]",
         ));
     }
+    if let (Some(snap), Some(era)) = (at(Step::Snapshot), at(Step::Erasure))
+        && snap < era
+    {
+        problems.push(Problem::new(
+            path,
+            "steps",
+            "snapshot runs before erasure: the new backup would receive the rows of people who asked to be erased, and the backups phase would have to rewrite it",
+            "list erasure before snapshot: steps = [\"retention\", \"erasure\", \"snapshot\"]",
+        ));
+    }
     for (i, st) in steps.iter().enumerate() {
         if steps[..i].contains(st) {
             problems.push(Problem::new(
@@ -364,8 +375,17 @@ mod tests {
         };
         let ok = job("[\"retention\", \"snapshot\"]").unwrap();
         assert_eq!(ok.steps, vec![Step::Retention, Step::Snapshot]);
+        let ok = job("[\"retention\", \"erasure\", \"snapshot\"]").unwrap();
+        assert_eq!(
+            ok.steps,
+            vec![Step::Retention, Step::Erasure, Step::Snapshot]
+        );
         for (steps, needle) in [
             ("[\"snapshot\", \"retention\"]", "list retention first"),
+            (
+                "[\"retention\", \"snapshot\", \"erasure\"]",
+                "list erasure before snapshot",
+            ),
             ("[\"retention\", \"analytics\"]", "not in this build"),
             (
                 "[\"retention\", \"backup-purge\"]",
@@ -377,7 +397,7 @@ mod tests {
             let text = e.iter().map(|p| p.to_string()).collect::<String>();
             assert!(text.contains(needle), "{steps}: {text}");
             assert!(
-                text.contains("retention, snapshot") || needle != "not in this build",
+                text.contains("retention, erasure, snapshot") || needle != "not in this build",
                 "{text}"
             );
         }

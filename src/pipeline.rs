@@ -182,6 +182,8 @@ pub(crate) async fn refuse_new_keys(
 pub struct RunOptions {
     /// Retention: execute only the plan with this hash (also confirms a plan the brake stopped).
     pub plan_hash: Option<String>,
+    /// Erasure: execute only the plan with this hash (also confirms requests the brake stopped).
+    pub erasure_plan_hash: Option<String>,
     /// Retention: plan as of this instant (never later than the clock).
     pub now: Option<chrono::DateTime<chrono::Utc>>,
     /// Snapshot: only these tenants.
@@ -194,6 +196,7 @@ impl Default for RunOptions {
     fn default() -> Self {
         RunOptions {
             plan_hash: None,
+            erasure_plan_hash: None,
             now: None,
             tenants: Vec::new(),
             clock: crate::clock::system(),
@@ -206,7 +209,8 @@ impl Default for RunOptions {
 pub struct StepRecord {
     pub step: &'static str,
     /// `ok`, `failed` (the step stopped; later steps were skipped), `tenants_failed` (some
-    /// tenants failed alone, the others committed) or `skipped`.
+    /// tenants failed alone, the others committed), `requests_stopped` (erasure requests the
+    /// brake or resolution stopped; the others ran) or `skipped`.
     pub outcome: &'static str,
     pub seconds: f64,
     /// Counts, never personal data: rows, blobs, runs, tenants.
@@ -233,6 +237,7 @@ pub struct RunRecord {
 pub struct JobRun {
     pub record: RunRecord,
     pub retention: Option<RetentionRun>,
+    pub erasure: Option<crate::erasure::run::ErasureRun>,
     pub snapshot: Option<SnapshotRun>,
     /// The error of the step that failed (its exit code is the run's).
     pub error: Option<crate::Error>,
@@ -291,6 +296,7 @@ pub async fn run_steps(
             steps: Vec::new(),
         },
         retention: None,
+        erasure: None,
         snapshot: None,
         error: None,
     };
@@ -328,6 +334,22 @@ pub async fn run_steps(
                         run.retention = Some(r);
                     }),
             },
+            Step::Erasure => {
+                crate::erasure::run::run(c, &opts.clock, opts.erasure_plan_hash.as_deref())
+                    .await
+                    .map(|r| {
+                        rec.counts.insert("requests_done", r.done.len() as u64);
+                        rec.counts.insert("rows", r.rows());
+                        rec.counts.insert("blobs_deleted", r.blobs());
+                        rec.counts
+                            .insert("requests_stopped", r.stopped.len() as u64);
+                        if !r.stopped.is_empty() {
+                            rec.outcome = "requests_stopped";
+                            run.record.outcome = "failed";
+                        }
+                        run.erasure = Some(r);
+                    })
+            }
             Step::Snapshot => snapshot_all(c, &opts.tenants, &opts.clock).await.map(|s| {
                 rec.counts.insert("tenants_committed", s.done.len() as u64);
                 rec.counts.insert("tenants_failed", s.failed.len() as u64);
@@ -447,6 +469,19 @@ pub async fn retention_plan(
     plan_with(c, &mut db, &store, blobs.as_ref(), keyring.as_ref(), now).await
 }
 
+/// Plan the open erasure requests without changing anything (database read-only, nothing
+/// created in the store or the keyring).
+pub async fn erasure_plan(c: &Checked) -> crate::Result<crate::erasure::run::ErasurePlan> {
+    let cfg = &c.config;
+    let keyring = existing_keyring(cfg)?;
+    let mut db = crate::retention::db::Db::open(&cfg.source, false, &cfg.retention)?;
+    if !Store::exists(&cfg.store) {
+        return crate::erasure::run::empty_plan(c);
+    }
+    let store = Store::open(&cfg.store)?;
+    crate::erasure::run::plan(c, &mut db, &store, keyring.as_ref()).await
+}
+
 /// What `lethe run retention` did.
 #[derive(Debug)]
 pub struct RetentionRun {
@@ -495,20 +530,7 @@ pub async fn run_retention(
         &mut touched,
     )
     .await;
-    match std::sync::Arc::try_unwrap(lease) {
-        Ok(l) => {
-            // A run refused before it changed anything leaves no trace, not even its lease.
-            let released = if touched {
-                l.release().await
-            } else {
-                l.release_untouched().await
-            };
-            if let Err(e) = released {
-                tracing::warn!(error = %e, "could not release the lease; it expires by itself");
-            }
-        }
-        Err(_) => tracing::warn!("the lease is still shared; it expires by itself"),
-    }
+    release(lease, touched).await;
     result
 }
 
@@ -588,31 +610,7 @@ async fn retention_locked(
         Some(k) => k,
         None => Keyring::open(&cfg.keyring, &cfg.master_key, true)?,
     };
-    let signer = crate::sign::SigningKey::load_or_create(
-        &crate::sign::signing_key_path(&cfg.keyring),
-        true,
-    )?;
-    let lock = crate::audit::object_lock_writer(cfg).await?;
-    let mut audit =
-        crate::audit::AuditLog::open(store.clone(), signer, lock, clock.clone()).await?;
-    // A log shorter than what the keyring directory anchors: the wrong store, or a cut log.
-    // Appending there would start a second chain and record deletions where nobody looks.
-    let anchor_file = crate::audit::anchor_path(&cfg.keyring);
-    if let Some(a) = crate::audit::read_anchor(&anchor_file)
-        && audit.head().is_none_or(|h| h.seq < a.seq)
-    {
-        return Err(crate::retention::Refusal::LogBehindAnchor {
-            store: store.url.clone(),
-            head: audit
-                .head()
-                .map_or("empty".to_string(), |h| format!("at record {}", h.seq)),
-            anchor_file: anchor_file.display().to_string(),
-            anchored: a.seq,
-        }
-        .into());
-    }
-    audit.guard(lease);
-    audit.close_interrupted().await?;
+    let mut audit = open_audit(c, store, clock, lease).await?;
     audit
         .record(&crate::audit::event::RetentionStart {
             step: "retention",
@@ -653,14 +651,7 @@ async fn retention_locked(
             verified: outcome.verified(),
         })
         .await?;
-    audit
-        .expire(clock.now(), crate::span::Span::Months(12))
-        .await?;
-    if let Some(cp) = audit.checkpoint().await?
-        && let Err(e) = crate::audit::write_anchor(&cfg.keyring, &cp)
-    {
-        tracing::warn!(error = %e, file = %crate::audit::anchor_path(&cfg.keyring).display(), "could not record the audit anchor beside the keyring");
-    }
+    close_audit(c, &mut audit, clock).await?;
     tracing::info!(
         plan = %plan.hash,
         rows = outcome.rows(),
@@ -680,4 +671,77 @@ async fn retention_locked(
         )));
     }
     Ok(RetentionRun { plan, outcome })
+}
+
+/// Release the destructive lease. A run refused before it changed anything leaves no trace, not
+/// even its lease.
+pub(crate) async fn release(lease: Arc<crate::lease::Lease>, touched: bool) {
+    match Arc::try_unwrap(lease) {
+        Ok(l) => {
+            let released = if touched {
+                l.release().await
+            } else {
+                l.release_untouched().await
+            };
+            if let Err(e) = released {
+                tracing::warn!(error = %e, "could not release the lease; it expires by itself");
+            }
+        }
+        Err(_) => tracing::warn!("the lease is still shared; it expires by itself"),
+    }
+}
+
+/// The audit log a destructive run appends to, guarded by its lease, with what an interrupted
+/// run left open closed. Refuses a log shorter than what the keyring directory anchors (the
+/// wrong store, or a cut log): appending there would start a second chain and record deletions
+/// where nobody looks.
+pub(crate) async fn open_audit(
+    c: &Checked,
+    store: &Store,
+    clock: &Arc<dyn Clock>,
+    lease: Arc<crate::lease::Lease>,
+) -> crate::Result<crate::audit::AuditLog> {
+    let cfg = &c.config;
+    let signer = crate::sign::SigningKey::load_or_create(
+        &crate::sign::signing_key_path(&cfg.keyring),
+        true,
+    )?;
+    let lock = crate::audit::object_lock_writer(cfg).await?;
+    let mut audit =
+        crate::audit::AuditLog::open(store.clone(), signer, lock, clock.clone()).await?;
+    let anchor_file = crate::audit::anchor_path(&cfg.keyring);
+    if let Some(a) = crate::audit::read_anchor(&anchor_file)
+        && audit.head().is_none_or(|h| h.seq < a.seq)
+    {
+        return Err(crate::retention::Refusal::LogBehindAnchor {
+            store: store.url.clone(),
+            head: audit
+                .head()
+                .map_or("empty".to_string(), |h| format!("at record {}", h.seq)),
+            anchor_file: anchor_file.display().to_string(),
+            anchored: a.seq,
+        }
+        .into());
+    }
+    audit.guard(lease);
+    audit.close_interrupted().await?;
+    Ok(audit)
+}
+
+/// After a destructive run: expire audit records past 12 months, sign a checkpoint and anchor
+/// it beside the keyring.
+pub(crate) async fn close_audit(
+    c: &Checked,
+    audit: &mut crate::audit::AuditLog,
+    clock: &Arc<dyn Clock>,
+) -> crate::Result<()> {
+    audit
+        .expire(clock.now(), crate::span::Span::Months(12))
+        .await?;
+    if let Some(cp) = audit.checkpoint().await?
+        && let Err(e) = crate::audit::write_anchor(&c.config.keyring, &cp)
+    {
+        tracing::warn!(error = %e, file = %crate::audit::anchor_path(&c.config.keyring).display(), "could not record the audit anchor beside the keyring");
+    }
+    Ok(())
 }

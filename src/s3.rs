@@ -279,17 +279,55 @@ impl S3Admin {
         self.purge_matching(key, move |k| k == full).await
     }
 
+    /// Delete every version of exactly `key` but the current one, and its delete markers: what
+    /// an overwrite left behind on a versioned bucket (an earlier generation of a request still
+    /// holding a sealed identifier). The current version stays.
+    pub async fn purge_noncurrent(&self, key: &str) -> Result<PurgeOutcome, StoreError> {
+        if key.is_empty() || key.ends_with('/') {
+            return Err(StoreError::UnsafePurge {
+                prefix: key.into(),
+                why: "purge_noncurrent takes one object key",
+            });
+        }
+        let full = self.full(key);
+        let current = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .send()
+            .await
+            .map_err(|e| err("HeadObject", &full, sdk_err(e)))?
+            .version_id()
+            .map(String::from);
+        let Some(current) = current else {
+            // Not versioned: an overwrite leaves nothing behind.
+            return Ok(PurgeOutcome::default());
+        };
+        self.purge_versions_where(key, move |k, v| k == full && v != Some(current.as_str()))
+            .await
+    }
+
     async fn purge_matching(
         &self,
         prefix: &str,
         keep: impl Fn(&str) -> bool,
+    ) -> Result<PurgeOutcome, StoreError> {
+        self.purge_versions_where(prefix, move |k, _| keep(k)).await
+    }
+
+    /// Delete the versions and delete markers under `prefix` that `keep(key, version)` selects.
+    async fn purge_versions_where(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&str, Option<&str>) -> bool,
     ) -> Result<PurgeOutcome, StoreError> {
         let mut outcome = PurgeOutcome::default();
         let listed: Vec<_> = self
             .list_versions(prefix)
             .await?
             .into_iter()
-            .filter(|(k, _, _)| keep(k))
+            .filter(|(k, v, _)| keep(k, v.as_deref()))
             .collect();
         for chunk in listed.chunks(1000) {
             let ids: Vec<ObjectIdentifier> = chunk
@@ -374,7 +412,7 @@ impl S3Admin {
             .list_versions(prefix)
             .await?
             .iter()
-            .filter(|(k, _, _)| keep(k))
+            .filter(|(k, v, _)| keep(k, v.as_deref()))
             .count() as u64;
         Ok(outcome)
     }

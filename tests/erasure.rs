@@ -451,3 +451,364 @@ fn an_identifier_shared_by_a_crowd_is_refused_and_an_edited_request_is_named() {
     let (code, _, err) = run(&d, &["requests", "ls", "--tenant", "a/b"]);
     assert_eq!(code, 2, "{err}");
 }
+
+/// Rows per table of tenant `t`.
+fn counts(db: &std::path::Path, t: &str) -> std::collections::BTreeMap<String, u64> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    IDENTIFIERS
+        .iter()
+        .map(|(table, _, _)| *table)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|table| {
+            let n: i64 = c
+                .query_row(
+                    &format!("SELECT count(*) FROM {table} WHERE tenant_id = ?1"),
+                    [t],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            (table.to_string(), n as u64)
+        })
+        .collect()
+}
+
+/// Every blob key the database references.
+fn referenced_blobs(db: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let c = rusqlite::Connection::open(db).unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for sql in [
+        "SELECT selfie_key FROM attendance_checkins WHERE selfie_key IS NOT NULL",
+        "SELECT recording_key FROM calls WHERE recording_key IS NOT NULL",
+    ] {
+        let mut st = c.prepare(sql).unwrap();
+        out.extend(
+            st.query_map([], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap),
+        );
+    }
+    out
+}
+
+/// Blob files in the demo's blob store, as keys.
+fn blob_files(d: &common::Demo) -> std::collections::BTreeSet<String> {
+    let root = d.dir.join("blobs");
+    files(&root)
+        .into_keys()
+        .map(|p| p.strip_prefix(&root).unwrap().to_string_lossy().to_string())
+        .collect()
+}
+
+/// An employee (account with selfie check-ins) of a tenant: (tenant, email, their selfie keys).
+fn an_employee_with_selfies(d: &common::Demo) -> (String, String, Vec<String>) {
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let (t, email, id): (String, String, i64) = c
+        .query_row(
+            "SELECT a.tenant_id, a.email, a.id FROM accounts a WHERE (SELECT count(*) FROM attendance_checkins k WHERE k.account_id = a.id AND k.selfie_key IS NOT NULL) >= 2 ORDER BY a.id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let mut st = c
+        .prepare("SELECT selfie_key FROM attendance_checkins WHERE account_id = ?1 AND selfie_key IS NOT NULL")
+        .unwrap();
+    let keys = st
+        .query_map([id], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    (t, email, keys)
+}
+
+/// Every file under the store, except snapshots (encrypted), as text.
+fn store_text(d: &common::Demo) -> String {
+    files(&d.store())
+        .into_iter()
+        .filter(|(p, _)| !p.starts_with(d.store().join("snapshots")))
+        .map(|(_, b)| String::from_utf8_lossy(&b).to_string())
+        .collect()
+}
+
+#[test]
+fn an_employee_is_erased_from_rows_and_selfies_and_nothing_else_changes() {
+    let d = demo(2, 60);
+    let (t, email, selfies) = an_employee_with_selfies(&d);
+    assert!(selfies.len() >= 2);
+    let want = expected_rows(&d.db(), &t, "email", &email.to_lowercase());
+    let before = counts(&d.db(), &t);
+    let others: Vec<String> = {
+        let c = rusqlite::Connection::open(d.db()).unwrap();
+        let mut st = c.prepare("SELECT id FROM tenants WHERE id <> ?1").unwrap();
+        st.query_map([&t], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let others_before: Vec<_> = others.iter().map(|o| counts(&d.db(), o)).collect();
+    let blobs_before = blob_files(&d);
+    for s in &selfies {
+        assert!(blobs_before.contains(s), "the selfie {s} exists before");
+    }
+    // A backup taken before the erasure.
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(
+        code, 0,
+        "{out}
+{err}"
+    );
+
+    let (code, out, err) = erase(&d, &t, "email", &format!("  {}  ", email.to_uppercase()));
+    assert_eq!(code, 0, "{out}\n{err}");
+    let id = received_id(&out);
+    // The plan lists it, with the rows per table and a hash.
+    let (code, out, err) = run(&d, &["plan"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&id) && out.contains("erasure requests (plan sha256:"),
+        "{out}"
+    );
+
+    let (code, out, err) = run(&d, &["-vv", "run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&format!("erased request {id}")), "{out}");
+    for needle in [email.as_str(), &email.to_uppercase(), &email.to_lowercase()] {
+        assert!(
+            !out.contains(needle) && !err.contains(needle),
+            "identifier in output: {out}\n{err}"
+        );
+    }
+
+    // Rows: exactly the person's are gone; billing records (statutory) would stay.
+    let after = counts(&d.db(), &t);
+    for (table, n) in &before {
+        let gone = if table == "billing_records" {
+            0
+        } else {
+            want[table]
+        };
+        assert_eq!(
+            after[table],
+            n - gone,
+            "{table}: {before:?} → {after:?}, want {want:?}"
+        );
+    }
+    assert!(
+        want["accounts"] == 1 && want["attendance_checkins"] >= 2,
+        "{want:?}"
+    );
+    for (o, b) in others.iter().zip(&others_before) {
+        assert_eq!(&counts(&d.db(), o), b, "tenant {o} untouched");
+    }
+    // Blobs: the selfies are gone, every blob still referenced stays.
+    let blobs_after = blob_files(&d);
+    for s in &selfies {
+        assert!(!blobs_after.contains(s), "selfie {s} still there");
+    }
+    assert_eq!(blobs_before.len() - blobs_after.len(), selfies.len());
+    for r in referenced_blobs(&d.db()) {
+        assert!(blobs_after.contains(&r), "a referenced blob went: {r}");
+    }
+
+    // The request is primary_done, with only keyed hashes left; the ledger holds hashes.
+    let (code, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("\"primary_done\""), "{out}");
+    let text = store_text(&d);
+    assert!(
+        !text.contains("\"sealed\""),
+        "a sealed identifier is left: {text}"
+    );
+    let lower = text.to_lowercase();
+    assert!(
+        !lower.contains(&email.to_lowercase()),
+        "plaintext identifier in the store"
+    );
+    let ledger: Vec<_> = files(&d.store())
+        .into_keys()
+        .filter(|p| p.starts_with(d.store().join("ledger")))
+        .collect();
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    let entry = std::fs::read_to_string(&ledger[0]).unwrap();
+    assert!(
+        entry.matches("hmac:").count() >= 3,
+        "email, account id, employee no: {entry}"
+    );
+
+    // The audit chain verifies and holds the request's start and end.
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Nothing left to do.
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("no open request"), "{out}");
+
+    // A restore of the backup taken before does not bring the person back.
+    let restored = d.dir.join("restored");
+    let (code, out, err) = run(
+        &d,
+        &[
+            "snapshot",
+            "restore",
+            "--tenant",
+            &t,
+            "--out",
+            restored.to_str().unwrap(),
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let dropped: u64 = out
+        .lines()
+        .find(|l| l.starts_with("erasure ledger:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ledger line in {out}"));
+    let erased: u64 = want
+        .iter()
+        .filter(|(t, _)| *t != "billing_records")
+        .map(|(_, n)| n)
+        .sum();
+    assert!(
+        dropped >= erased,
+        "dropped {dropped}, the person had {erased} rows: {out}"
+    );
+    let plain: String = files(&restored)
+        .into_values()
+        .map(|b| String::from_utf8_lossy(&b).to_lowercase())
+        .collect();
+    assert!(plain.len() > 1000, "the restore wrote rows");
+    assert!(
+        !plain.contains(&email.to_lowercase()),
+        "the erased person came back from a backup"
+    );
+}
+
+#[test]
+fn a_customer_under_a_legal_hold_keeps_the_held_rows_and_billing_is_statutory() {
+    // klinik-sehat's messages are under a legal hold in the demo policy.
+    let d = demo(2, 60);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let phone: String = c
+        .query_row(
+            "SELECT c.phone FROM customers c WHERE c.tenant_id = 'klinik-sehat' AND EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = c.tenant_id AND m.customer_phone = c.phone) ORDER BY c.id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let want = expected_rows(&d.db(), "klinik-sehat", "phone", &phone);
+    let before = counts(&d.db(), "klinik-sehat");
+    let (code, out, err) = erase(&d, "klinik-sehat", "phone", &phone);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("kept: legal hold"), "{out}");
+    let after = counts(&d.db(), "klinik-sehat");
+    assert_eq!(after["messages"], before["messages"], "held messages stay");
+    assert_eq!(after["billing_records"], before["billing_records"]);
+    assert_eq!(after["customers"], before["customers"] - want["customers"]);
+    assert!(want["customers"] == 1 && want["messages"] >= 1, "{want:?}");
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert!(
+        out.contains("legal hold") || out.contains("primary_done"),
+        "{out}"
+    );
+}
+
+#[test]
+fn the_brake_stops_an_identifier_matching_half_a_table_until_its_plan_is_confirmed() {
+    let d = demo(2, 40);
+    // (klinik-sehat's messages are under a legal hold: nothing there would go)
+    let t = "kopi-senja".to_string();
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let total: i64 = c
+        .query_row(
+            "SELECT count(*) FROM messages WHERE tenant_id = ?1",
+            [&t],
+            |r| r.get(0),
+        )
+        .unwrap();
+    // A number on more messages than the rest of the tenant has together.
+    for i in 0..(total + 60) {
+        c.execute(
+            "INSERT INTO messages (id, tenant_id, customer_phone, channel, direction, body, status, created_at) VALUES (?1, ?2, '+62 899 0000 0001', 'whatsapp', 'in', 'x', 'read', '2026-11-01 00:00:00')",
+            rusqlite::params![970000 + i, &t],
+        )
+        .unwrap();
+    }
+    let before = counts(&d.db(), &t);
+    let (code, out, err) = erase(&d, &t, "phone", "0899 0000 0001");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        out.contains("NOT EXECUTED") && out.contains("safety brake"),
+        "{out}"
+    );
+    assert_eq!(counts(&d.db(), &t), before, "nothing deleted");
+    // A wrong hash: exit 1, nothing deleted.
+    let (code, _, err) = run(&d, &["run", "erasure", "--plan-hash", "sha256:00"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("differs from the one confirmed"), "{err}");
+    assert_eq!(counts(&d.db(), &t), before, "nothing deleted");
+    // The plan's hash confirms it.
+    let (_, out, _) = run(&d, &["plan", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let hash = v["erasure"]["hash"].as_str().unwrap().to_string();
+    let (code, out, err) = run(&d, &["run", "erasure", "--plan-hash", &hash]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        counts(&d.db(), &t)["messages"],
+        before["messages"] - (total as u64 + 60)
+    );
+}
+
+#[test]
+fn a_crash_at_every_point_of_an_erasure_converges_to_the_uninterrupted_end_state() {
+    let d = demo(2, 60);
+    let (t, email, selfies) = an_employee_with_selfies(&d);
+    let want = expected_rows(&d.db(), &t, "email", &email);
+    let before = counts(&d.db(), &t);
+    let (code, out, err) = erase(&d, &t, "email", &email);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut crashes = 0;
+    for n in 1..200 {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args(["--config", cfg(&d), "run", "erasure"])
+            .env("LETHE_CRASH_AT", n.to_string())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("LETHE_CRASH_AT"),
+            "run {n} failed without crashing: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        crashes += 1;
+    }
+    assert!(crashes >= 6, "only {crashes} crash points were reached");
+    // Whatever run finished it, the end state is the uninterrupted one.
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let after = counts(&d.db(), &t);
+    for (table, n) in &before {
+        let gone = if table == "billing_records" {
+            0
+        } else {
+            want[table]
+        };
+        assert_eq!(after[table], n - gone, "{table}");
+    }
+    let blobs = blob_files(&d);
+    for s in &selfies {
+        assert!(!blobs.contains(s), "selfie {s} survived a crash");
+    }
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert!(out.contains("\"primary_done\""), "{out}");
+    assert_eq!(store_text(&d).matches("\"sealed\"").count(), 0);
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

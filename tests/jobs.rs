@@ -215,6 +215,10 @@ fn the_nightly_snapshot_never_holds_a_row_that_was_already_due() {
     let c = lethe::check::check(&config).unwrap();
     let store = lethe::store::Store::open(&c.config.store).unwrap();
     let kr = lethe::keys::Keyring::open(&c.config.keyring, &c.config.master_key, false).unwrap();
+    let ledger = lethe::snapshot::read::LedgerContext {
+        data_map: &c.data_map,
+        phone_country: c.policy.erasure.phone_country.clone(),
+    };
     let tenants: Vec<lethe::retention::plan::TenantInfo> =
         lethe::source::Source::open(&c.config.source)
             .unwrap()
@@ -273,6 +277,7 @@ fn the_nightly_snapshot_never_holds_a_row_that_was_already_due() {
             &out,
             lethe::snapshot::read::RestoreFormat::Parquet,
             &[],
+            &ledger,
         ))
         .unwrap();
         let due = lethe::retention::plan::selections(

@@ -44,6 +44,7 @@ async fn no_personal_data_in_plaintext_anywhere_in_the_store() {
         &out,
         RestoreFormat::Csv,
         &["customers".into()],
+        &common::ledger_context(&d.config),
     )
     .await
     .unwrap();
@@ -156,6 +157,7 @@ async fn a_run_that_crashed_before_commit_is_invisible_to_ls_and_restore_and_rep
         &d.dir.join("r"),
         RestoreFormat::Parquet,
         &[],
+        &common::ledger_context(&d.config),
     )
     .await
     .unwrap_err();
@@ -168,6 +170,7 @@ async fn a_run_that_crashed_before_commit_is_invisible_to_ls_and_restore_and_rep
         &d.dir.join("r2"),
         RestoreFormat::Parquet,
         &[],
+        &common::ledger_context(&d.config),
     )
     .await
     .unwrap();
@@ -252,6 +255,7 @@ async fn restore_round_trips_rows_and_types() {
         &out,
         RestoreFormat::Parquet,
         &[],
+        &common::ledger_context(&d.config),
     )
     .await
     .unwrap();
@@ -268,6 +272,7 @@ async fn restore_round_trips_rows_and_types() {
         &csv,
         RestoreFormat::Csv,
         &["messages".into()],
+        &common::ledger_context(&d.config),
     )
     .await
     .unwrap();
@@ -284,6 +289,7 @@ async fn restore_round_trips_rows_and_types() {
         &csv,
         RestoreFormat::Csv,
         &["messages".into()],
+        &common::ledger_context(&d.config),
     )
     .await
     .unwrap_err();

@@ -188,9 +188,15 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             };
             let retention = steps.contains(&crate::jobs::Step::Retention);
             let snapshot = steps.contains(&crate::jobs::Step::Snapshot);
-            if (r.plan_hash.is_some() || r.now.is_some()) && !retention {
+            let erasure_alone = steps == [crate::jobs::Step::Erasure];
+            if r.now.is_some() && !retention {
                 return Err(crate::Error::Usage(
-                    "--plan-hash and --now apply to retention only".into(),
+                    "--now applies to retention only".into(),
+                ));
+            }
+            if r.plan_hash.is_some() && !retention && !erasure_alone {
+                return Err(crate::Error::Usage(
+                    "--plan-hash applies to `lethe run retention`, `lethe run erasure` and jobs with retention (where it confirms the retention plan)".into(),
                 ));
             }
             if !r.tenants.is_empty() && (retention || job.is_some() || !snapshot) {
@@ -198,8 +204,14 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
                     "--tenant applies to `lethe run snapshot` only: retention always plans every tenant (a legal hold or override is what keeps a tenant's data)".into(),
                 ));
             }
+            let (plan_hash, erasure_plan_hash) = if erasure_alone {
+                (None, r.plan_hash)
+            } else {
+                (r.plan_hash, None)
+            };
             let opts = crate::pipeline::RunOptions {
-                plan_hash: r.plan_hash,
+                plan_hash,
+                erasure_plan_hash,
                 now: r.now,
                 tenants: r.tenants,
                 ..Default::default()
@@ -212,13 +224,14 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             let c = crate::check::check(&cli.config)?;
             let now = crate::clock::as_of(&crate::clock::SystemClock, p.now)?;
             let plan = crate::pipeline::retention_plan(&c, now).await?;
+            let erasure = crate::pipeline::erasure_plan(&c).await?;
             if p.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&plan).expect("plan serializes")
-                );
+                let mut v = serde_json::to_value(&plan).expect("plan serializes");
+                v["erasure"] = serde_json::to_value(&erasure).expect("plan serializes");
+                println!("{}", serde_json::to_string_pretty(&v).expect("json"));
             } else {
                 print_plan(&plan);
+                print_erasure_plan(&erasure);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -406,6 +419,15 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
                     tables,
                 } => {
                     let keyring = Keyring::open(&config.keyring, &config.master_key, false)?;
+                    // The erasure ledger is applied with the data map's identifier columns.
+                    let data_map = crate::datamap::DataMap::load_dir(&config.data_map)
+                        .map_err(crate::Error::Check)?;
+                    let policy =
+                        crate::policy::Policy::load(&config.policy).map_err(crate::Error::Check)?;
+                    let ledger = read::LedgerContext {
+                        data_map: &data_map,
+                        phone_country: policy.erasure.phone_country.clone(),
+                    };
                     let o = read::restore(
                         &store,
                         &keyring,
@@ -414,11 +436,16 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
                         &out,
                         format,
                         &tables,
+                        &ledger,
                     )
                     .await?;
                     for (table, path, rows) in &o.files {
                         println!("{table:<22} {rows:>10} rows  {}", path.display());
                     }
+                    println!(
+                        "erasure ledger: {} row(s) of {} person(s)' identifiers erased after this run was taken were dropped",
+                        o.dropped, o.erased_subjects
+                    );
                     println!(
                         "restored run {} of tenant {tenant} into {} (plaintext: handle as personal data)",
                         o.run_id,

@@ -20,6 +20,11 @@ pub(super) fn print_job_run(run: &crate::pipeline::JobRun) {
                     print_snapshot_summary(s);
                 }
             }
+            "erasure" => {
+                if let Some(e) = &run.erasure {
+                    print_erasure_run(e);
+                }
+            }
             _ => {}
         }
         if job && let Some(e) = &step.error {
@@ -355,5 +360,82 @@ pub(super) fn print_request_preview(
             println!("{t:<24} {n:>8}");
         }
         println!("{:<24} {:>8}", "total", found.rows.values().sum::<u64>());
+    }
+}
+
+pub(super) fn print_erasure_plan(p: &crate::erasure::run::ErasurePlan) {
+    println!("\nerasure requests (plan {})", p.hash);
+    if p.requests.is_empty() && p.unreadable.is_empty() {
+        println!("  no open request");
+        return;
+    }
+    for r in &p.requests {
+        println!(
+            "  {} {} {} ({} phase): {} rows to delete, {} kept; identifiers {}; {} snapshot run(s) for the backups phase",
+            r.tenant,
+            r.request,
+            r.scope.name(),
+            r.phase,
+            r.rows(),
+            r.kept(),
+            if r.identifiers.is_empty() {
+                "-".to_string()
+            } else {
+                r.identifiers
+                    .iter()
+                    .map(|(k, n)| format!("{k}×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            r.snapshot_runs
+        );
+        for t in r.tables.iter().filter(|t| t.rows > 0) {
+            match &t.kept {
+                None => println!(
+                    "    {:<22} {:>8} rows  {:>6} blobs  delete",
+                    t.table, t.rows, t.blobs
+                ),
+                Some(why) => println!("    {:<22} {:>8} rows  kept: {why}", t.table, t.rows),
+            }
+        }
+        if let Some(why) = &r.stopped {
+            println!("    NOT EXECUTED: {why}");
+            if r.brake {
+                println!(
+                    "    to confirm exactly this plan: lethe run erasure --plan-hash {}",
+                    p.hash
+                );
+            }
+        }
+    }
+    for (key, why) in &p.unreadable {
+        println!("  UNREADABLE {key}: {why}");
+    }
+}
+
+pub(super) fn print_erasure_run(r: &crate::erasure::run::ErasureRun) {
+    if r.done.is_empty() && r.stopped.is_empty() {
+        println!("erasure: no open request");
+    }
+    for d in &r.done {
+        let o = &d.outcome;
+        println!(
+            "erased request {} of {}: {} rows, {} blobs deleted ({} already absent); {}",
+            d.request,
+            d.tenant,
+            o.rows.values().sum::<u64>(),
+            o.blobs_deleted,
+            o.blobs_already_absent,
+            o.verified
+        );
+        for (t, n) in o.rows.iter().filter(|(_, n)| **n > 0) {
+            println!("    {t:<22} {n:>8} rows deleted");
+        }
+        for k in &o.kept {
+            println!("    {:<22} {:>8} rows kept: {}", k.table, k.rows, k.reason);
+        }
+    }
+    for (req, why) in &r.stopped {
+        println!("NOT EXECUTED {req}: {why}");
     }
 }

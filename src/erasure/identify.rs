@@ -142,6 +142,29 @@ pub fn sql_normal_form(kind: &str, col: &str, phone_country: Option<&str>) -> Op
     }
 }
 
+/// What [`sql_normal_form`] (or `trim` for other kinds) computes for a stored value, in Rust:
+/// restores and rewrites match rows of a snapshot with it exactly as the database matched them.
+pub fn stored_form(kind: &str, raw: &str, phone_country: Option<&str>) -> String {
+    let t = raw.trim_matches(' ');
+    match kind {
+        "email" => t.to_lowercase(),
+        "phone" => {
+            let e: String = t
+                .chars()
+                .filter(|c| !matches!(c, ' ' | '\u{a0}' | '-' | '.' | '(' | ')' | '/' | '+'))
+                .collect();
+            if let Some(rest) = e.strip_prefix("00") {
+                format!("+{rest}")
+            } else if let Some(rest) = e.strip_prefix('0').filter(|_| !t.starts_with('+')) {
+                format!("+{}{rest}", phone_country.unwrap_or(""))
+            } else {
+                format!("+{e}")
+            }
+        }
+        _ => t.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,8 +8,10 @@
 //! request holds its keyed hash and the identifier sealed under the tenant's data key.
 
 pub mod identify;
+pub mod ledger;
 pub mod request;
 pub mod resolve;
+pub mod run;
 
 use std::sync::Arc;
 
@@ -175,6 +177,8 @@ fn received(
         due_backups,
         state: State::Received,
         policy_version: c.policy.version.clone(),
+        resolved: None,
+        primary: None,
     })
 }
 
@@ -198,21 +202,11 @@ pub async fn preview(
 ) -> crate::Result<(Request, resolve::Resolution)> {
     check_names(tenant, Some(id))?;
     let store = Store::open(&c.config.store)?;
-    let Some(bytes) = store.get_opt(&request::key(tenant, id)).await? else {
+    let Some(r) = request::read(&store, tenant, id).await? else {
         return Err(crate::Error::Usage(format!(
             "no request {id} of tenant {tenant}\n  fix: see `lethe requests ls --tenant {tenant}`"
         )));
     };
-    let r: Request = serde_json::from_slice(&bytes).map_err(|e| {
-        crate::Error::Failed(format!(
-            "request {id} of tenant {tenant} is not readable: {e}"
-        ))
-    })?;
-    if r.id != id || r.tenant != tenant {
-        return Err(crate::Error::Failed(format!(
-            "request {id} of tenant {tenant} names another request inside; it was moved or edited"
-        )));
-    }
     let (Some(kind), Some(sealed)) = (r.kind.clone(), r.identifier.clone()) else {
         return Ok((r, resolve::Resolution::default()));
     };

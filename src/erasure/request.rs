@@ -95,6 +95,39 @@ pub struct Request {
     pub state: State,
     /// The policy the due dates were computed from.
     pub policy_version: String,
+    /// Every identifier resolution found (`[[kind, value], …]` as JSON), sealed like the
+    /// identifier and written before the first row goes: a run interrupted after deleting the
+    /// row that linked two identifiers still erases both. Removed with the identifier.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub resolved: Option<Sealed>,
+    /// What the primary phase did (set with `primary_done`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub primary: Option<PrimaryOutcome>,
+}
+
+/// What the primary phase of a request did, as the certificate will say it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrimaryOutcome {
+    pub done_at: String,
+    pub plan_hash: String,
+    /// Identifiers of the person found by resolution, by kind (counts only).
+    pub identifiers: std::collections::BTreeMap<String, usize>,
+    /// Rows deleted per table.
+    pub rows: std::collections::BTreeMap<String, u64>,
+    pub blobs_deleted: u64,
+    pub blobs_already_absent: u64,
+    /// Rows kept, per table, and why (a legal hold, a statutory exception).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptRows>,
+    /// How it was verified.
+    pub verified: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptRows {
+    pub table: String,
+    pub rows: u64,
+    pub reason: String,
 }
 
 impl Request {
@@ -186,6 +219,40 @@ pub fn open(key: &DataKey, id: &str, s: &Sealed) -> Option<String> {
 pub async fn create(store: &Store, r: &Request) -> Result<bool, crate::store::StoreError> {
     let bytes = Bytes::from(serde_json::to_vec_pretty(r).expect("serializable"));
     store.put_create(&r.key(), bytes).await
+}
+
+/// Store a request's next state over its previous one (under the destructive lease: one writer).
+/// On a versioned S3 bucket the earlier generations are purged, so a sealed identifier does not
+/// survive in an old version.
+pub async fn update(
+    store: &Store,
+    s3: Option<&crate::s3::S3Admin>,
+    r: &Request,
+) -> Result<(), crate::store::StoreError> {
+    let bytes = Bytes::from(serde_json::to_vec_pretty(r).expect("serializable"));
+    store.put(&r.key(), bytes).await?;
+    if let Some(s3) = s3 {
+        s3.purge_noncurrent(r.key().as_ref()).await?;
+    }
+    Ok(())
+}
+
+/// Read request `id` of `tenant`; `None` if there is none.
+pub async fn read(store: &Store, tenant: &str, id: &str) -> Result<Option<Request>, crate::Error> {
+    let Some(bytes) = store.get_opt(&key(tenant, id)).await? else {
+        return Ok(None);
+    };
+    let r: Request = serde_json::from_slice(&bytes).map_err(|e| {
+        crate::Error::Failed(format!(
+            "request {id} of tenant {tenant} is not readable: {e}"
+        ))
+    })?;
+    if r.id != id || r.tenant != tenant {
+        return Err(crate::Error::Failed(format!(
+            "request {id} of tenant {tenant} names another request inside; it was moved or edited"
+        )));
+    }
+    Ok(Some(r))
 }
 
 /// One stored request, or why it could not be read.
@@ -300,6 +367,8 @@ mod tests {
             due_backups: "2026-04-01T00:00:00Z".into(),
             state: State::Received,
             policy_version: "v".into(),
+            resolved: None,
+            primary: None,
         };
         assert_eq!(r.overdue(t("2026-01-30T00:00:00Z")), None);
         assert_eq!(r.overdue(t("2026-02-01T00:00:00Z")), Some("primary"));

@@ -44,6 +44,28 @@ impl Resolution {
         out
     }
 
+    /// The person's identifiers as the deleters match them.
+    pub fn to_match(&self, phone_country: Option<&str>) -> crate::retention::plan::SubjectMatch {
+        let mut by_kind: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in &self.known {
+            by_kind.entry(k.clone()).or_default().push(v.clone());
+        }
+        crate::retention::plan::SubjectMatch {
+            by_kind,
+            phone_country: phone_country.map(String::from),
+        }
+    }
+
+    /// Every (kind, normalized identifier) found (to seal and to hash; never to print).
+    pub fn pairs(&self) -> impl Iterator<Item = &(String, String)> {
+        self.known.iter()
+    }
+
+    /// Add identifiers known from an earlier, interrupted run of the same request.
+    pub fn extend(&mut self, pairs: impl IntoIterator<Item = (String, String)>) {
+        self.known.extend(pairs);
+    }
+
     /// The normalized identifiers of `kind` (for the deleters and the ledger; never to print).
     pub fn values(&self, kind: &str) -> Vec<&str> {
         self.known
@@ -72,7 +94,7 @@ fn normal_expr(kind: &str, col: &str, phone_country: Option<&str>) -> String {
 
 /// "This row holds one of `known`" over `table`'s identifier columns, or `None` when the table
 /// holds none of the kinds known.
-fn matches(
+pub(crate) fn matches(
     d: Dialect,
     table: &Table,
     known: &BTreeMap<&str, Vec<&str>>,

@@ -444,6 +444,16 @@ fn due(
         )),
         Change::Flag { column } => p.push(format!("{} IS NULL", qi(column))),
     }
+    if let Some(m) = &sel.erase {
+        let known: BTreeMap<&str, Vec<&str>> = m
+            .by_kind
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.iter().map(String::as_str).collect()))
+            .collect();
+        let held =
+            crate::erasure::resolve::matches(d, table, &known, m.phone_country.as_deref(), params);
+        p.push(format!("({})", held.unwrap_or_else(|| "FALSE".into())));
+    }
     if with_exclusion && !sel.excluded_subjects.is_empty() {
         let n = params.add_subjects(&sel.excluded_subjects);
         p.push(format!(

@@ -115,7 +115,7 @@ pub fn crash_point(_what: &str) {
 }
 
 /// The run time of a snapshot run: the manifest's `created_at`, else the run id's timestamp.
-fn run_time(run_id: &str, created: Option<&str>) -> Option<DateTime<Utc>> {
+pub(crate) fn run_time(run_id: &str, created: Option<&str>) -> Option<DateTime<Utc>> {
     created
         .and_then(|c| {
             DateTime::parse_from_rfc3339(c)

@@ -67,6 +67,30 @@ pub struct Selection {
     /// never printed or logged; the plan shows keyed hashes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_subjects: Vec<String>,
+    /// Erasure: only the rows holding one of a person's identifiers (plaintext, for the SQL
+    /// only: never serialized, printed or logged).
+    #[serde(skip)]
+    pub erase: Option<SubjectMatch>,
+}
+
+/// A person's normalized identifiers by kind, matched against the data map's identifier
+/// columns in their normal form (see [`crate::erasure::resolve`]).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SubjectMatch {
+    pub by_kind: std::collections::BTreeMap<String, Vec<String>>,
+    pub phone_country: Option<String>,
+}
+
+impl std::fmt::Debug for SubjectMatch {
+    /// Counts only: the identifiers are personal data.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kinds: Vec<String> = self
+            .by_kind
+            .iter()
+            .map(|(k, v)| format!("{k}×{}", v.len()))
+            .collect();
+        write!(f, "SubjectMatch({})", kinds.join(", "))
+    }
 }
 
 /// Identifies a unit: one tenant's rows of one table under one category.
@@ -396,6 +420,7 @@ pub fn selections(
                         cutoff: None,
                         change: Change::Delete,
                         excluded_subjects: subjects.clone(),
+                        erase: None,
                     },
                 ));
                 continue;
@@ -431,6 +456,7 @@ pub fn selections(
                         cutoff: Some(cutoff),
                         change: change_of(&cat.action),
                         excluded_subjects: subjects.clone(),
+                        erase: None,
                     },
                 ));
             }

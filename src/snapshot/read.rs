@@ -359,6 +359,16 @@ pub enum RestoreFormat {
 pub struct RestoreOutcome {
     pub run_id: String,
     pub files: Vec<(String, PathBuf, u64)>,
+    /// Rows of erased people the erasure ledger dropped.
+    pub dropped: u64,
+    /// Subjects the ledger lists as erased after the run was taken.
+    pub erased_subjects: usize,
+}
+
+/// What a restore needs to apply the erasure ledger.
+pub struct LedgerContext<'a> {
+    pub data_map: &'a crate::datamap::DataMap,
+    pub phone_country: Option<String>,
 }
 
 /// What a restore wrote so far, removed again if it fails: plaintext is never left behind by
@@ -424,6 +434,7 @@ pub async fn restore(
     out: &Path,
     format: RestoreFormat,
     tables: &[String],
+    ledger: &LedgerContext<'_>,
 ) -> Result<RestoreOutcome, crate::Error> {
     unknown_tenants(&[tenant.to_string()], &self::tenants(store).await?)?;
     let runs = committed(store, tenant).await?;
@@ -473,11 +484,38 @@ pub async fn restore(
             key: manifest_key(tenant, &manifest.run_id).to_string(),
             message: format!("{message}; refusing to restore from it"),
         })?;
+    // The erasure ledger: people erased after this run was taken do not come back.
+    let taken = crate::retention::run_time(&manifest.run_id, Some(&manifest.created_at))
+        .ok_or_else(|| SnapshotError::BadManifest {
+            key: manifest_key(tenant, &manifest.run_id).to_string(),
+            message: "no valid created_at: cannot apply the erasure ledger; refusing to restore"
+                .into(),
+        })?;
+    let erased = crate::erasure::ledger::read(store, tenant).await?;
+    let scrub = crate::erasure::ledger::Scrub {
+        subjects: erased.after(taken).into_iter().map(String::from).collect(),
+        keyring,
+        data_map: ledger.data_map,
+        phone_country: ledger.phone_country.clone(),
+    };
     let mut written = Written::default();
-    match restore_files(store, &key, &manifest, out, format, tables, &mut written).await {
-        Ok(files) => Ok(RestoreOutcome {
+    match restore_files(
+        store,
+        &key,
+        &manifest,
+        out,
+        format,
+        tables,
+        &scrub,
+        &mut written,
+    )
+    .await
+    {
+        Ok((files, dropped)) => Ok(RestoreOutcome {
             run_id: manifest.run_id,
             files,
+            dropped,
+            erased_subjects: scrub.subjects.len(),
         }),
         Err(e) => {
             let left = written.remove();
@@ -510,8 +548,10 @@ async fn restore_files(
     out: &Path,
     format: RestoreFormat,
     tables: &[String],
+    scrub: &crate::erasure::ledger::Scrub<'_>,
     written: &mut Written,
-) -> Result<Vec<(String, PathBuf, u64)>, crate::Error> {
+) -> Result<(Vec<(String, PathBuf, u64)>, u64), crate::Error> {
+    let mut dropped = 0u64;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |p: &Path| {
         let p = p.to_path_buf();
@@ -574,7 +614,10 @@ async fn restore_files(
                     .build();
                 let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| dec(&e))?;
                 for b in reader {
-                    let b = b.map_err(|e| dec(&e))?;
+                    let (b, d) = scrub
+                        .filter(&f.table, b.map_err(|e| dec(&e))?)
+                        .map_err(|e| dec(&e))?;
+                    dropped += d;
                     rows += b.num_rows() as u64;
                     w.write(&b).map_err(|e| dec(&e))?;
                 }
@@ -585,7 +628,10 @@ async fn restore_files(
                     .with_header(true)
                     .build(std::io::BufWriter::new(file));
                 for b in reader {
-                    let b = b.map_err(|e| dec(&e))?;
+                    let (b, d) = scrub
+                        .filter(&f.table, b.map_err(|e| dec(&e))?)
+                        .map_err(|e| dec(&e))?;
+                    dropped += d;
                     rows += b.num_rows() as u64;
                     w.write(&b).map_err(|e| dec(&e))?;
                 }
@@ -594,5 +640,5 @@ async fn restore_files(
         }
         files.push((f.table.clone(), dest, rows));
     }
-    Ok(files)
+    Ok((files, dropped))
 }

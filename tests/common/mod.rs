@@ -21,6 +21,19 @@ pub struct Demo {
     pub config: PathBuf,
 }
 
+/// The data map of the config at `config`, leaked (tests only) so a restore can borrow it.
+pub fn ledger_context(config: &std::path::Path) -> lethe::snapshot::read::LedgerContext<'static> {
+    let c = lethe::config::Config::load(config).unwrap();
+    let dm = Box::leak(Box::new(
+        lethe::datamap::DataMap::load_dir(&c.data_map).unwrap(),
+    ));
+    let policy = lethe::policy::Policy::load(&c.policy).unwrap();
+    lethe::snapshot::read::LedgerContext {
+        data_map: dm,
+        phone_country: policy.erasure.phone_country.clone(),
+    }
+}
+
 impl Demo {
     pub fn store(&self) -> PathBuf {
         self.dir.join("store")

@@ -1,0 +1,175 @@
+//! The erasure ledger: `ledger/tenant=<t>/<request-id>.json`, one create-only entry per erased
+//! subject, holding the keyed hashes (`hmac:…` of `<kind>:<normalized identifier>` under the
+//! keyring's subject key) of every identifier of the person and the erasure time. A restore
+//! drops every row of a run taken before that time that holds one of them: an erased person
+//! never comes back from a backup. No plaintext identifier is ever written here.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use object_store::path::Path as ObjPath;
+use serde::{Deserialize, Serialize};
+
+use crate::store::Store;
+
+pub const FORMAT: &str = "lethe-ledger/1";
+pub const PREFIX: &str = "ledger";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    pub format: String,
+    pub tenant: String,
+    pub request: String,
+    /// When the primary phase started deleting: rows of runs taken before it may hold the person.
+    pub erased_at: String,
+    /// Keyed hashes of every identifier of the person.
+    pub subjects: Vec<String>,
+}
+
+pub fn key(tenant: &str, request: &str) -> ObjPath {
+    ObjPath::from(format!("{PREFIX}/tenant={tenant}/{request}.json"))
+}
+
+/// Write the entry of `request`, unless one is there: the first one was written before any
+/// row went, so it holds every identifier (a re-run after a crash may resolve fewer).
+pub async fn record(
+    store: &Store,
+    tenant: &str,
+    request: &str,
+    erased_at: DateTime<Utc>,
+    mut subjects: Vec<String>,
+) -> crate::Result<()> {
+    let k = key(tenant, request);
+    if store.head(&k).await?.is_some() {
+        return Ok(());
+    }
+    subjects.sort();
+    subjects.dedup();
+    let e = Entry {
+        format: FORMAT.into(),
+        tenant: tenant.into(),
+        request: request.into(),
+        erased_at: crate::util::rfc3339(erased_at),
+        subjects,
+    };
+    let bytes = Bytes::from(serde_json::to_vec_pretty(&e).expect("serializable"));
+    if !store.put_create(&k, bytes).await? {
+        // Written by an earlier attempt between our HEAD and PUT: that one stands.
+        tracing::debug!(tenant, request, "ledger entry exists already");
+    }
+    Ok(())
+}
+
+/// The ledger of `tenant`: each erased subject hash with the earliest time it was erased.
+#[derive(Debug, Clone, Default)]
+pub struct Ledger {
+    pub erased: BTreeMap<String, DateTime<Utc>>,
+}
+
+impl Ledger {
+    /// Subjects erased at or after `taken` (a run taken then may still hold them; run times
+    /// have whole seconds, so the same second counts as after).
+    pub fn after(&self, taken: DateTime<Utc>) -> BTreeSet<&str> {
+        self.erased
+            .iter()
+            .filter(|(_, t)| **t >= taken)
+            .map(|(s, _)| s.as_str())
+            .collect()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.erased.is_empty()
+    }
+}
+
+/// Read every entry of `tenant`. An unreadable entry is an error: a restore that skipped it
+/// could bring an erased person back.
+pub async fn read(store: &Store, tenant: &str) -> crate::Result<Ledger> {
+    let mut out = Ledger::default();
+    for m in store
+        .list(&ObjPath::from(format!("{PREFIX}/tenant={tenant}")))
+        .await?
+    {
+        let bytes = store.get(&m.location).await?;
+        let e: Entry = serde_json::from_slice(&bytes)
+            .ok()
+            .filter(|e: &Entry| e.format == FORMAT && e.tenant == tenant)
+            .ok_or_else(|| {
+                crate::Error::Failed(format!(
+                    "erasure ledger entry {} is not readable; nothing is restored without the whole ledger\n  fix: restore the entry from the store's versions or backups",
+                    m.location
+                ))
+            })?;
+        let at = DateTime::parse_from_rfc3339(&e.erased_at)
+            .map_err(|_| {
+                crate::Error::Failed(format!(
+                    "erasure ledger entry {} has no valid erased_at",
+                    m.location
+                ))
+            })?
+            .with_timezone(&Utc);
+        for s in e.subjects {
+            let t = out.erased.entry(s).or_insert(at);
+            if at < *t {
+                *t = at;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Drops the rows of erased people from snapshot batches: a row goes when one of its identifier
+/// columns (data map `identifiers`), in its stored normal form, hashes to a subject the ledger
+/// lists as erased after the run was taken.
+pub struct Scrub<'a> {
+    pub subjects: BTreeSet<String>,
+    pub keyring: &'a crate::keys::Keyring,
+    pub data_map: &'a crate::datamap::DataMap,
+    pub phone_country: Option<String>,
+}
+
+impl Scrub<'_> {
+    /// `batch` of `table` without the rows of erased people, and how many were dropped.
+    pub fn filter(
+        &self,
+        table: &str,
+        batch: arrow::record_batch::RecordBatch,
+    ) -> Result<(arrow::record_batch::RecordBatch, u64), arrow::error::ArrowError> {
+        use arrow::array::{Array, AsArray, BooleanArray};
+        if self.subjects.is_empty() {
+            return Ok((batch, 0));
+        }
+        let Some(t) = self.data_map.tables.iter().find(|t| t.name == table) else {
+            return Ok((batch, 0));
+        };
+        let mut keep = vec![true; batch.num_rows()];
+        for (col, kind) in &t.config.identifiers {
+            let Some(a) = batch.column_by_name(col) else {
+                continue;
+            };
+            let s = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)?;
+            let s = s.as_string::<i32>();
+            for (i, k) in keep.iter_mut().enumerate() {
+                if *k && s.is_valid(i) {
+                    let form = crate::erasure::identify::stored_form(
+                        kind,
+                        s.value(i),
+                        self.phone_country.as_deref(),
+                    );
+                    if self
+                        .subjects
+                        .contains(&self.keyring.subject_hash(&format!("{kind}:{form}")))
+                    {
+                        *k = false;
+                    }
+                }
+            }
+        }
+        let dropped = keep.iter().filter(|k| !**k).count() as u64;
+        if dropped == 0 {
+            return Ok((batch, 0));
+        }
+        let mask = BooleanArray::from(keep);
+        Ok((arrow::compute::filter_record_batch(&batch, &mask)?, dropped))
+    }
+}

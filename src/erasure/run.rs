@@ -1,0 +1,720 @@
+//! The `erasure` step: plan every open request, then execute the primary phase of each — rows
+//! through the primary-database deleter ([`crate::primary`]), their blobs through the blob
+//! deleter — with the same plan / plan-hash / brake mechanics as retention, under the same
+//! destructive lease, recorded in the same audit log.
+//!
+//! Order within one request, so that a crash at any point converges on the re-run:
+//! 1. audit `start` (request, subject hash, plan hash, rows per table);
+//! 2. every identifier resolution found is sealed into the request, and the ledger entry
+//!    (keyed hashes, erasure time) is written — both before the first row goes, because
+//!    deleting the row that links two identifiers would hide the second from a re-run;
+//! 3. rows per table, each between its own `rows` start/end records, blobs drained after
+//!    each table that references blobs (HEAD 404 each, every version on versioned S3);
+//! 4. verification: a re-query of every table returns 0 rows of the person, the outbox is empty;
+//! 5. the request becomes `primary_done`: the sealed identifier is removed (and on a versioned
+//!    bucket every earlier generation of the request object), its keyed hash stays;
+//! 6. audit `end`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::check::Checked;
+use crate::clock::Clock;
+use crate::datamap::Table;
+use crate::erasure::ledger;
+use crate::erasure::request::{self, KeptRows, PrimaryOutcome, Request, Scope, State};
+use crate::erasure::resolve::{self, Resolution};
+use crate::keys::Keyring;
+use crate::retention::crash_point;
+use crate::retention::db::{self, Db, Params};
+use crate::retention::plan::{Change, RowAction, Selection, Stats, SubjectMatch};
+use crate::store::Store;
+use crate::util::quote_ident as qi;
+
+/// A table with fewer rows of the tenant than this never trips the share brake (a person may
+/// well hold most of a small table's rows).
+pub const BRAKE_MIN_TABLE_ROWS: u64 = 50;
+/// One person with more rows than this in one table trips the brake whatever the share.
+pub const BRAKE_MAX_ROWS: u64 = 100_000;
+
+/// One table of one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct TablePlan {
+    pub table: String,
+    /// Rows holding one of the person's identifiers.
+    pub rows: u64,
+    /// Of them, rows referencing a blob (photo, recording).
+    pub blobs: u64,
+    /// Why these rows stay (a legal hold, a statutory exception); `None`: they go.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kept: Option<String>,
+}
+
+/// What the step will do for one request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestPlan {
+    pub tenant: String,
+    pub request: String,
+    pub scope: Scope,
+    pub phase: &'static str,
+    /// Keyed hash of the identifier the request was made with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    /// The person's identifiers resolution found, by kind (counts).
+    pub identifiers: BTreeMap<String, usize>,
+    pub tables: Vec<TablePlan>,
+    /// Committed snapshot runs of the tenant (the backups phase covers them).
+    pub snapshot_runs: usize,
+    /// Why this request is not executed in this run (brake, refused resolution).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    /// Stopped by the brake: a run confirming this plan's hash executes it anyway.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub brake: bool,
+    #[serde(skip)]
+    pub(crate) found: Option<Resolution>,
+    #[serde(skip)]
+    pub(crate) req: Option<Request>,
+}
+
+impl RequestPlan {
+    pub fn rows(&self) -> u64 {
+        self.tables
+            .iter()
+            .filter(|t| t.kept.is_none())
+            .map(|t| t.rows)
+            .sum()
+    }
+    pub fn kept(&self) -> u64 {
+        self.tables
+            .iter()
+            .filter(|t| t.kept.is_some())
+            .map(|t| t.rows)
+            .sum()
+    }
+}
+
+/// The erasure plan: every open request, with its hash.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErasurePlan {
+    pub policy_version: String,
+    pub policy_hash: String,
+    pub requests: Vec<RequestPlan>,
+    /// Requests in the store that could not be read (key, why).
+    pub unreadable: Vec<(String, String)>,
+    /// sha256 over the requests as planned (not the time: a confirmed hash stays valid until
+    /// a request or a count changes).
+    pub hash: String,
+}
+
+/// The plan when there is no store yet (no request can exist).
+pub fn empty_plan(c: &Checked) -> crate::Result<ErasurePlan> {
+    let mut p = ErasurePlan {
+        policy_version: c.policy.version.clone(),
+        policy_hash: c.policy.hash.clone(),
+        requests: Vec::new(),
+        unreadable: Vec::new(),
+        hash: String::new(),
+    };
+    p.hash = plan_hash(&p);
+    Ok(p)
+}
+
+fn plan_hash(p: &ErasurePlan) -> String {
+    let mut bytes = p.policy_hash.as_bytes().to_vec();
+    bytes.extend(serde_json::to_vec(&p.requests).expect("serializable"));
+    format!("sha256:{}", crate::util::sha256_hex(&bytes))
+}
+
+/// Plan every open request. Reads only (the database is opened read-only by `lethe plan`).
+pub async fn plan(
+    c: &Checked,
+    db: &mut Db,
+    store: &Store,
+    keyring: Option<&Keyring>,
+) -> crate::Result<ErasurePlan> {
+    let mut out = ErasurePlan {
+        policy_version: c.policy.version.clone(),
+        policy_hash: c.policy.hash.clone(),
+        requests: Vec::new(),
+        unreadable: Vec::new(),
+        hash: String::new(),
+    };
+    let holds = holds(c, db)?;
+    for listed in request::list(store, None).await? {
+        let r = match listed {
+            Ok(r) => r,
+            Err(bad) => {
+                out.unreadable.push(bad);
+                continue;
+            }
+        };
+        if r.state != State::Received {
+            continue;
+        }
+        out.requests
+            .push(plan_request(c, db, store, keyring, &holds, r).await?);
+    }
+    out.hash = plan_hash(&out);
+    Ok(out)
+}
+
+/// Legal holds of the policy and of the source's holds table.
+fn holds(c: &Checked, db: &mut Db) -> crate::Result<Vec<crate::policy::LegalHold>> {
+    let mut all = c.policy.legal_holds.clone();
+    if let Some(s) = &c.policy.legal_holds_source {
+        all.extend(db::source_holds(db, &s.table)?);
+    }
+    Ok(all)
+}
+
+async fn plan_request(
+    c: &Checked,
+    db: &mut Db,
+    store: &Store,
+    keyring: Option<&Keyring>,
+    holds: &[crate::policy::LegalHold],
+    r: Request,
+) -> crate::Result<RequestPlan> {
+    let mut p = RequestPlan {
+        tenant: r.tenant.clone(),
+        request: r.id.clone(),
+        scope: r.scope,
+        phase: "primary",
+        subject: r.subject.clone(),
+        identifiers: BTreeMap::new(),
+        tables: Vec::new(),
+        snapshot_runs: crate::snapshot::read::committed(store, &r.tenant)
+            .await?
+            .len(),
+        stopped: None,
+        brake: false,
+        found: None,
+        req: None,
+    };
+    if r.scope == Scope::Tenant {
+        p.stopped = Some(
+            "tenant offboarding is received and listed; this build does not execute it yet".into(),
+        );
+        p.req = Some(r);
+        return Ok(p);
+    }
+    let pc = c.policy.erasure.phone_country.as_deref();
+    let opened = match keyring {
+        None => Err("the keyring does not exist".to_string()),
+        Some(k) => open_identifiers(k, &r),
+    };
+    let (kind, value, earlier) = match opened {
+        Ok(x) => x,
+        Err(why) => {
+            p.stopped = Some(why);
+            p.req = Some(r);
+            return Ok(p);
+        }
+    };
+    let mut found = match resolve::resolve(db, &c.data_map, &r.tenant, &kind, &value, pc) {
+        Ok(f) => f,
+        Err(resolve::ResolveError::Db(e)) => return Err(e.into()),
+        Err(e @ resolve::ResolveError::TooMany { .. }) => {
+            p.stopped = Some(e.to_string());
+            p.req = Some(r);
+            return Ok(p);
+        }
+    };
+    found.extend(earlier);
+    p.identifiers = found
+        .kinds()
+        .into_iter()
+        .map(|(k, n)| (k.to_string(), n))
+        .collect();
+    let m = found.to_match(pc);
+    let held_subject = holds.iter().find(|h| {
+        h.tenant == r.tenant
+            && h.subject
+                .as_deref()
+                .is_some_and(|s| holds_person(s, &found, pc))
+    });
+    let mut brake = Vec::new();
+    for t in c.data_map.tables.iter().filter(|t| {
+        t.config
+            .identifiers
+            .values()
+            .any(|k| m.by_kind.contains_key(k))
+    }) {
+        let (rows, blobs) = count(db, t, &r.tenant, &m)?;
+        let kept = kept_reason(c, holds, held_subject, &r.tenant, t);
+        if kept.is_none() && rows > 0 {
+            let of = tenant_rows(db, t, &r.tenant)?;
+            if rows > BRAKE_MAX_ROWS
+                || (of >= BRAKE_MIN_TABLE_ROWS
+                    && rows as f64 > c.config.retention.max_share * of as f64)
+            {
+                brake.push(format!("{}: {rows} of the tenant's {of} rows", t.name));
+            }
+        }
+        p.tables.push(TablePlan {
+            table: t.name.clone(),
+            rows,
+            blobs,
+            kept,
+        });
+    }
+    if !brake.is_empty() {
+        p.brake = true;
+        p.stopped = Some(format!(
+            "safety brake: the person's identifiers match an implausible share of {} (over retention.max_share = {} or {BRAKE_MAX_ROWS} rows); an identifier shared by many people?",
+            brake.join(", "),
+            c.config.retention.max_share
+        ));
+    }
+    p.found = Some(found);
+    p.req = Some(r);
+    Ok(p)
+}
+
+/// The identifier a request was made with, and the identifiers an interrupted run sealed.
+#[allow(clippy::type_complexity)]
+fn open_identifiers(
+    k: &Keyring,
+    r: &Request,
+) -> Result<(String, String, Vec<(String, String)>), String> {
+    let (Some(kind), Some(sealed)) = (&r.kind, &r.identifier) else {
+        return Err(format!(
+            "request {} of tenant {} has no sealed identifier in state received (edited?)",
+            r.id, r.tenant
+        ));
+    };
+    let key = k.data_key(&r.tenant).map_err(|e| e.to_string())?;
+    let value = request::open(&key, &r.id, sealed).ok_or_else(|| {
+        format!(
+            "the identifier of request {} does not open with tenant {}'s data key (edited, or sealed under another key)",
+            r.id, r.tenant
+        )
+    })?;
+    let earlier = match &r.resolved {
+        None => Vec::new(),
+        Some(s) => request::open(&key, &resolved_aad(&r.id), s)
+            .and_then(|j| serde_json::from_str::<Vec<(String, String)>>(&j).ok())
+            .ok_or_else(|| {
+                format!(
+                    "the resolved identifiers of request {} do not open with tenant {}'s data key",
+                    r.id, r.tenant
+                )
+            })?,
+    };
+    Ok((kind.clone(), value, earlier))
+}
+
+fn resolved_aad(id: &str) -> String {
+    format!("{id}/resolved")
+}
+
+/// Does a hold's subject (as stored in a subject column) name this person?
+fn holds_person(held: &str, found: &Resolution, pc: Option<&str>) -> bool {
+    found.pairs().any(|(kind, value)| {
+        crate::erasure::identify::normalize(kind, held, pc).is_ok_and(|n| &n == value)
+    })
+}
+
+/// Why `t`'s rows of the person stay, if they do.
+fn kept_reason(
+    c: &Checked,
+    holds: &[crate::policy::LegalHold],
+    held_subject: Option<&crate::policy::LegalHold>,
+    tenant: &str,
+    t: &Table,
+) -> Option<String> {
+    for cat in &t.config.categories {
+        if let Some(ex) = c
+            .policy
+            .categories
+            .get(cat)
+            .and_then(|c| c.exception.as_ref())
+        {
+            return Some(format!("statutory exception (category {cat}): {ex}"));
+        }
+    }
+    let covers = |h: &crate::policy::LegalHold| {
+        h.tenant == tenant
+            && h.table.as_deref().is_none_or(|x| x == t.name)
+            && h.category
+                .as_deref()
+                .is_none_or(|cat| t.config.categories.iter().any(|x| x == cat))
+    };
+    if let Some(h) = held_subject.filter(|h| covers(h)) {
+        return Some(format!(
+            "legal hold on this person: {} (placed by {})",
+            h.reason, h.placed_by
+        ));
+    }
+    holds
+        .iter()
+        .find(|h| h.subject.is_none() && covers(h))
+        .map(|h| format!("legal hold: {} (placed by {})", h.reason, h.placed_by))
+}
+
+fn erase_selection(t: &Table, m: &SubjectMatch) -> Selection {
+    Selection {
+        table: t.name.clone(),
+        anchor: None,
+        cutoff: None,
+        change: Change::Delete,
+        excluded_subjects: Vec::new(),
+        erase: Some(m.clone()),
+    }
+}
+
+/// Rows of `t` in `tenant` holding one of the person's identifiers, and those with a blob.
+fn count(db: &mut Db, t: &Table, tenant: &str, m: &SubjectMatch) -> crate::Result<(u64, u64)> {
+    let mut params = Params::default();
+    let pred = db::predicate(
+        db.dialect(),
+        t,
+        &erase_selection(t, m),
+        &[tenant.to_string()],
+        false,
+        &mut params,
+    );
+    let blob = t
+        .config
+        .blob_column
+        .as_ref()
+        .map(|b| format!("count({})", qi(b)))
+        .unwrap_or_else(|| "0".into());
+    let sql = format!(
+        "SELECT CAST(count(*) AS TEXT), CAST({blob} AS TEXT) FROM {} WHERE {pred}",
+        qi(&t.name)
+    );
+    let rows = db.query_p(&sql, &params).map_err(|e| e.on(&t.name))?;
+    let n = |i: usize| {
+        rows.first()
+            .and_then(|r| r[i].as_deref())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((n(0), n(1)))
+}
+
+fn tenant_rows(db: &mut Db, t: &Table, tenant: &str) -> crate::Result<u64> {
+    let sql = format!(
+        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE CAST({} AS TEXT) = {}",
+        qi(&t.name),
+        qi(&t.config.tenant_column),
+        db::lit(tenant)
+    );
+    let rows = db.query(&sql).map_err(|e| e.on(&t.name))?;
+    Ok(rows
+        .first()
+        .and_then(|r| r[0].as_deref())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0))
+}
+
+/// What one request's primary phase did.
+#[derive(Debug, Clone)]
+pub struct RequestOutcome {
+    pub tenant: String,
+    pub request: String,
+    pub outcome: PrimaryOutcome,
+}
+
+/// What `lethe run erasure` did.
+#[derive(Debug)]
+pub struct ErasureRun {
+    pub plan: ErasurePlan,
+    pub done: Vec<RequestOutcome>,
+    /// Requests not executed, and why (brake, refused resolution, unreadable): the step
+    /// reports them and exits 1, the other requests and the later steps go on.
+    pub stopped: Vec<(String, String)>,
+}
+
+impl ErasureRun {
+    pub fn rows(&self) -> u64 {
+        self.done.iter().flat_map(|d| d.outcome.rows.values()).sum()
+    }
+    pub fn blobs(&self) -> u64 {
+        self.done.iter().map(|d| d.outcome.blobs_deleted).sum()
+    }
+}
+
+#[derive(Serialize)]
+struct RequestStart<'a> {
+    step: &'static str,
+    phase: &'static str,
+    plan_hash: &'a str,
+    tenant: &'a str,
+    request: &'a str,
+    erasure_phase: &'static str,
+    subject: Option<&'a str>,
+    identifiers: &'a BTreeMap<String, usize>,
+    tables: &'a [TablePlan],
+}
+
+#[derive(Serialize)]
+struct RequestEnd<'a> {
+    step: &'static str,
+    phase: &'static str,
+    plan_hash: &'a str,
+    tenant: &'a str,
+    request: &'a str,
+    erasure_phase: &'static str,
+    rows: &'a BTreeMap<String, u64>,
+    blobs_deleted: u64,
+    blobs_already_absent: u64,
+    kept: &'a [KeptRows],
+    verified: &'a str,
+    state: &'static str,
+}
+
+/// `lethe run erasure`: take the lease, plan, check the plan against `expect_hash` (which also
+/// confirms requests the brake stopped), execute each request's primary phase, audit,
+/// checkpoint, release.
+pub async fn run(
+    c: &Checked,
+    clock: &Arc<dyn Clock>,
+    expect_hash: Option<&str>,
+) -> crate::Result<ErasureRun> {
+    let cfg = &c.config;
+    let store = Store::create(&cfg.store)?;
+    crate::pipeline::refuse_new_keys(cfg, &store).await?;
+    let lease = Arc::new(
+        crate::lease::Lease::acquire(
+            &store,
+            crate::pipeline::DESTRUCTIVE_LEASE,
+            "lethe run erasure",
+        )
+        .await
+        .map_err(crate::audit::AuditError::from)?,
+    );
+    let mut touched = false;
+    let result = run_locked(c, &store, clock, expect_hash, lease.clone(), &mut touched).await;
+    crate::pipeline::release(lease, touched).await;
+    result
+}
+
+async fn run_locked(
+    c: &Checked,
+    store: &Store,
+    clock: &Arc<dyn Clock>,
+    expect_hash: Option<&str>,
+    lease: Arc<crate::lease::Lease>,
+    touched: &mut bool,
+) -> crate::Result<ErasureRun> {
+    let cfg = &c.config;
+    let keyring = if cfg.keyring.exists() {
+        Some(Keyring::open(&cfg.keyring, &cfg.master_key, false)?)
+    } else {
+        None
+    };
+    let mut db = Db::open(&cfg.source, true, &cfg.retention)?;
+    let plan = plan(c, &mut db, store, keyring.as_ref()).await?;
+    let confirmed = match expect_hash.map(crate::pipeline::normalize_plan_hash) {
+        Some(h) if h != plan.hash => {
+            return Err(crate::Error::Failed(format!(
+                "the erasure plan differs from the one confirmed ({h}): now {}. Nothing was deleted. Review it with `lethe plan` and confirm the new hash",
+                plan.hash
+            )));
+        }
+        Some(_) => true,
+        None => false,
+    };
+    let mut run = ErasureRun {
+        plan: plan.clone(),
+        done: Vec::new(),
+        stopped: plan.unreadable.clone(),
+    };
+    let todo: Vec<&RequestPlan> = plan
+        .requests
+        .iter()
+        .filter(|p| {
+            let go = p.stopped.is_none() || (p.brake && confirmed);
+            if !go {
+                tracing::error!(tenant = %p.tenant, request = %p.request, why = p.stopped.as_deref().unwrap_or(""), "erasure request not executed in this run");
+                run.stopped.push((
+                    format!("{}/{}", p.tenant, p.request),
+                    p.stopped.clone().unwrap_or_default(),
+                ));
+            }
+            go
+        })
+        .collect();
+    if !todo.is_empty() {
+        *touched = true;
+        let mut keyring = keyring.expect("a request with a sealed identifier has a keyring");
+        let mut audit = crate::pipeline::open_audit(c, store, clock, lease).await?;
+        let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
+        let s3 = crate::snapshot::purge::s3_admin_for(&cfg.store).await?;
+        let blobs_s3 = match &cfg.blobs {
+            Some(b) => crate::snapshot::purge::s3_admin_for(b).await?,
+            None => None,
+        };
+        let now = clock.now();
+        let subject_key = keyring.subject_key();
+        for p in todo {
+            let hashes: Vec<String> = p
+                .found
+                .as_ref()
+                .expect("executed requests are resolved")
+                .pairs()
+                .map(|(k, v)| keyring.subject_hash(&format!("{k}:{v}")))
+                .collect();
+            let mut env = crate::retention::execute::Env {
+                dm: &c.data_map,
+                db: &mut db,
+                store,
+                blobs: blobs.as_ref(),
+                s3: s3.as_ref(),
+                blobs_s3: blobs_s3.as_ref(),
+                audit: &mut audit,
+                keyring: &mut keyring,
+                subject_key,
+                batch_rows: cfg.retention.batch_rows,
+                now,
+            };
+            let done = primary_phase(c, &mut env, &plan.hash, p, hashes, s3.as_ref(), now).await?;
+            run.done.push(done);
+        }
+        crate::pipeline::close_audit(c, &mut audit, clock).await?;
+    }
+    for d in &run.done {
+        tracing::info!(tenant = %d.tenant, request = %d.request, rows = d.outcome.rows.values().sum::<u64>(), blobs = d.outcome.blobs_deleted, kept = d.outcome.kept.iter().map(|k| k.rows).sum::<u64>(), "erasure primary phase done");
+    }
+    Ok(run)
+}
+
+async fn primary_phase(
+    c: &Checked,
+    env: &mut crate::retention::execute::Env<'_>,
+    plan_hash: &str,
+    p: &RequestPlan,
+    hashes: Vec<String>,
+    s3: Option<&crate::s3::S3Admin>,
+    now: DateTime<Utc>,
+) -> crate::Result<RequestOutcome> {
+    let found = p.found.as_ref().expect("resolved");
+    let mut r = p.req.clone().expect("planned from a request");
+    env.audit
+        .record(&RequestStart {
+            step: "erasure",
+            phase: "start",
+            plan_hash,
+            tenant: &p.tenant,
+            request: &p.request,
+            erasure_phase: "primary",
+            subject: p.subject.as_deref(),
+            identifiers: &p.identifiers,
+            tables: &p.tables,
+        })
+        .await?;
+    crash_point("after an erasure start record");
+    // Everything resolution found, sealed into the request before the first row goes.
+    let key = env.keyring.data_key(&p.tenant)?;
+    let pairs: Vec<(String, String)> = found.pairs().cloned().collect();
+    r.resolved = Some(request::seal(
+        &key,
+        &resolved_aad(&r.id),
+        &serde_json::to_string(&pairs).expect("serializable"),
+    ));
+    request::update(env.store, s3, &r).await?;
+    ledger::record(env.store, &p.tenant, &p.request, now, hashes).await?;
+    crash_point("after the ledger entry");
+
+    let pc = c.policy.erasure.phone_country.as_deref();
+    let m = found.to_match(pc);
+    env.db.ensure_outbox().map_err(|e| e.on(db::OUTBOX))?;
+    let mut out = PrimaryOutcome {
+        done_at: String::new(),
+        plan_hash: plan_hash.to_string(),
+        identifiers: p.identifiers.clone(),
+        rows: BTreeMap::new(),
+        blobs_deleted: 0,
+        blobs_already_absent: 0,
+        kept: Vec::new(),
+        verified: String::new(),
+    };
+    let mut remaining = 0;
+    let mut blobs_failed = 0;
+    for tp in &p.tables {
+        if let Some(why) = &tp.kept {
+            out.kept.push(KeptRows {
+                table: tp.table.clone(),
+                rows: tp.rows,
+                reason: why.clone(),
+            });
+            continue;
+        }
+        let t = db::table(env.dm, &tp.table);
+        let sel = erase_selection(t, &m);
+        let unit = RowAction {
+            tenant: p.tenant.clone(),
+            table: tp.table.clone(),
+            category: "erasure".into(),
+            action: "delete",
+            rule: format!("erasure request {}", p.request),
+            anchor: None,
+            bound: None,
+            rows: tp.rows,
+            oldest: None,
+            newest: None,
+            blobs: tp.blobs,
+            rows_held_by_subject: 0,
+            selection: sel.clone(),
+            stats: Stats {
+                rows: tp.rows,
+                blobs: tp.blobs,
+                ..Default::default()
+            },
+        };
+        let u = crate::primary::change_rows(env, plan_hash, "erasure", &sel, &[&unit]).await?;
+        out.rows
+            .insert(tp.table.clone(), u.rows.values().sum::<u64>());
+        remaining += u.remaining;
+        if t.config.blob_column.is_some() {
+            let b = crate::primary::drain_outbox(env, plan_hash).await?;
+            out.blobs_deleted += b.deleted;
+            out.blobs_already_absent += b.absent;
+            blobs_failed += b.failed;
+        }
+    }
+    out.verified = format!(
+        "re-query of every mapped table returned {remaining} rows of the person; {blobs_failed} blob deletions failed (each deleted blob: HEAD returned 404)"
+    );
+    if remaining > 0 || blobs_failed > 0 {
+        return Err(crate::Error::Failed(format!(
+            "erasure request {} of tenant {}: {}. The request stays open and the next run finishes it",
+            p.request, p.tenant, out.verified
+        )));
+    }
+    out.done_at = crate::util::rfc3339(now);
+    r.state = State::PrimaryDone;
+    r.identifier = None;
+    r.resolved = None;
+    r.primary = Some(out.clone());
+    crash_point("before the request becomes primary_done");
+    request::update(env.store, s3, &r).await?;
+    env.audit
+        .record(&RequestEnd {
+            step: "erasure",
+            phase: "end",
+            plan_hash,
+            tenant: &p.tenant,
+            request: &p.request,
+            erasure_phase: "primary",
+            rows: &out.rows,
+            blobs_deleted: out.blobs_deleted,
+            blobs_already_absent: out.blobs_already_absent,
+            kept: &out.kept,
+            verified: &out.verified,
+            state: r.state.name(),
+        })
+        .await?;
+    crash_point("after an erasure end record");
+    Ok(RequestOutcome {
+        tenant: p.tenant.clone(),
+        request: p.request.clone(),
+        outcome: out,
+    })
+}
