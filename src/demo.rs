@@ -80,6 +80,59 @@ pub struct Generated {
     pub blobs: u64,
 }
 
+/// Two people the demo erases on its first run: a customer of kopi-senja (by phone, written in
+/// national form as a caller would say it) and an employee with selfie check-ins (by email, in
+/// capitals). (what, tenant, kind, identifier) — the identifier goes only into the request.
+pub fn erasure_subjects(db: &Path) -> rusqlite::Result<Vec<(String, String, String, String)>> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut out = Vec::new();
+    let customer: Option<(String, String)> = c
+        .query_row(
+            "SELECT c.tenant_id, c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND c.email IS NOT NULL AND EXISTS (SELECT 1 FROM messages m WHERE m.tenant_id = c.tenant_id AND m.customer_phone = c.phone) ORDER BY c.id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    if let Some((t, phone)) = customer
+        && let Some(rest) = phone.strip_prefix("+62")
+    {
+        out.push((
+            "a customer (by phone, written 0…)".to_string(),
+            t,
+            "phone".to_string(),
+            format!("0{rest}"),
+        ));
+    }
+    let employee: Option<(String, String)> = c
+        .query_row(
+            "SELECT a.tenant_id, a.email FROM accounts a WHERE (SELECT count(*) FROM attendance_checkins k WHERE k.account_id = a.id AND k.selfie_key IS NOT NULL) >= 2 ORDER BY a.id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .ok();
+    if let Some((t, email)) = employee.clone() {
+        out.push((
+            "an employee with selfies (by email, in capitals)".to_string(),
+            t,
+            "email".to_string(),
+            email.to_uppercase(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The tenant the demo offboards on its first run: the last one, unless it is one the demo
+/// erases a person of.
+pub fn offboarded_tenant(db: &Path) -> rusqlite::Result<Option<String>> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let taken: Vec<String> = erasure_subjects(db)?.into_iter().map(|s| s.1).collect();
+    let mut st = c.prepare("SELECT id FROM tenants ORDER BY id DESC")?;
+    let ids: Vec<String> = st
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(ids.into_iter().find(|t| !taken.contains(t)))
+}
+
 /// A small deterministic PRNG (SplitMix64): the same seed gives the same database.
 pub struct Rng(u64);
 

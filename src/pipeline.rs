@@ -69,6 +69,26 @@ pub async fn snapshot_all(
     }
     let store = Store::create(&cfg.store)?;
     refuse_new_keys(cfg, &store).await?;
+    // An offboarded tenant is never snapshotted again (its key is destroyed; a new backup
+    // would need a new key and keep what the controller asked to erase).
+    let offboarded: Vec<(String, String)> = crate::erasure::request::list(&store, None)
+        .await?
+        .into_iter()
+        .flatten()
+        .filter(|r| r.scope == crate::erasure::request::Scope::Tenant)
+        .map(|r| (r.tenant, r.id))
+        .collect();
+    for (t, id) in &offboarded {
+        if only.contains(t) {
+            return Err(crate::Error::Usage(format!(
+                "tenant {t} is being offboarded (request {id}); it is not snapshotted any more"
+            )));
+        }
+        if tenants.iter().any(|x| &x.id == t) {
+            tracing::info!(tenant = %t, request = %id, "tenant offboarded: not snapshotted");
+        }
+    }
+    tenants.retain(|t| !offboarded.iter().any(|(o, _)| o == &t.id));
     // Keys for every tenant first: the keyring is written by one task only.
     let mut keyring = Keyring::open(&cfg.keyring, &cfg.master_key, true)?;
     let mut jobs = Vec::new();
@@ -479,7 +499,14 @@ pub async fn erasure_plan(c: &Checked) -> crate::Result<crate::erasure::run::Era
         return crate::erasure::run::empty_plan(c);
     }
     let store = Store::open(&cfg.store)?;
-    crate::erasure::run::plan(c, &mut db, &store, keyring.as_ref()).await
+    crate::erasure::run::plan(
+        c,
+        &mut db,
+        &store,
+        keyring.as_ref(),
+        crate::clock::system().now(),
+    )
+    .await
 }
 
 /// What `lethe run retention` did.

@@ -26,6 +26,11 @@ const DELETERS: &[(&str, &[&str], &str)] = &[
     // Every version of a key or prefix (S3 versioned buckets).
     (".purge_key(", &["src/blobs.rs"], "blob store versions"),
     (
+        ".purge_noncurrent(",
+        &["src/erasure/request.rs"],
+        "earlier generations of erasure requests",
+    ),
+    (
         ".purge_prefix(",
         &["src/snapshot/purge.rs"],
         "snapshot store versions",
@@ -38,11 +43,15 @@ const DELETERS: &[(&str, &[&str], &str)] = &[
         "primary database outbox",
     ),
     // Keys: crypto-shredding.
-    (".shred(", &["src/retention/execute.rs"], "keys"),
+    (
+        ".shred(",
+        &["src/retention/execute.rs", "src/erasure/run.rs"],
+        "keys",
+    ),
     // Snapshot runs, with their audit records.
     (
         "purge_run_recorded(",
-        &["src/retention/execute.rs"],
+        &["src/retention/execute.rs", "src/erasure/run.rs"],
         "snapshot store",
     ),
 ];

@@ -812,3 +812,81 @@ fn a_crash_at_every_point_of_an_erasure_converges_to_the_uninterrupted_end_state
     let (code, out, err) = run(&d, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+#[test]
+fn an_offboarded_tenant_is_unreadable_at_once_and_gone_by_its_deadlines() {
+    let d = demo(3, 40);
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let t = "kopi-senja";
+    let others: Vec<String> = ["klinik-sehat", "batik-lestari"].map(String::from).to_vec();
+    let others_before: Vec<_> = others.iter().map(|o| counts(&d.db(), o)).collect();
+    let before = counts(&d.db(), t);
+
+    // Received without --immediate: the key goes at once, the rows wait for the deadline.
+    let (code, out, err) = run(&d, &["erase", "tenant", "--tenant", t]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("destroyed (crypto-erase)"), "{out}");
+    assert_eq!(
+        counts(&d.db(), t),
+        before,
+        "rows wait for the primary deadline"
+    );
+    // Every snapshot file of the tenant: unreadable now (restore and verify fail).
+    let (code, _, err) = run(
+        &d,
+        &[
+            "snapshot",
+            "restore",
+            "--tenant",
+            t,
+            "--out",
+            d.dir.join("r").to_str().unwrap(),
+        ],
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(!d.dir.join("r").join("customers").exists());
+    // …which `snapshot verify` reports as crypto-erased, not as damage.
+    let (code, out, err) = run(&d, &["snapshot", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // A new snapshot skips the tenant (no new key, no new backup).
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!out.contains(t), "{out}");
+    let (code, _, err) = run(&d, &["run", "snapshot", "--tenant", t]);
+    assert_eq!(code, 2, "{err}");
+
+    // The next request, immediate: rows now (billing kept), then every object.
+    let (code, out, err) = run(&d, &["erase", "tenant", "--tenant", t, "--immediate"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let after = counts(&d.db(), t);
+    for (table, n) in &after {
+        if table == "billing_records" {
+            assert_eq!(*n, before[table], "statutory records stay");
+        } else {
+            assert_eq!(*n, 0, "{table} of the offboarded tenant");
+        }
+    }
+    // The backups phase of the immediate request ran in the same night or runs next.
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let left: Vec<_> = files(&d.store())
+        .into_keys()
+        .filter(|p| p.starts_with(d.store().join("snapshots").join(format!("tenant={t}"))))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "objects of the offboarded tenant left: {left:?}"
+    );
+    for (o, b) in others.iter().zip(&others_before) {
+        assert_eq!(&counts(&d.db(), o), b, "tenant {o} untouched");
+    }
+    let (code, out, err) = run(&d, &["snapshot", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

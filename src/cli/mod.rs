@@ -123,8 +123,46 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
                     }
                 }
             }
-            // The nightly job, as a scheduler would run it: retention, then the snapshot.
             let checked = crate::check::check(&config)?;
+            // First run: two people ask to be erased (the nightly job's erasure step executes it).
+            if generated.is_some() {
+                let people = crate::demo::erasure_subjects(&a.dir.join("source.db"))
+                    .map_err(|e| crate::Error::Usage(format!("demo database: {e}")))?;
+                println!();
+                for (what, tenant, kind, id) in people {
+                    let ask = crate::erasure::SubjectRequest {
+                        tenant: tenant.clone(),
+                        kind,
+                        id,
+                        immediate: false,
+                        reference: Some("demo".into()),
+                    };
+                    let r = crate::erasure::erase_subject(&checked, &ask, &crate::clock::system())
+                        .await?;
+                    println!(
+                        "erasure request {} of {tenant}: {what}; subject {}",
+                        r.id,
+                        r.subject.as_deref().unwrap_or("-")
+                    );
+                }
+                if let Some(t) = crate::demo::offboarded_tenant(&a.dir.join("source.db"))
+                    .map_err(|e| crate::Error::Usage(format!("demo database: {e}")))?
+                {
+                    let r = crate::erasure::erase_tenant(
+                        &checked,
+                        &t,
+                        true,
+                        Some("demo".into()),
+                        &crate::clock::system(),
+                    )
+                    .await?;
+                    println!(
+                        "offboarding request {} of {t} (--immediate): its rows, blobs, backups and data key go tonight (statutory records stay)",
+                        r.id
+                    );
+                }
+            }
+            // The nightly job, as a scheduler would run it: retention, erasure, then the snapshot.
             let nightly = crate::pipeline::job(&checked, "nightly")?;
             let mut steps = nightly.steps.clone();
             let mut opts = crate::pipeline::RunOptions::default();
@@ -400,6 +438,12 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
                         human_bytes(r.bytes),
                         r.findings.len()
                     );
+                    if r.crypto_erased > 0 {
+                        println!(
+                            "{} run(s) crypto-erased (their data key was destroyed on purpose): checksums checked, unreadable as intended, purged at their backup deadline",
+                            r.crypto_erased
+                        );
+                    }
                     if r.findings.is_empty() {
                         Ok(ExitCode::SUCCESS)
                     } else {

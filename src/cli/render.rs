@@ -398,6 +398,18 @@ pub(super) fn print_erasure_plan(p: &crate::erasure::run::ErasurePlan) {
                 Some(why) => println!("    {:<22} {:>8} rows  kept: {why}", t.table, t.rows),
             }
         }
+        if r.destroy_key {
+            println!("    the tenant's data key is destroyed in this run (crypto-erase)");
+        }
+        if !r.purge_runs.is_empty() {
+            println!(
+                "    {} snapshot run(s) purged in this run",
+                r.purge_runs.len()
+            );
+        }
+        if let Some(w) = &r.waiting {
+            println!("    waiting: {w}");
+        }
         if let Some(why) = &r.stopped {
             println!("    NOT EXECUTED: {why}");
             if r.brake {
@@ -415,24 +427,52 @@ pub(super) fn print_erasure_plan(p: &crate::erasure::run::ErasurePlan) {
 
 pub(super) fn print_erasure_run(r: &crate::erasure::run::ErasureRun) {
     if r.done.is_empty() && r.stopped.is_empty() {
-        println!("erasure: no open request");
+        println!("erasure: no open request to execute now");
     }
     for d in &r.done {
         let o = &d.outcome;
+        let what = match d.scope {
+            crate::erasure::request::Scope::Subject => "erased request",
+            crate::erasure::request::Scope::Tenant => "offboarding request",
+        };
         println!(
-            "erased request {} of {}: {} rows, {} blobs deleted ({} already absent); {}",
+            "{what} {} of {}: {} rows, {} blobs deleted ({} already absent); now {}",
             d.request,
             d.tenant,
             o.rows.values().sum::<u64>(),
             o.blobs_deleted,
             o.blobs_already_absent,
-            o.verified
+            d.state.name()
         );
+        if let Some(k) = &d.key_destroyed {
+            println!(
+                "    data key {} destroyed (crypto-erase): {}",
+                k.key_id.as_deref().unwrap_or("-"),
+                k.verified
+            );
+        }
+        if !o.verified.is_empty() {
+            println!("    verified: {}", o.verified);
+        }
         for (t, n) in o.rows.iter().filter(|(_, n)| **n > 0) {
             println!("    {t:<22} {n:>8} rows deleted");
         }
         for k in &o.kept {
-            println!("    {:<22} {:>8} rows kept: {}", k.table, k.rows, k.reason);
+            if k.rows > 0 {
+                println!("    {:<22} {:>8} rows kept: {}", k.table, k.rows, k.reason);
+            }
+        }
+        if let Some(b) = &d.backups {
+            println!(
+                "    {} snapshot run(s) purged, every version: {}",
+                b.runs_purged.len(),
+                b.verified
+            );
+        }
+        for run in &d.runs_pinned {
+            println!(
+                "    snapshot run {run} is pinned and stays (unreadable: its key is destroyed); unpin it to finish"
+            );
         }
     }
     for (req, why) in &r.stopped {

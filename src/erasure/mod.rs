@@ -179,6 +179,8 @@ fn received(
         policy_version: c.policy.version.clone(),
         resolved: None,
         primary: None,
+        key_destroyed: None,
+        backups: None,
     })
 }
 

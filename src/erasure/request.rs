@@ -103,6 +103,30 @@ pub struct Request {
     /// What the primary phase did (set with `primary_done`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub primary: Option<PrimaryOutcome>,
+    /// Tenant offboarding: when the tenant's data key was destroyed (crypto-erase), and which.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub key_destroyed: Option<KeyDestroyed>,
+    /// What the backups phase did (set with `final`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub backups: Option<BackupsOutcome>,
+}
+
+/// The tenant's data key, destroyed: every copy of its snapshots is unreadable from then on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyDestroyed {
+    pub at: String,
+    pub key_id: Option<String>,
+    pub verified: String,
+}
+
+/// What the backups phase did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupsOutcome {
+    pub done_at: String,
+    pub plan_hash: String,
+    /// Snapshot runs purged (every file and version).
+    pub runs_purged: Vec<String>,
+    pub verified: String,
 }
 
 /// What the primary phase of a request did, as the certificate will say it.
@@ -369,6 +393,8 @@ mod tests {
             policy_version: "v".into(),
             resolved: None,
             primary: None,
+            key_destroyed: None,
+            backups: None,
         };
         assert_eq!(r.overdue(t("2026-01-30T00:00:00Z")), None);
         assert_eq!(r.overdue(t("2026-02-01T00:00:00Z")), Some("primary"));

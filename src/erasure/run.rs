@@ -74,6 +74,19 @@ pub struct RequestPlan {
     /// Stopped by the brake: a run confirming this plan's hash executes it anyway.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub brake: bool,
+    /// Tenant offboarding: the tenant's data key is destroyed in this run (crypto-erase).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub destroy_key: bool,
+    /// Tenant offboarding: the rows go in this run (the primary deadline has come, or
+    /// `--immediate`); else they wait for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub rows_due: bool,
+    /// Tenant offboarding: snapshot runs purged in this run (the backups deadline has come).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub purge_runs: Vec<String>,
+    /// Nothing to do in this run, and until when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     #[serde(skip)]
     pub(crate) found: Option<Resolution>,
     #[serde(skip)]
@@ -135,6 +148,7 @@ pub async fn plan(
     db: &mut Db,
     store: &Store,
     keyring: Option<&Keyring>,
+    now: DateTime<Utc>,
 ) -> crate::Result<ErasurePlan> {
     let mut out = ErasurePlan {
         policy_version: c.policy.version.clone(),
@@ -152,11 +166,15 @@ pub async fn plan(
                 continue;
             }
         };
-        if r.state != State::Received {
+        let open = match r.scope {
+            Scope::Subject => r.state == State::Received,
+            Scope::Tenant => r.state != State::Final,
+        };
+        if !open {
             continue;
         }
         out.requests
-            .push(plan_request(c, db, store, keyring, &holds, r).await?);
+            .push(plan_request(c, db, store, keyring, &holds, r, now).await?);
     }
     out.hash = plan_hash(&out);
     Ok(out)
@@ -171,6 +189,7 @@ fn holds(c: &Checked, db: &mut Db) -> crate::Result<Vec<crate::policy::LegalHold
     Ok(all)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn plan_request(
     c: &Checked,
     db: &mut Db,
@@ -178,6 +197,7 @@ async fn plan_request(
     keyring: Option<&Keyring>,
     holds: &[crate::policy::LegalHold],
     r: Request,
+    now: DateTime<Utc>,
 ) -> crate::Result<RequestPlan> {
     let mut p = RequestPlan {
         tenant: r.tenant.clone(),
@@ -192,13 +212,15 @@ async fn plan_request(
             .len(),
         stopped: None,
         brake: false,
+        destroy_key: false,
+        rows_due: false,
+        purge_runs: Vec::new(),
+        waiting: None,
         found: None,
         req: None,
     };
     if r.scope == Scope::Tenant {
-        p.stopped = Some(
-            "tenant offboarding is received and listed; this build does not execute it yet".into(),
-        );
+        plan_tenant(c, db, store, keyring, holds, &mut p, &r, now).await?;
         p.req = Some(r);
         return Ok(p);
     }
@@ -273,6 +295,101 @@ async fn plan_request(
     p.found = Some(found);
     p.req = Some(r);
     Ok(p)
+}
+
+/// Has `due` (RFC 3339) come at `now`? (`immediate` requests are due at receipt.)
+fn has_come(due: &str, now: DateTime<Utc>) -> bool {
+    DateTime::parse_from_rfc3339(due).is_ok_and(|t| t.with_timezone(&Utc) <= now)
+}
+
+/// A tenant offboarding: the key goes at once; the rows at the primary deadline (every table
+/// but the tenants table, except statutory exceptions and holds); the snapshot objects at the
+/// backups deadline.
+#[allow(clippy::too_many_arguments)]
+async fn plan_tenant(
+    c: &Checked,
+    db: &mut Db,
+    store: &Store,
+    keyring: Option<&Keyring>,
+    holds: &[crate::policy::LegalHold],
+    p: &mut RequestPlan,
+    r: &Request,
+    now: DateTime<Utc>,
+) -> crate::Result<()> {
+    p.destroy_key = keyring.is_some_and(|k| k.has(&r.tenant));
+    if r.state == State::Received {
+        p.rows_due = has_come(&r.due_primary, now);
+        for t in c
+            .data_map
+            .tables
+            .iter()
+            .filter(|t| t.name != c.data_map.tenants.table)
+        {
+            let (rows, blobs) = tenant_counts(db, t, &r.tenant)?;
+            p.tables.push(TablePlan {
+                table: t.name.clone(),
+                rows,
+                blobs,
+                kept: kept_reason(c, holds, None, &r.tenant, t),
+            });
+        }
+        if !p.rows_due {
+            p.waiting = Some(format!(
+                "rows are deleted at the primary deadline {}",
+                r.due_primary
+            ));
+        } else if has_come(&r.due_backups, now) {
+            // Both deadlines have come (`--immediate`): the backups go in the same run.
+            p.purge_runs = tenant_runs(store, &r.tenant).await?;
+        }
+    } else {
+        p.phase = "backups";
+        if has_come(&r.due_backups, now) {
+            p.purge_runs = tenant_runs(store, &r.tenant).await?;
+        } else {
+            p.waiting = Some(format!(
+                "snapshot objects (unreadable since the key was destroyed) are purged at the backups deadline {}",
+                r.due_backups
+            ));
+        }
+    }
+    if p.destroy_key {
+        // The key goes now whatever waits.
+        p.waiting = None;
+    }
+    Ok(())
+}
+
+async fn tenant_runs(store: &Store, tenant: &str) -> crate::Result<Vec<String>> {
+    Ok(crate::snapshot::read::runs(store, tenant)
+        .await?
+        .into_iter()
+        .map(|l| l.run_id)
+        .collect())
+}
+
+/// Every row of `t` in `tenant`, and those referencing a blob.
+fn tenant_counts(db: &mut Db, t: &Table, tenant: &str) -> crate::Result<(u64, u64)> {
+    let blob = t
+        .config
+        .blob_column
+        .as_ref()
+        .map(|b| format!("count({})", qi(b)))
+        .unwrap_or_else(|| "0".into());
+    let sql = format!(
+        "SELECT CAST(count(*) AS TEXT), CAST({blob} AS TEXT) FROM {} WHERE CAST({} AS TEXT) = {}",
+        qi(&t.name),
+        qi(&t.config.tenant_column),
+        db::lit(tenant)
+    );
+    let rows = db.query(&sql).map_err(|e| e.on(&t.name))?;
+    let n = |i: usize| {
+        rows.first()
+            .and_then(|r| r[i].as_deref())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((n(0), n(1)))
 }
 
 /// The identifier a request was made with, and the identifiers an interrupted run sealed.
@@ -356,14 +473,15 @@ fn kept_reason(
         .map(|h| format!("legal hold: {} (placed by {})", h.reason, h.placed_by))
 }
 
-fn erase_selection(t: &Table, m: &SubjectMatch) -> Selection {
+/// The person's rows of `t` (`m`), or every row of the tenant (`None`, offboarding).
+fn erase_selection(t: &Table, m: Option<&SubjectMatch>) -> Selection {
     Selection {
         table: t.name.clone(),
         anchor: None,
         cutoff: None,
         change: Change::Delete,
         excluded_subjects: Vec::new(),
-        erase: Some(m.clone()),
+        erase: m.cloned(),
     }
 }
 
@@ -373,7 +491,7 @@ fn count(db: &mut Db, t: &Table, tenant: &str, m: &SubjectMatch) -> crate::Resul
     let pred = db::predicate(
         db.dialect(),
         t,
-        &erase_selection(t, m),
+        &erase_selection(t, Some(m)),
         &[tenant.to_string()],
         false,
         &mut params,
@@ -399,26 +517,22 @@ fn count(db: &mut Db, t: &Table, tenant: &str, m: &SubjectMatch) -> crate::Resul
 }
 
 fn tenant_rows(db: &mut Db, t: &Table, tenant: &str) -> crate::Result<u64> {
-    let sql = format!(
-        "SELECT CAST(count(*) AS TEXT) FROM {} WHERE CAST({} AS TEXT) = {}",
-        qi(&t.name),
-        qi(&t.config.tenant_column),
-        db::lit(tenant)
-    );
-    let rows = db.query(&sql).map_err(|e| e.on(&t.name))?;
-    Ok(rows
-        .first()
-        .and_then(|r| r[0].as_deref())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0))
+    Ok(tenant_counts(db, t, tenant)?.0)
 }
 
-/// What one request's primary phase did.
+/// What one request's phase did in this run.
 #[derive(Debug, Clone)]
 pub struct RequestOutcome {
     pub tenant: String,
     pub request: String,
+    pub scope: Scope,
+    /// Rows and blobs (a default, empty outcome when only the key or backups went).
     pub outcome: PrimaryOutcome,
+    pub key_destroyed: Option<request::KeyDestroyed>,
+    pub backups: Option<request::BackupsOutcome>,
+    /// Runs kept because they are pinned (offboarding's backups phase).
+    pub runs_pinned: Vec<String>,
+    pub state: State,
 }
 
 /// What `lethe run erasure` did.
@@ -448,6 +562,7 @@ struct RequestStart<'a> {
     tenant: &'a str,
     request: &'a str,
     erasure_phase: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     subject: Option<&'a str>,
     identifiers: &'a BTreeMap<String, usize>,
     tables: &'a [TablePlan],
@@ -510,7 +625,7 @@ async fn run_locked(
         None
     };
     let mut db = Db::open(&cfg.source, true, &cfg.retention)?;
-    let plan = plan(c, &mut db, store, keyring.as_ref()).await?;
+    let plan = plan(c, &mut db, store, keyring.as_ref(), clock.now()).await?;
     let confirmed = match expect_hash.map(crate::pipeline::normalize_plan_hash) {
         Some(h) if h != plan.hash => {
             return Err(crate::Error::Failed(format!(
@@ -529,6 +644,7 @@ async fn run_locked(
     let todo: Vec<&RequestPlan> = plan
         .requests
         .iter()
+        .filter(|p| p.waiting.is_none())
         .filter(|p| {
             let go = p.stopped.is_none() || (p.brake && confirmed);
             if !go {
@@ -556,9 +672,8 @@ async fn run_locked(
         for p in todo {
             let hashes: Vec<String> = p
                 .found
-                .as_ref()
-                .expect("executed requests are resolved")
-                .pairs()
+                .iter()
+                .flat_map(|f| f.pairs())
                 .map(|(k, v)| keyring.subject_hash(&format!("{k}:{v}")))
                 .collect();
             let mut env = crate::retention::execute::Env {
@@ -574,7 +689,12 @@ async fn run_locked(
                 batch_rows: cfg.retention.batch_rows,
                 now,
             };
-            let done = primary_phase(c, &mut env, &plan.hash, p, hashes, s3.as_ref(), now).await?;
+            let done = match p.scope {
+                Scope::Subject => {
+                    primary_phase(c, &mut env, &plan.hash, p, hashes, s3.as_ref(), now).await?
+                }
+                Scope::Tenant => offboard(&mut env, &plan.hash, p, s3.as_ref(), now).await?,
+            };
             run.done.push(done);
         }
         crate::pipeline::close_audit(c, &mut audit, clock).await?;
@@ -647,7 +767,7 @@ async fn primary_phase(
             continue;
         }
         let t = db::table(env.dm, &tp.table);
-        let sel = erase_selection(t, &m);
+        let sel = erase_selection(t, Some(&m));
         let unit = RowAction {
             tenant: p.tenant.clone(),
             table: tp.table.clone(),
@@ -715,6 +835,198 @@ async fn primary_phase(
     Ok(RequestOutcome {
         tenant: p.tenant.clone(),
         request: p.request.clone(),
+        scope: p.scope,
         outcome: out,
+        key_destroyed: None,
+        backups: None,
+        runs_pinned: Vec::new(),
+        state: r.state,
     })
+}
+
+/// One run of a tenant offboarding: destroy the key (at once), delete the rows (at the primary
+/// deadline), purge the snapshot objects (at the backups deadline).
+async fn offboard(
+    env: &mut crate::retention::execute::Env<'_>,
+    plan_hash: &str,
+    p: &RequestPlan,
+    s3: Option<&crate::s3::S3Admin>,
+    now: DateTime<Utc>,
+) -> crate::Result<RequestOutcome> {
+    let mut r = p.req.clone().expect("planned from a request");
+    let mut done = RequestOutcome {
+        tenant: p.tenant.clone(),
+        request: p.request.clone(),
+        scope: Scope::Tenant,
+        outcome: PrimaryOutcome {
+            done_at: String::new(),
+            plan_hash: plan_hash.to_string(),
+            identifiers: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            blobs_deleted: 0,
+            blobs_already_absent: 0,
+            kept: Vec::new(),
+            verified: String::new(),
+        },
+        key_destroyed: None,
+        backups: None,
+        runs_pinned: Vec::new(),
+        state: r.state,
+    };
+    env.audit
+        .record(&RequestStart {
+            step: "erasure",
+            phase: "start",
+            plan_hash,
+            tenant: &p.tenant,
+            request: &p.request,
+            erasure_phase: p.phase,
+            subject: None,
+            identifiers: &p.identifiers,
+            tables: &p.tables,
+        })
+        .await?;
+    crash_point("after an erasure start record");
+    if p.destroy_key {
+        let key_id = env.keyring.data_key(&p.tenant).ok().map(|k| k.key_id);
+        env.keyring.shred(&p.tenant, env.audit, plan_hash).await?;
+        // The proof is a decrypt that cannot happen: no key for the tenant is left.
+        let verified = match env.keyring.data_key(&p.tenant) {
+            Err(_) => "the keyring holds no data key for the tenant: no snapshot copy of it can be decrypted".to_string(),
+            Ok(_) => {
+                return Err(crate::Error::Failed(format!(
+                    "tenant {}'s data key is still in the keyring after crypto-erase",
+                    p.tenant
+                )));
+            }
+        };
+        let k = request::KeyDestroyed {
+            at: crate::util::rfc3339(now),
+            key_id,
+            verified,
+        };
+        r.key_destroyed = Some(k.clone());
+        done.key_destroyed = Some(k);
+        request::update(env.store, s3, &r).await?;
+        crash_point("after the tenant key was destroyed");
+    }
+    if p.rows_due {
+        env.db.ensure_outbox().map_err(|e| e.on(db::OUTBOX))?;
+        let mut remaining = 0;
+        let mut blobs_failed = 0;
+        let out = &mut done.outcome;
+        for tp in &p.tables {
+            if let Some(why) = &tp.kept {
+                out.kept.push(KeptRows {
+                    table: tp.table.clone(),
+                    rows: tp.rows,
+                    reason: why.clone(),
+                });
+                continue;
+            }
+            let t = db::table(env.dm, &tp.table);
+            let sel = erase_selection(t, None);
+            let unit = RowAction {
+                tenant: p.tenant.clone(),
+                table: tp.table.clone(),
+                category: "offboarding".into(),
+                action: "delete",
+                rule: format!("tenant offboarding request {}", p.request),
+                anchor: None,
+                bound: None,
+                rows: tp.rows,
+                oldest: None,
+                newest: None,
+                blobs: tp.blobs,
+                rows_held_by_subject: 0,
+                selection: sel.clone(),
+                stats: Stats {
+                    rows: tp.rows,
+                    blobs: tp.blobs,
+                    ..Default::default()
+                },
+            };
+            let u =
+                crate::primary::change_rows(env, plan_hash, "offboarding", &sel, &[&unit]).await?;
+            out.rows
+                .insert(tp.table.clone(), u.rows.values().sum::<u64>());
+            remaining += u.remaining;
+            if t.config.blob_column.is_some() {
+                let b = crate::primary::drain_outbox(env, plan_hash).await?;
+                out.blobs_deleted += b.deleted;
+                out.blobs_already_absent += b.absent;
+                blobs_failed += b.failed;
+            }
+        }
+        out.verified = format!(
+            "re-query of every table returned {remaining} rows of the tenant outside the exceptions; {blobs_failed} blob deletions failed (each deleted blob: HEAD returned 404)"
+        );
+        if remaining > 0 || blobs_failed > 0 {
+            return Err(crate::Error::Failed(format!(
+                "offboarding request {} of tenant {}: {}. The request stays open and the next run finishes it",
+                p.request, p.tenant, out.verified
+            )));
+        }
+        out.done_at = crate::util::rfc3339(now);
+        r.state = State::PrimaryDone;
+        r.primary = Some(out.clone());
+        request::update(env.store, s3, &r).await?;
+        crash_point("after the offboarding primary phase");
+    }
+    let backups_due = !p.purge_runs.is_empty()
+        || (p.phase == "backups" && p.waiting.is_none())
+        || (p.rows_due
+            && p.req
+                .as_ref()
+                .is_some_and(|r| has_come(&r.due_backups, now)));
+    if backups_due && r.state == State::PrimaryDone {
+        let rule = format!("tenant offboarding request {}", p.request);
+        let mut purged = Vec::new();
+        for run in &p.purge_runs {
+            match crate::snapshot::purge::purge_run_recorded(
+                env.store, env.s3, env.audit, plan_hash, &p.tenant, run, &rule,
+            )
+            .await?
+            {
+                Some(_) => purged.push(run.clone()),
+                None => done.runs_pinned.push(run.clone()),
+            }
+        }
+        let left = crate::snapshot::read::runs(env.store, &p.tenant)
+            .await?
+            .len();
+        if done.runs_pinned.is_empty() && left == 0 {
+            let b = request::BackupsOutcome {
+                done_at: crate::util::rfc3339(now),
+                plan_hash: plan_hash.to_string(),
+                runs_purged: purged,
+                verified: "a listing of the tenant's snapshot prefix found no run left".into(),
+            };
+            r.state = State::Final;
+            r.backups = Some(b.clone());
+            done.backups = Some(b);
+            request::update(env.store, s3, &r).await?;
+        } else {
+            tracing::warn!(tenant = %p.tenant, request = %p.request, pinned = done.runs_pinned.len(), left, "offboarding: pinned snapshot runs stay (unreadable: the key is destroyed); unpin them to finish");
+        }
+    }
+    done.state = r.state;
+    env.audit
+        .record(&RequestEnd {
+            step: "erasure",
+            phase: "end",
+            plan_hash,
+            tenant: &p.tenant,
+            request: &p.request,
+            erasure_phase: p.phase,
+            rows: &done.outcome.rows,
+            blobs_deleted: done.outcome.blobs_deleted,
+            blobs_already_absent: done.outcome.blobs_already_absent,
+            kept: &done.outcome.kept,
+            verified: &done.outcome.verified,
+            state: r.state.name(),
+        })
+        .await?;
+    crash_point("after an erasure end record");
+    Ok(done)
 }
