@@ -890,3 +890,92 @@ fn an_offboarded_tenant_is_unreadable_at_once_and_gone_by_its_deadlines() {
     let (code, out, err) = run(&d, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+#[test]
+fn requests_from_the_intake_table_are_received_once_and_lose_their_identifier() {
+    let d = demo(2, 40);
+    let (code, out, err) = run(&d, &["init-db"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let (t, phone): (String, String) = c
+        .query_row(
+            "SELECT tenant_id, phone FROM customers ORDER BY id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // What a chat bot's /forget inserts; and two rows lethe must refuse.
+    c.execute(
+        "INSERT INTO lethe_erasure_requests (tenant_id, kind, identifier, reference) VALUES (?1, 'phone', ?2, 'bot /forget')",
+        [&t, &phone],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO lethe_erasure_requests (tenant_id, kind, identifier) VALUES (?1, 'phone', 'call me maybe')",
+        [&t],
+    )
+    .unwrap();
+    c.execute(
+        "INSERT INTO lethe_erasure_requests (tenant_id, kind, identifier) VALUES ('no-such-tenant', 'email', 'a@b.example')",
+        [],
+    )
+    .unwrap();
+    let before: i64 = c
+        .query_row(
+            "SELECT count(*) FROM customers WHERE phone = ?1",
+            [&phone],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(before, 1);
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        !out.contains(&phone) && !err.contains(&phone),
+        "{out}\n{err}"
+    );
+    let after: i64 = c
+        .query_row(
+            "SELECT count(*) FROM customers WHERE phone = ?1",
+            [&phone],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(after, 0, "the customer is erased");
+    let rows: Vec<(
+        Option<String>,
+        Option<String>,
+        Option<String>,
+        Option<String>,
+    )> = c
+        .prepare(
+            "SELECT identifier, request_id, state, problem FROM lethe_erasure_requests ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows[0].0, None,
+        "the plaintext identifier is removed after the primary phase"
+    );
+    assert!(rows[0].1.is_some());
+    assert_eq!(rows[0].2.as_deref(), Some("primary_done"));
+    for r in &rows[1..] {
+        assert_eq!(r.2.as_deref(), Some("refused"), "{r:?}");
+        assert_eq!(r.0, None, "a refused row keeps no identifier");
+        let why = r.3.as_deref().unwrap();
+        assert!(!why.contains("call me") && !why.contains("a@b"), "{why}");
+    }
+    // Exactly one request, from the intake, and running again receives nothing new.
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let reqs = request_files(&d);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let text = std::fs::read_to_string(&reqs[0]).unwrap();
+    assert!(
+        text.contains("\"source\": \"intake\"") && text.contains("bot /forget"),
+        "{text}"
+    );
+}

@@ -1294,3 +1294,175 @@ fn demo_on_postgres_runs_everything_and_refuses_foreign_tables() {
     assert!(err.contains("did not create"), "{err}");
     assert_eq!(other.count("SELECT count(*) FROM tenants"), 1, "untouched");
 }
+
+/// Erasure end to end on the real services: an employee erased from PostgreSQL (bind
+/// parameters, SQL normal forms) with their selfies, the request's earlier generations (which
+/// held the sealed identifier) purged from the versioned bucket, and a restore of a backup taken
+/// before that does not bring them back.
+#[test]
+fn erasure_on_postgres_with_a_versioned_s3_store() {
+    let Some(pg) = PgSchema::create("era_pg") else {
+        return;
+    };
+    let Some(moto) = Moto::start("era_pg") else {
+        return;
+    };
+    let bucket = "lethe-era";
+    moto.create_bucket_with(bucket, true, false);
+    let d = demo(3, 60);
+    pg.block_on(lethe::demo::load_into_postgres(&d.db(), &pg.url))
+        .unwrap();
+    common::use_pg(&d, &pg.url);
+    use_s3(&d, &moto, bucket);
+    let cfg = d.config.to_str().unwrap();
+    let env = moto.env();
+    let (code, out, err) = lethe_env(&["--config", cfg, "run", "snapshot"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    let pick = pg_strings(
+        &pg,
+        "SELECT a.tenant_id || '|' || a.email || '|' || a.id FROM accounts a WHERE (SELECT count(*) FROM attendance_checkins k WHERE k.account_id = a.id AND k.selfie_key IS NOT NULL) >= 2 ORDER BY a.id LIMIT 1",
+    );
+    let mut parts = pick.iter().next().unwrap().split('|');
+    let (t, email, id) = (
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+        parts.next().unwrap().to_string(),
+    );
+    let selfies = pg_strings(
+        &pg,
+        &format!(
+            "SELECT selfie_key FROM attendance_checkins WHERE account_id = {id} AND selfie_key IS NOT NULL"
+        ),
+    );
+    let theirs = |table: &str| -> String {
+        match table {
+            "accounts" => format!("SELECT count(*) FROM accounts WHERE id = {id}"),
+            "support_tickets" => format!(
+                "SELECT count(*) FROM support_tickets WHERE tenant_id = '{t}' AND lower(trim(requester_email)) = '{}'",
+                email.to_lowercase()
+            ),
+            other => format!(
+                "SELECT count(*) FROM {other} WHERE tenant_id = '{t}' AND account_id = {id}"
+            ),
+        }
+    };
+    let tables = [
+        "accounts",
+        "attendance_checkins",
+        "audit_log",
+        "app_log",
+        "security_log",
+        "refresh_tokens",
+        "ip_hashes",
+        "support_tickets",
+    ];
+    let total = |table: &str| pg.count(&format!("SELECT count(*) FROM {table}"));
+    let before: Vec<(i64, i64)> = tables
+        .iter()
+        .map(|tb| (total(tb), pg.count(&theirs(tb))))
+        .collect();
+    assert!(before[0].1 == 1 && before[1].1 >= 2, "{before:?}");
+
+    let (code, out, err) = lethe_env(
+        &[
+            "--config",
+            cfg,
+            "erase",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "email",
+            "--id",
+            &email.to_uppercase(),
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = lethe_env(&["--config", cfg, "-vv", "run", "erasure"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        !out.to_lowercase().contains(&email.to_lowercase())
+            && !err.to_lowercase().contains(&email.to_lowercase()),
+        "identifier in output or logs"
+    );
+    for (tb, (all, mine)) in tables.iter().zip(&before) {
+        assert_eq!(pg.count(&theirs(tb)), 0, "{tb}: the person's rows are left");
+        assert_eq!(
+            total(tb),
+            all - mine,
+            "{tb}: exactly the person's rows went"
+        );
+    }
+    let blobs: std::collections::BTreeSet<String> = common::files(&d.dir.join("blobs"))
+        .keys()
+        .map(|p| {
+            p.strip_prefix(d.dir.join("blobs"))
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    for s in &selfies {
+        assert!(!blobs.contains(s), "selfie left: {s}");
+    }
+    // The request object: one version left, and no version holds the sealed identifier.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sdk = moto.sdk();
+    let (versions, markers) = rt.block_on(count_versions(
+        &sdk,
+        bucket,
+        &format!("prod/backups/requests/tenant={t}/"),
+    ));
+    assert_eq!(
+        (versions, markers),
+        (1, 0),
+        "earlier generations of the request are left"
+    );
+    let store = s3_store(&moto, bucket, "prod/backups");
+    rt.block_on(async {
+        for m in store
+            .list(&object_store::path::Path::from(format!(
+                "requests/tenant={t}"
+            )))
+            .await
+            .unwrap()
+        {
+            let text = String::from_utf8(store.get(&m.location).await.unwrap().to_vec()).unwrap();
+            assert!(
+                text.contains("primary_done") && !text.contains("sealed"),
+                "{text}"
+            );
+        }
+    });
+    // The backup taken before does not bring the person back.
+    let out_dir = d.dir.join("restored");
+    let (code, out, err) = lethe_env(
+        &[
+            "--config",
+            cfg,
+            "snapshot",
+            "restore",
+            "--tenant",
+            &t,
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--format",
+            "csv",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let plain: String = common::files(&out_dir)
+        .into_values()
+        .map(|b| String::from_utf8_lossy(&b).to_lowercase())
+        .collect();
+    assert!(plain.contains("@"), "the restore wrote rows");
+    assert!(
+        !plain.contains(&email.to_lowercase()),
+        "the erased person came back from a backup"
+    );
+    let (code, out, err) = lethe_env(&["--config", cfg, "audit", "verify"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

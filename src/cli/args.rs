@@ -44,6 +44,13 @@ pub(super) enum Command {
     ///
     /// Prints every problem with its file, key or line, and a fix. Exit 2 if any.
     Check,
+    /// Create lethe's own tables in the primary database: the intake table
+    /// `lethe_erasure_requests` the product's app inserts erasure requests into, and the blob
+    /// outbox `lethe_blob_outbox`. Safe to run again (existing tables are kept).
+    ///
+    /// The erasure step creates them too on its first run; this is for an app that wants to
+    /// insert requests before lethe ever ran.
+    InitDb,
     /// Retention dry run: what would be deleted, anonymized or flagged, per tenant and
     /// category; what is held back and why; which backups would be purged; and the plan hash.
     ///

@@ -203,6 +203,24 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             );
             Ok(code)
         }
+        Command::InitDb => {
+            let config = crate::config::Config::load(&cli.config)?;
+            let mut db = crate::retention::db::Db::open(&config.source, true, &config.retention)?;
+            crate::erasure::intake::ensure(&mut db)
+                .map_err(|e| e.on(crate::erasure::intake::TABLE))?;
+            db.ensure_outbox()
+                .map_err(|e| e.on(crate::retention::db::OUTBOX))?;
+            println!(
+                "ok: {} and {} exist in {}",
+                crate::erasure::intake::TABLE,
+                crate::retention::db::OUTBOX,
+                match &config.source {
+                    crate::config::SourceUrl::Sqlite(p) => p.display().to_string(),
+                    crate::config::SourceUrl::Postgres(u) => crate::source::postgres::redact(u),
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Check => {
             let c = crate::check::check_all(&cli.config).await?;
             println!(

@@ -8,6 +8,7 @@
 //! request holds its keyed hash and the identifier sealed under the tenant's data key.
 
 pub mod identify;
+pub mod intake;
 pub mod ledger;
 pub mod request;
 pub mod resolve;
@@ -89,11 +90,37 @@ async fn tenant_key(
     }
 }
 
+/// Where a request comes from, and the id it gets (`None`: a new random one).
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub id: Option<String>,
+    pub source: &'static str,
+}
+
+impl Origin {
+    pub fn cli() -> Origin {
+        Origin {
+            id: None,
+            source: "cli",
+        }
+    }
+}
+
 /// Receive a subject erasure: validate, then store the request (create-only).
 pub async fn erase_subject(
     c: &Checked,
     ask: &SubjectRequest,
     clock: &Arc<dyn Clock>,
+) -> crate::Result<Request> {
+    erase_subject_as(c, ask, clock, &Origin::cli()).await
+}
+
+/// [`erase_subject`] for a request from `origin`.
+pub async fn erase_subject_as(
+    c: &Checked,
+    ask: &SubjectRequest,
+    clock: &Arc<dyn Clock>,
+    origin: &Origin,
 ) -> crate::Result<Request> {
     let kinds = c.data_map.identifier_kinds();
     if !kinds.contains_key(ask.kind.as_str()) {
@@ -126,6 +153,7 @@ pub async fn erase_subject(
         ask.immediate,
         ask.reference.clone(),
         clock,
+        origin,
     )?;
     r.identifier = Some(request::seal(&key, &r.id, &normal));
     r.subject = Some(keyring.subject_hash(&format!("{}:{normal}", ask.kind)));
@@ -142,10 +170,31 @@ pub async fn erase_tenant(
     reference: Option<String>,
     clock: &Arc<dyn Clock>,
 ) -> crate::Result<Request> {
+    erase_tenant_as(c, tenant, immediate, reference, clock, &Origin::cli()).await
+}
+
+/// [`erase_tenant`] for a request from `origin`.
+pub async fn erase_tenant_as(
+    c: &Checked,
+    tenant: &str,
+    immediate: bool,
+    reference: Option<String>,
+    clock: &Arc<dyn Clock>,
+    origin: &Origin,
+) -> crate::Result<Request> {
+    check_names(tenant, None)?;
     check_reference(reference.as_deref())?;
     known_tenant(c, tenant)?;
     let store = Store::create(&c.config.store)?;
-    let r = received(c, tenant, Scope::Tenant, immediate, reference, clock)?;
+    let r = received(
+        c,
+        tenant,
+        Scope::Tenant,
+        immediate,
+        reference,
+        clock,
+        origin,
+    )?;
     store_new(&store, &r).await?;
     Ok(r)
 }
@@ -158,19 +207,20 @@ fn received(
     immediate: bool,
     reference: Option<String>,
     clock: &Arc<dyn Clock>,
+    origin: &Origin,
 ) -> crate::Result<Request> {
     let now = clock.now();
     let (received_at, due_primary, due_backups) = request::due(now, immediate, &c.policy.erasure)?;
     Ok(Request {
         format: request::FORMAT.into(),
-        id: request::new_id(now),
+        id: origin.id.clone().unwrap_or_else(|| request::new_id(now)),
         tenant: tenant.to_string(),
         scope,
         kind: None,
         subject: None,
         identifier: None,
         reference,
-        source: "cli".into(),
+        source: origin.source.into(),
         immediate,
         received_at,
         due_primary,

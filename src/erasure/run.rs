@@ -625,6 +625,21 @@ async fn run_locked(
         None
     };
     let mut db = Db::open(&cfg.source, true, &cfg.retention)?;
+    // What the product's app put into the intake table becomes requests first.
+    let drained = crate::erasure::intake::drain(c, &mut db, store, clock).await?;
+    if drained.received + drained.refused > 0 {
+        *touched = true;
+        tracing::info!(
+            received = drained.received,
+            refused = drained.refused,
+            "intake table drained"
+        );
+    }
+    let keyring = if drained.received > 0 && keyring.is_none() && cfg.keyring.exists() {
+        Some(Keyring::open(&cfg.keyring, &cfg.master_key, false)?)
+    } else {
+        keyring
+    };
     let plan = plan(c, &mut db, store, keyring.as_ref(), clock.now()).await?;
     let confirmed = match expect_hash.map(crate::pipeline::normalize_plan_hash) {
         Some(h) if h != plan.hash => {
@@ -815,6 +830,7 @@ async fn primary_phase(
     r.primary = Some(out.clone());
     crash_point("before the request becomes primary_done");
     request::update(env.store, s3, &r).await?;
+    crate::erasure::intake::settle(env.db, &r.id, r.state.name())?;
     env.audit
         .record(&RequestEnd {
             step: "erasure",
@@ -971,6 +987,7 @@ async fn offboard(
         r.state = State::PrimaryDone;
         r.primary = Some(out.clone());
         request::update(env.store, s3, &r).await?;
+        crate::erasure::intake::settle(env.db, &r.id, r.state.name())?;
         crash_point("after the offboarding primary phase");
     }
     let backups_due = !p.purge_runs.is_empty()
@@ -1006,6 +1023,7 @@ async fn offboard(
             r.backups = Some(b.clone());
             done.backups = Some(b);
             request::update(env.store, s3, &r).await?;
+            crate::erasure::intake::settle(env.db, &r.id, r.state.name())?;
         } else {
             tracing::warn!(tenant = %p.tenant, request = %p.request, pinned = done.runs_pinned.len(), left, "offboarding: pinned snapshot runs stay (unreadable: the key is destroyed); unpin them to finish");
         }
