@@ -24,11 +24,20 @@ const DELETERS: &[(&str, &[&str], &str)] = &[
         "object store",
     ),
     // Every version of a key or prefix (S3 versioned buckets).
-    (".purge_key(", &["src/blobs.rs"], "blob store versions"),
+    (
+        ".purge_key(",
+        &["src/blobs.rs", "src/snapshot/purge.rs"],
+        "blob store versions; files a snapshot rewrite replaced",
+    ),
     (
         ".purge_noncurrent(",
-        &["src/erasure/request.rs"],
-        "earlier generations of erasure requests",
+        &["src/erasure/request.rs", "src/snapshot/purge.rs"],
+        "earlier generations of erasure requests and rewritten manifests",
+    ),
+    (
+        "purge_replaced(",
+        &["src/snapshot/rewrite.rs"],
+        "snapshot files a rewrite replaced",
     ),
     (
         ".purge_prefix(",

@@ -806,8 +806,9 @@ fn a_crash_at_every_point_of_an_erasure_converges_to_the_uninterrupted_end_state
     for s in &selfies {
         assert!(!blobs.contains(s), "selfie {s} survived a crash");
     }
+    // (no backup holds the person: the run after the primary phase makes the request final)
     let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
-    assert!(out.contains("\"primary_done\""), "{out}");
+    assert!(out.contains("\"final\""), "{out}");
     assert_eq!(store_text(&d).matches("\"sealed\"").count(), 0);
     let (code, out, err) = run(&d, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -978,4 +979,333 @@ fn requests_from_the_intake_table_are_received_once_and_lose_their_identifier() 
         text.contains("\"source\": \"intake\"") && text.contains("bot /forget"),
         "{text}"
     );
+}
+
+#[test]
+fn a_subject_export_holds_exactly_their_rows_and_selfies_in_json_and_csv() {
+    let d = demo(2, 60);
+    let (t, email, selfies) = an_employee_with_selfies(&d);
+    let want = expected_rows(&d.db(), &t, "email", &email.to_lowercase());
+    let out = d.dir.join("export-json");
+    let (code, stdout, err) = run(
+        &d,
+        &[
+            "export",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "email",
+            "--id",
+            &email.to_uppercase(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("export.json")).unwrap()).unwrap();
+    for (table, n) in &want {
+        assert_eq!(manifest["rows"][table].as_u64().unwrap_or(0), *n, "{table}");
+        if *n > 0 {
+            let rows: Vec<serde_json::Value> =
+                serde_json::from_slice(&std::fs::read(out.join(format!("{table}.json"))).unwrap())
+                    .unwrap();
+            assert_eq!(rows.len() as u64, *n, "{table}");
+        }
+    }
+    let accounts = std::fs::read_to_string(out.join("accounts.json")).unwrap();
+    assert!(
+        accounts.contains(&email),
+        "the account row is in the export"
+    );
+    for s in &selfies {
+        assert!(out.join("blobs").join(s).exists(), "selfie {s} exported");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(out.join("accounts.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "export files are private: {mode:o}");
+    // The same as CSV; an existing directory is refused and left alone.
+    let csv = d.dir.join("export-csv");
+    let (code, stdout, err) = run(
+        &d,
+        &[
+            "export",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "email",
+            "--id",
+            &email,
+            "--format",
+            "csv",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let text = std::fs::read_to_string(csv.join("attendance_checkins.csv")).unwrap();
+    assert_eq!(
+        text.lines().count() as u64,
+        want["attendance_checkins"] + 1,
+        "header + rows"
+    );
+    let (code, _, err) = run(
+        &d,
+        &[
+            "export",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "email",
+            "--id",
+            &email,
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        csv.join("accounts.csv").exists(),
+        "the earlier export is untouched"
+    );
+    // Bad input: exit 2, nothing written.
+    let none = d.dir.join("none");
+    for args in [
+        vec![
+            "export",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "shoe_size",
+            "--id",
+            "42",
+            "--out",
+            none.to_str().unwrap(),
+        ],
+        vec![
+            "export",
+            "subject",
+            "--tenant",
+            "no-such-tenant",
+            "--kind",
+            "email",
+            "--id",
+            "a@b.example",
+            "--out",
+            none.to_str().unwrap(),
+        ],
+        vec![
+            "export",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "phone",
+            "--id",
+            "call me",
+            "--out",
+            none.to_str().unwrap(),
+        ],
+    ] {
+        let (code, _, err) = run(&d, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(!none.exists());
+        assert!(!err.contains("call me"), "{err}");
+    }
+    // A whole tenant.
+    let all = d.dir.join("export-tenant");
+    let (code, stdout, err) = run(
+        &d,
+        &[
+            "export",
+            "tenant",
+            "--tenant",
+            &t,
+            "--out",
+            all.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let before = counts(&d.db(), &t);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(all.join("export.json")).unwrap()).unwrap();
+    for (table, n) in &before {
+        assert_eq!(m["rows"][table].as_u64().unwrap(), *n, "{table}");
+    }
+}
+
+/// The tables and rows of a plaintext restore of `run` (CSV), and the ledger line's count.
+fn restore_csv(d: &common::Demo, t: &str, run: &str, into: &str) -> (String, u64) {
+    let out = d.dir.join(into);
+    let (code, stdout, err) = self::run(
+        d,
+        &[
+            "snapshot",
+            "restore",
+            "--tenant",
+            t,
+            "--run",
+            run,
+            "--out",
+            out.to_str().unwrap(),
+            "--format",
+            "csv",
+        ],
+    );
+    assert_eq!(code, 0, "{stdout}\n{err}");
+    let dropped = stdout
+        .lines()
+        .find(|l| l.starts_with("erasure ledger:"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let text = files(&out)
+        .into_values()
+        .map(|b| String::from_utf8_lossy(&b).to_lowercase())
+        .collect();
+    (text, dropped)
+}
+
+fn runs_of(d: &common::Demo, t: &str) -> Vec<String> {
+    let (code, out, err) = run(d, &["snapshot", "ls", "--tenant", t, "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run_id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_pinned_backup_is_rewritten_without_the_person_through_every_crash_point() {
+    let d = demo(2, 60);
+    let (t, email, _) = an_employee_with_selfies(&d);
+    let want = expected_rows(&d.db(), &t, "email", &email.to_lowercase());
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let old = runs_of(&d, &t)[0].clone();
+    let (code, out, err) = run(
+        &d,
+        &[
+            "snapshot",
+            "pin",
+            "--tenant",
+            &t,
+            "--run",
+            &old,
+            "--reason",
+            "audit 2026",
+            "--by",
+            "ops",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (before, _) = restore_csv(&d, &t, &old, "before");
+    assert!(before.contains(&email.to_lowercase()));
+    let (code, out, err) = erase(&d, &t, "email", &email);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The primary phase; then the backups phase, killed at every crash point, with `snapshot
+    // verify` passing after each.
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mut crashes = 0;
+    for n in 1..100 {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args(["--config", cfg(&d), "run", "erasure"])
+            .env("LETHE_CRASH_AT", n.to_string())
+            .output()
+            .unwrap();
+        let (code, out, err) = run(&d, &["snapshot", "verify"]);
+        assert_eq!(code, 0, "after crash {n}: {out}\n{err}");
+        if o.status.success() {
+            break;
+        }
+        crashes += 1;
+    }
+    assert!(crashes >= 3, "only {crashes} crash points");
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert!(out.contains("\"final\""), "{out}");
+    // The pinned run, decrypted in full: the person is gone, nobody else is.
+    let (after, dropped) = restore_csv(&d, &t, &old, "after");
+    assert_eq!(
+        dropped, 0,
+        "the rewrite left nothing for the ledger to drop"
+    );
+    assert!(
+        !after.contains(&email.to_lowercase()),
+        "the person is still in the backup"
+    );
+    let lines = |s: &str| s.lines().count() as u64;
+    let erased: u64 = want
+        .iter()
+        .filter(|(t, _)| *t != "billing_records")
+        .map(|(_, n)| n)
+        .sum();
+    // (billing rows hold the email too: the backup drops every row of the person)
+    let gone = lines(&before) - lines(&after);
+    assert!(
+        gone >= erased && gone <= erased + want["billing_records"],
+        "{gone} vs {erased}"
+    );
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["snapshot", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
+
+#[test]
+fn an_immediate_request_rewrites_every_backup_in_the_same_run() {
+    let d = demo(2, 60);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let (t, phone): (String, String) = c
+        .query_row(
+            "SELECT c.tenant_id, c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    for _ in 0..2 {
+        let (code, out, err) = run(&d, &["run", "snapshot"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let (code, out, err) = run(
+        &d,
+        &[
+            "erase",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "phone",
+            "--id",
+            &phone,
+            "--immediate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        out.matches("rewritten without the person").count(),
+        2,
+        "{out}"
+    );
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert!(out.contains("\"final\""), "{out}");
+    let (code, out, _) = run(&d, &["requests", "ls"]);
+    assert_eq!(code, 0, "nothing overdue: {out}");
+    for (i, r) in runs_of(&d, &t).iter().enumerate() {
+        let (text, dropped) = restore_csv(&d, &t, r, &format!("r{i}"));
+        assert_eq!(dropped, 0);
+        assert!(!text.contains(&phone), "run {r} still holds the customer");
+    }
 }

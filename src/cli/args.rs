@@ -86,6 +86,11 @@ pub(super) enum Command {
     /// Erasure requests: their phase and due dates.
     #[command(subcommand)]
     Requests(RequestsCommand),
+    /// Right of access and portability: everything the primary database holds about a person
+    /// (found by the same resolution as erasure) or a tenant, as JSON or CSV, with the photos and
+    /// recordings its rows reference. Reads only; writes into a new directory (files 0600).
+    #[command(subcommand)]
+    Export(ExportCommand),
 }
 
 #[derive(Subcommand)]
@@ -140,6 +145,36 @@ pub(super) enum RequestsCommand {
         /// As JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(super) enum ExportCommand {
+    /// One person: every row holding one of their identifiers, in every mapped table.
+    Subject {
+        #[arg(long)]
+        tenant: String,
+        /// Identifier kind, as the data map declares it (phone, email, employee_no, …).
+        #[arg(long)]
+        kind: String,
+        /// The identifier as the person gave it (normalized before matching).
+        #[arg(long)]
+        id: String,
+        #[arg(long, value_enum, default_value = "json")]
+        format: crate::erasure::export::ExportFormat,
+        /// A directory to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// A whole tenant (offboarding: the controller takes its data along).
+    Tenant {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, value_enum, default_value = "csv")]
+        format: crate::erasure::export::ExportFormat,
+        /// A directory to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

@@ -203,6 +203,35 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             );
             Ok(code)
         }
+        Command::Export(e) => {
+            let c = crate::check::check(&cli.config)?;
+            use crate::erasure::export::{Whom, export};
+            let (tenant, whom, format, out) = match &e {
+                ExportCommand::Subject {
+                    tenant,
+                    kind,
+                    id,
+                    format,
+                    out,
+                } => (tenant, Whom::Subject { kind, id }, *format, out),
+                ExportCommand::Tenant {
+                    tenant,
+                    format,
+                    out,
+                } => (tenant, Whom::Tenant, *format, out),
+            };
+            let x = export(&c, tenant, whom, format, out).await?;
+            for (t, n) in x.rows.iter().filter(|(_, n)| **n > 0) {
+                println!("{t:<22} {n:>10} rows");
+            }
+            println!(
+                "exported {} rows and {} blobs of tenant {tenant} into {} (plaintext personal data: hand it over securely, then delete it)",
+                x.rows.values().sum::<u64>(),
+                x.blobs,
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::InitDb => {
             let config = crate::config::Config::load(&cli.config)?;
             let mut db = crate::retention::db::Db::open(&config.source, true, &config.retention)?;

@@ -469,6 +469,16 @@ pub(super) fn print_erasure_run(r: &crate::erasure::run::ErasureRun) {
                 b.verified
             );
         }
+        for w in &d.rewritten {
+            println!(
+                "    snapshot run {} rewritten without the person: {} file(s) replaced, {} rows dropped, {} old object(s) purged ({} file(s) searched)",
+                w.run_id,
+                w.files.len(),
+                w.rows_dropped,
+                w.objects_purged,
+                w.files_opened
+            );
+        }
         for run in &d.runs_pinned {
             println!(
                 "    snapshot run {run} is pinned and stays (unreadable: its key is destroyed); unpin it to finish"

@@ -61,6 +61,18 @@ pub async fn record(
     Ok(())
 }
 
+/// The entry of one request, if written.
+pub async fn entry(store: &Store, tenant: &str, request: &str) -> crate::Result<Option<Entry>> {
+    let Some(b) = store.get_opt(&key(tenant, request)).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&b).map(Some).map_err(|e| {
+        crate::Error::Failed(format!(
+            "erasure ledger entry of request {request} of tenant {tenant} is not readable: {e}"
+        ))
+    })
+}
+
 /// The ledger of `tenant`: each erased subject hash with the earliest time it was erased.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {

@@ -7,6 +7,7 @@
 //! leaves no trace. Nothing here ever prints, logs or stores the plaintext identifier: the
 //! request holds its keyed hash and the identifier sealed under the tenant's data key.
 
+pub mod export;
 pub mod identify;
 pub mod intake;
 pub mod ledger;
@@ -53,7 +54,7 @@ pub fn check_names(tenant: &str, id: Option<&str>) -> crate::Result<()> {
 }
 
 /// The tenant must be one the tenants table lists (by a valid id).
-fn known_tenant(c: &Checked, tenant: &str) -> crate::Result<()> {
+pub(crate) fn known_tenant(c: &Checked, tenant: &str) -> crate::Result<()> {
     let list = Source::open(&c.config.source)?.tenants(&c.data_map)?;
     if list.valid.iter().any(|t| t.id == tenant) {
         return Ok(());
@@ -122,26 +123,7 @@ pub async fn erase_subject_as(
     clock: &Arc<dyn Clock>,
     origin: &Origin,
 ) -> crate::Result<Request> {
-    let kinds = c.data_map.identifier_kinds();
-    if !kinds.contains_key(ask.kind.as_str()) {
-        let known: Vec<&str> = kinds.keys().copied().collect();
-        return Err(crate::Error::Usage(format!(
-            "unknown identifier kind {:?}: the data map declares {}; nothing was recorded\n  fix: pass one of them with --kind, or declare the column in the data map: identifiers = {{ <column> = \"{}\" }}",
-            ask.kind,
-            if known.is_empty() {
-                "none".to_string()
-            } else {
-                known.join(", ")
-            },
-            ask.kind
-        )));
-    }
-    let normal = identify::normalize(
-        &ask.kind,
-        &ask.id,
-        c.policy.erasure.phone_country.as_deref(),
-    )
-    .map_err(|e| crate::Error::Usage(format!("{e}\n  nothing was recorded")))?;
+    let normal = validate_subject(c, &ask.tenant, &ask.kind, &ask.id)?;
     check_reference(ask.reference.as_deref())?;
     known_tenant(c, &ask.tenant)?;
     let store = Store::create(&c.config.store)?;
@@ -160,6 +142,34 @@ pub async fn erase_subject_as(
     r.kind = Some(ask.kind.clone());
     store_new(&store, &r).await?;
     Ok(r)
+}
+
+/// A subject's identifier, checked and normalized: its kind is one the data map declares, its
+/// value has the shape of one (bad usage, exit 2, otherwise; the message never quotes it).
+pub(crate) fn validate_subject(
+    c: &Checked,
+    tenant: &str,
+    kind: &str,
+    id: &str,
+) -> crate::Result<String> {
+    check_names(tenant, None)?;
+    let kinds = c.data_map.identifier_kinds();
+    if !kinds.contains_key(kind) {
+        let known: Vec<&str> = kinds.keys().copied().collect();
+        return Err(crate::Error::Usage(format!(
+            "unknown identifier kind {:?}: the data map declares {}; nothing was recorded\n  fix: pass one of them with --kind, or declare the column in the data map: identifiers = {{ <column> = \"{}\" }}",
+            kind,
+            if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            },
+            kind
+        )));
+    }
+    let normal = identify::normalize(kind, id, c.policy.erasure.phone_country.as_deref())
+        .map_err(|e| crate::Error::Usage(format!("{e}\n  nothing was recorded")))?;
+    Ok(normal)
 }
 
 /// Receive a tenant offboarding: validate, then store the request (create-only).
@@ -231,6 +241,7 @@ fn received(
         primary: None,
         key_destroyed: None,
         backups: None,
+        rewritten: Vec::new(),
     })
 }
 

@@ -109,6 +109,9 @@ pub struct Request {
     /// What the backups phase did (set with `final`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub backups: Option<BackupsOutcome>,
+    /// Snapshot runs the backups phase has rewritten (or checked and found clean) so far.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub rewritten: Vec<crate::snapshot::rewrite::Rewritten>,
 }
 
 /// The tenant's data key, destroyed: every copy of its snapshots is unreadable from then on.
@@ -126,6 +129,9 @@ pub struct BackupsOutcome {
     pub plan_hash: String,
     /// Snapshot runs purged (every file and version).
     pub runs_purged: Vec<String>,
+    /// Snapshot runs rewritten without the person's rows.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs_rewritten: Vec<String>,
     pub verified: String,
 }
 
@@ -395,6 +401,7 @@ mod tests {
             primary: None,
             key_destroyed: None,
             backups: None,
+            rewritten: Vec::new(),
         };
         assert_eq!(r.overdue(t("2026-01-30T00:00:00Z")), None);
         assert_eq!(r.overdue(t("2026-02-01T00:00:00Z")), Some("primary"));

@@ -84,6 +84,13 @@ pub struct RequestPlan {
     /// Tenant offboarding: snapshot runs purged in this run (the backups deadline has come).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purge_runs: Vec<String>,
+    /// Subject requests' backups phase: runs rewritten in this run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rewrite_runs: Vec<String>,
+    /// Subject requests' backups phase: runs that still hold the person but are purged by
+    /// backup retention before the deadline (nothing to rewrite).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outlived_runs: Vec<String>,
     /// Nothing to do in this run, and until when.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<String>,
@@ -166,10 +173,7 @@ pub async fn plan(
                 continue;
             }
         };
-        let open = match r.scope {
-            Scope::Subject => r.state == State::Received,
-            Scope::Tenant => r.state != State::Final,
-        };
+        let open = r.state != State::Final;
         if !open {
             continue;
         }
@@ -215,12 +219,19 @@ async fn plan_request(
         destroy_key: false,
         rows_due: false,
         purge_runs: Vec::new(),
+        rewrite_runs: Vec::new(),
+        outlived_runs: Vec::new(),
         waiting: None,
         found: None,
         req: None,
     };
     if r.scope == Scope::Tenant {
         plan_tenant(c, db, store, keyring, holds, &mut p, &r, now).await?;
+        p.req = Some(r);
+        return Ok(p);
+    }
+    if r.state == State::PrimaryDone {
+        plan_backups(c, store, &mut p, &r, now).await?;
         p.req = Some(r);
         return Ok(p);
     }
@@ -295,6 +306,68 @@ async fn plan_request(
     p.found = Some(found);
     p.req = Some(r);
     Ok(p)
+}
+
+/// A person's backups phase: each committed run taken before the erasure that the request has
+/// not rewritten yet is rewritten now — if it is pinned, the request is `--immediate`, backup
+/// retention would keep it past the backups deadline, or that deadline is a day away — or left
+/// to backup retention, which purges it before the deadline. No such run left: `final`.
+async fn plan_backups(
+    c: &Checked,
+    store: &Store,
+    p: &mut RequestPlan,
+    r: &Request,
+    now: DateTime<Utc>,
+) -> crate::Result<()> {
+    p.phase = "backups";
+    let erased_at = r
+        .primary
+        .as_ref()
+        .and_then(|o| DateTime::parse_from_rfc3339(&o.done_at).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .ok_or_else(|| {
+            crate::Error::Failed(format!(
+                "request {} of tenant {} is primary_done without its primary outcome (edited?)",
+                r.id, r.tenant
+            ))
+        })?;
+    let due = DateTime::parse_from_rfc3339(&r.due_backups)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(now);
+    for m in crate::snapshot::read::committed(store, &r.tenant).await? {
+        if r.rewritten.iter().any(|w| w.run_id == m.run_id) {
+            continue;
+        }
+        let Some(taken) = crate::retention::run_time(&m.run_id, Some(&m.created_at)) else {
+            continue;
+        };
+        if taken > erased_at {
+            continue;
+        }
+        let pinned = crate::snapshot::purge::pin_of(store, &r.tenant, &m.run_id)
+            .await?
+            .is_some();
+        let kept_past_due = c
+            .policy
+            .backups
+            .retain
+            .after(taken)
+            .is_none_or(|purge| purge >= due);
+        let close = now + chrono::TimeDelta::days(1) >= due;
+        if r.immediate || pinned || kept_past_due || close {
+            p.rewrite_runs.push(m.run_id);
+        } else {
+            p.outlived_runs.push(m.run_id);
+        }
+    }
+    if p.rewrite_runs.is_empty() && !p.outlived_runs.is_empty() {
+        p.waiting = Some(format!(
+            "{} snapshot run(s) holding the person are purged by backup retention before the backups deadline {}",
+            p.outlived_runs.len(),
+            r.due_backups
+        ));
+    }
+    Ok(())
 }
 
 /// Has `due` (RFC 3339) come at `now`? (`immediate` requests are due at receipt.)
@@ -533,6 +606,8 @@ pub struct RequestOutcome {
     /// Runs kept because they are pinned (offboarding's backups phase).
     pub runs_pinned: Vec<String>,
     pub state: State,
+    /// Snapshot runs rewritten without the person (subject's backups phase).
+    pub rewritten: Vec<crate::snapshot::rewrite::Rewritten>,
 }
 
 /// What `lethe run erasure` did.
@@ -705,8 +780,44 @@ async fn run_locked(
                 now,
             };
             let done = match p.scope {
+                Scope::Subject if p.phase == "backups" => {
+                    backups_phase(c, &mut env, &plan.hash, p, s3.as_ref(), now).await?
+                }
                 Scope::Subject => {
-                    primary_phase(c, &mut env, &plan.hash, p, hashes, s3.as_ref(), now).await?
+                    let done =
+                        primary_phase(c, &mut env, &plan.hash, p, hashes, s3.as_ref(), now).await?;
+                    // "Immediate and irreversible": the backups go in the same run.
+                    match p.req.as_ref().filter(|r| r.immediate) {
+                        Some(_) => {
+                            let r = request::read(store, &p.tenant, &p.request)
+                                .await?
+                                .expect("just written");
+                            let mut b = p.clone();
+                            b.rewrite_runs.clear();
+                            b.outlived_runs.clear();
+                            plan_backups(c, store, &mut b, &r, now).await?;
+                            b.req = Some(r);
+                            let mut env = crate::retention::execute::Env {
+                                dm: &c.data_map,
+                                db: &mut db,
+                                store,
+                                blobs: blobs.as_ref(),
+                                s3: s3.as_ref(),
+                                blobs_s3: blobs_s3.as_ref(),
+                                audit: &mut audit,
+                                keyring: &mut keyring,
+                                subject_key,
+                                batch_rows: cfg.retention.batch_rows,
+                                now,
+                            };
+                            let mut after =
+                                backups_phase(c, &mut env, &plan.hash, &b, s3.as_ref(), now)
+                                    .await?;
+                            after.outcome = done.outcome;
+                            after
+                        }
+                        None => done,
+                    }
                 }
                 Scope::Tenant => offboard(&mut env, &plan.hash, p, s3.as_ref(), now).await?,
             };
@@ -857,6 +968,224 @@ async fn primary_phase(
         backups: None,
         runs_pinned: Vec::new(),
         state: r.state,
+        rewritten: Vec::new(),
+    })
+}
+
+#[derive(Serialize)]
+struct RewriteStart<'a> {
+    step: &'static str,
+    phase: &'static str,
+    plan_hash: &'a str,
+    tenant: &'a str,
+    run_id: &'a str,
+    request: &'a str,
+}
+
+#[derive(Serialize)]
+struct RewriteEnd<'a> {
+    step: &'static str,
+    phase: &'static str,
+    plan_hash: &'a str,
+    tenant: &'a str,
+    run_id: &'a str,
+    request: &'a str,
+    files: &'a [crate::snapshot::rewrite::FileChange],
+    rows_dropped: u64,
+    objects_purged: u64,
+    verified: String,
+}
+
+/// A person's backups phase: rewrite the runs that would outlive the deadline, verify each by a
+/// second scan, and make the request `final` when no run taken before the erasure holds them.
+async fn backups_phase(
+    c: &Checked,
+    env: &mut crate::retention::execute::Env<'_>,
+    plan_hash: &str,
+    p: &RequestPlan,
+    s3: Option<&crate::s3::S3Admin>,
+    now: DateTime<Utc>,
+) -> crate::Result<RequestOutcome> {
+    let mut r = p.req.clone().expect("planned from a request");
+    env.audit
+        .record(&RequestStart {
+            step: "erasure",
+            phase: "start",
+            plan_hash,
+            tenant: &p.tenant,
+            request: &p.request,
+            erasure_phase: "backups",
+            subject: p.subject.as_deref(),
+            identifiers: &p.identifiers,
+            tables: &p.tables,
+        })
+        .await?;
+    let entry = ledger::entry(env.store, &p.tenant, &p.request)
+        .await?
+        .ok_or_else(|| {
+            crate::Error::Failed(format!(
+                "request {} of tenant {} has no ledger entry; its backups cannot be searched for the person",
+                p.request, p.tenant
+            ))
+        })?;
+    let key = env.keyring.data_key(&p.tenant)?;
+    let scrub = ledger::Scrub {
+        subjects: entry.subjects.iter().cloned().collect(),
+        keyring: env.keyring,
+        data_map: env.dm,
+        phone_country: c.policy.erasure.phone_country.clone(),
+    };
+    let runs = crate::snapshot::read::committed(env.store, &p.tenant).await?;
+    let mut rewritten = Vec::new();
+    for run_id in &p.rewrite_runs {
+        let Some(m) = runs.iter().find(|m| &m.run_id == run_id).cloned() else {
+            continue; // purged since planning
+        };
+        m.authenticate(&key)
+            .map_err(|message| crate::snapshot::SnapshotError::BadManifest {
+                key: crate::snapshot::manifest_key(&p.tenant, run_id).to_string(),
+                message: format!("{message}; not rewriting it"),
+            })?;
+        env.audit
+            .record(&RewriteStart {
+                step: "snapshot-rewrite",
+                phase: "start",
+                plan_hash,
+                tenant: &p.tenant,
+                run_id,
+                request: &p.request,
+            })
+            .await?;
+        let done = crate::snapshot::rewrite::rewrite_run(
+            env.store,
+            env.s3,
+            &key,
+            &c.config.snapshot,
+            m,
+            &scrub,
+        )
+        .await?;
+        // Verified by a second scan of the new generation.
+        let again = crate::snapshot::read::committed(env.store, &p.tenant)
+            .await?
+            .into_iter()
+            .find(|m| &m.run_id == run_id);
+        let left = match again {
+            Some(m) => crate::snapshot::rewrite::rewrite_run(
+                env.store,
+                env.s3,
+                &key,
+                &c.config.snapshot,
+                m,
+                &scrub,
+            )
+            .await?
+            .map_or(0, |x| x.rows_dropped),
+            None => 0,
+        };
+        let w = done.unwrap_or(crate::snapshot::rewrite::Rewritten {
+            run_id: run_id.clone(),
+            files: Vec::new(),
+            rows_dropped: 0,
+            files_opened: 0,
+            objects_purged: 0,
+        });
+        env.audit
+            .record(&RewriteEnd {
+                step: "snapshot-rewrite",
+                phase: "end",
+                plan_hash,
+                tenant: &p.tenant,
+                run_id,
+                request: &p.request,
+                files: &w.files,
+                rows_dropped: w.rows_dropped,
+                objects_purged: w.objects_purged,
+                verified: format!(
+                    "a second scan of the new generation found {left} rows of the person"
+                ),
+            })
+            .await?;
+        if left > 0 {
+            return Err(crate::Error::Failed(format!(
+                "snapshot run {run_id} of tenant {} still holds {left} rows of the person after its rewrite",
+                p.tenant
+            )));
+        }
+        rewritten.push(w.clone());
+        r.rewritten.push(w);
+        request::update(env.store, s3, &r).await?;
+        crash_point("after a run was rewritten");
+    }
+    // Final when no run taken before the erasure is left unrewritten.
+    let erased_at = r
+        .primary
+        .as_ref()
+        .and_then(|o| DateTime::parse_from_rfc3339(&o.done_at).ok())
+        .map(|t| t.with_timezone(&Utc));
+    let left = crate::snapshot::read::committed(env.store, &p.tenant)
+        .await?
+        .into_iter()
+        .filter(|m| !r.rewritten.iter().any(|w| w.run_id == m.run_id))
+        .filter(|m| {
+            crate::retention::run_time(&m.run_id, Some(&m.created_at))
+                .zip(erased_at)
+                .is_none_or(|(t, e)| t <= e)
+        })
+        .count();
+    let mut backups = None;
+    if left == 0 {
+        let b = request::BackupsOutcome {
+            done_at: crate::util::rfc3339(now),
+            plan_hash: plan_hash.to_string(),
+            runs_purged: Vec::new(),
+            runs_rewritten: r.rewritten.iter().map(|w| w.run_id.clone()).collect(),
+            verified: "every snapshot run taken before the erasure was rewritten (a second scan found none of the person's rows) or purged by backup retention".into(),
+        };
+        r.state = State::Final;
+        r.backups = Some(b.clone());
+        backups = Some(b);
+        request::update(env.store, s3, &r).await?;
+        crate::erasure::intake::settle(env.db, &r.id, r.state.name())?;
+    }
+    env.audit
+        .record(&RequestEnd {
+            step: "erasure",
+            phase: "end",
+            plan_hash,
+            tenant: &p.tenant,
+            request: &p.request,
+            erasure_phase: "backups",
+            rows: &BTreeMap::new(),
+            blobs_deleted: 0,
+            blobs_already_absent: 0,
+            kept: &[],
+            verified: &format!(
+                "{} run(s) rewritten; {left} run(s) taken before the erasure left to rewrite or purge",
+                rewritten.len()
+            ),
+            state: r.state.name(),
+        })
+        .await?;
+    Ok(RequestOutcome {
+        tenant: p.tenant.clone(),
+        request: p.request.clone(),
+        scope: Scope::Subject,
+        outcome: PrimaryOutcome {
+            done_at: String::new(),
+            plan_hash: plan_hash.to_string(),
+            identifiers: BTreeMap::new(),
+            rows: BTreeMap::new(),
+            blobs_deleted: 0,
+            blobs_already_absent: 0,
+            kept: Vec::new(),
+            verified: String::new(),
+        },
+        key_destroyed: None,
+        backups,
+        runs_pinned: Vec::new(),
+        state: r.state,
+        rewritten,
     })
 }
 
@@ -888,6 +1217,7 @@ async fn offboard(
         backups: None,
         runs_pinned: Vec::new(),
         state: r.state,
+        rewritten: Vec::new(),
     };
     env.audit
         .record(&RequestStart {
@@ -1017,6 +1347,7 @@ async fn offboard(
                 done_at: crate::util::rfc3339(now),
                 plan_hash: plan_hash.to_string(),
                 runs_purged: purged,
+                runs_rewritten: Vec::new(),
                 verified: "a listing of the tenant's snapshot prefix found no run left".into(),
             };
             r.state = State::Final;

@@ -16,6 +16,7 @@
 pub mod manifest;
 pub mod purge;
 pub mod read;
+pub mod rewrite;
 pub mod write;
 
 #[doc(hidden)]

@@ -954,3 +954,53 @@ mod tests {
         assert!(check_admin(&s3_store, &ok).is_ok());
     }
 }
+
+/// THE deleter for what a snapshot rewrite replaced: `paths` (files of run `run` of `tenant`
+/// that its manifest no longer lists, or never listed) with every version on a versioned bucket,
+/// the earlier generations of the run's manifest, and last the rewrite marker. Returns the
+/// objects and versions deleted. The caller records the audit records around it.
+pub async fn purge_replaced(
+    store: &Store,
+    s3: Option<&S3Admin>,
+    tenant: &str,
+    run: &str,
+    paths: &[String],
+) -> Result<u64, crate::Error> {
+    check_ids("purge", tenant, run)?;
+    let prefix = format!("{}/", run_prefix(tenant, run));
+    let manifest = crate::snapshot::manifest_key(tenant, run);
+    let mut n = 0u64;
+    for p in paths {
+        if !p.starts_with(&prefix) || p.as_str() == manifest.as_ref() || p.contains("..") {
+            return Err(crate::Error::Failed(format!(
+                "refusing to purge {p}: not a part file of run {run} of tenant {tenant}"
+            )));
+        }
+        let key = ObjPath::from(p.as_str());
+        match s3 {
+            Some(admin) => {
+                let o = admin.purge_key(p).await?;
+                n += o.versions_deleted + o.delete_markers_deleted;
+            }
+            None => {
+                if store.delete_object(&key).await? {
+                    n += 1;
+                }
+            }
+        }
+    }
+    if let Some(admin) = s3 {
+        let o = admin.purge_noncurrent(manifest.as_ref()).await?;
+        n += o.versions_deleted + o.delete_markers_deleted;
+    }
+    let marker = crate::snapshot::rewrite::marker_key(tenant, run);
+    match s3 {
+        Some(admin) => {
+            admin.purge_key(marker.as_ref()).await?;
+        }
+        None => {
+            store.delete_object(&marker).await?;
+        }
+    }
+    Ok(n)
+}

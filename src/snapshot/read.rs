@@ -136,7 +136,7 @@ pub async fn newest_committed(store: &Store, tenant: &str) -> Result<Option<Mani
 }
 
 /// Download `key` into a private temp file, hashing as it streams. Returns (file, bytes, sha256).
-async fn download(
+pub(crate) async fn download(
     store: &Store,
     key: &ObjPath,
 ) -> Result<(tempfile::NamedTempFile, u64, String), SnapshotError> {
@@ -278,12 +278,20 @@ pub async fn verify(
                     None
                 }
             };
-            // Objects present in the run but not listed: readers ignore them, but nobody should have put them there.
+            // Objects present in the run but not listed: readers ignore them, but nobody should have put them there
+            // — except the files of a rewrite in progress, which its marker names.
             let listed: std::collections::HashSet<&str> =
                 manifest.files.iter().map(|f| f.path.as_str()).collect();
+            let rewriting = crate::snapshot::rewrite::marker(store, &tenant, &run.run_id).await?;
+            let in_rewrite = |k: &str| {
+                k == crate::snapshot::rewrite::marker_key(&tenant, &run.run_id).as_ref()
+                    || rewriting
+                        .as_ref()
+                        .is_some_and(|m| m.old.iter().chain(&m.new).any(|p| p == k))
+            };
             for obj in store.list(&run_prefix(&tenant, &run.run_id)).await? {
                 let k = obj.location.to_string();
-                if !k.ends_with(MANIFEST) && !listed.contains(k.as_str()) {
+                if !k.ends_with(MANIFEST) && !listed.contains(k.as_str()) && !in_rewrite(&k) {
                     report
                         .findings
                         .push(finding(k, "file not listed in the manifest".into()));

@@ -1,0 +1,345 @@
+//! Rewriting a committed snapshot run without the rows of erased people (the backups phase of
+//! an erasure): new part files, a new manifest generation committed by one PUT, then the old
+//! files and every old version purged through the snapshot deleter.
+//!
+//! Crash safety: before the first new file is written, `_rewrite.json` in the run names the
+//! files that will replace (`old`) and be written (`new`). At any instant a reader sees one
+//! complete run — the manifest lists either every old file or every new one — and `snapshot
+//! verify` tolerates the unlisted files the marker names. The next rewrite of the run first
+//! finishes (manifest already new: purge the old files) or rolls back (manifest still old:
+//! purge the new files) what the marker describes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use object_store::path::Path as ObjPath;
+use serde::{Deserialize, Serialize};
+
+use crate::erasure::ledger::Scrub;
+use crate::keys::DataKey;
+use crate::s3::S3Admin;
+use crate::snapshot::manifest::Manifest;
+use crate::snapshot::{SNAPSHOTS, SnapshotError, manifest_key, part_key};
+use crate::store::Store;
+
+pub const MARKER: &str = "_rewrite.json";
+pub const FORMAT: &str = "lethe-rewrite/1";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Marker {
+    pub format: String,
+    pub run_id: String,
+    /// Files the new generation replaces.
+    pub old: Vec<String>,
+    /// Files of the new generation.
+    pub new: Vec<String>,
+}
+
+pub fn marker_key(tenant: &str, run: &str) -> ObjPath {
+    ObjPath::from(format!("{SNAPSHOTS}/tenant={tenant}/run={run}/{MARKER}"))
+}
+
+/// The marker of a rewrite in progress in a run, if any.
+pub async fn marker(
+    store: &Store,
+    tenant: &str,
+    run: &str,
+) -> Result<Option<Marker>, SnapshotError> {
+    let Some(b) = store.get_opt(&marker_key(tenant, run)).await? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&b)
+        .map(Some)
+        .map_err(|e| SnapshotError::BadManifest {
+            key: marker_key(tenant, run).to_string(),
+            message: format!("rewrite marker unreadable: {e}"),
+        })
+}
+
+/// One file the rewrite replaced.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileChange {
+    pub table: String,
+    pub old_path: String,
+    pub old_sha256: String,
+    pub new_path: String,
+    pub new_sha256: String,
+    pub rows_dropped: u64,
+}
+
+/// What rewriting one run did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Rewritten {
+    pub run_id: String,
+    pub files: Vec<FileChange>,
+    pub rows_dropped: u64,
+    /// Files decrypted to look for the subjects.
+    pub files_opened: usize,
+    /// Old files and versions purged.
+    pub objects_purged: u64,
+}
+
+/// Finish or roll back a rewrite a crash interrupted. Returns the manifest as it stands.
+async fn recover(
+    store: &Store,
+    s3: Option<&S3Admin>,
+    key: &DataKey,
+    manifest: Manifest,
+) -> Result<Manifest, crate::Error> {
+    let (tenant, run) = (manifest.tenant.clone(), manifest.run_id.clone());
+    let Some(m) = marker(store, &tenant, &run).await? else {
+        return Ok(manifest);
+    };
+    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let committed = m.new.iter().all(|p| listed.contains(&p.as_str()));
+    let garbage = if committed { &m.old } else { &m.new };
+    tracing::warn!(tenant = %tenant, run = %run, committed, files = garbage.len(), "finishing a snapshot rewrite a crash interrupted");
+    crate::snapshot::purge::purge_replaced(store, s3, &tenant, &run, garbage).await?;
+    manifest
+        .authenticate(key)
+        .map_err(|message| SnapshotError::BadManifest {
+            key: manifest_key(&tenant, &run).to_string(),
+            message,
+        })?;
+    Ok(manifest)
+}
+
+/// Rewrite `manifest`'s run without the rows `scrub` drops. `None` when no file holds any of
+/// them (nothing is written). `settings`: the snapshot writer's settings.
+pub async fn rewrite_run(
+    store: &Store,
+    s3: Option<&S3Admin>,
+    key: &DataKey,
+    settings: &crate::config::SnapshotSection,
+    manifest: Manifest,
+    scrub: &Scrub<'_>,
+) -> Result<Option<Rewritten>, crate::Error> {
+    let manifest = recover(store, s3, key, manifest).await?;
+    let (tenant, run) = (manifest.tenant.clone(), manifest.run_id.clone());
+    // Which files hold the subjects (decrypt and count; nothing written yet).
+    let mut hits: Vec<(usize, tempfile::NamedTempFile, u64)> = Vec::new();
+    let mut opened = 0;
+    for (i, f) in manifest.files.iter().enumerate() {
+        let holds_identifiers = scrub
+            .data_map
+            .tables
+            .iter()
+            .any(|t| t.name == f.table && !t.config.identifiers.is_empty());
+        if !holds_identifiers {
+            continue;
+        }
+        opened += 1;
+        let (tmp, dropped) = scan(store, key, f, scrub).await?;
+        if dropped > 0 {
+            hits.push((i, tmp, dropped));
+        }
+    }
+    if hits.is_empty() {
+        return Ok(None);
+    }
+    // New names after every part the run has.
+    let mut next: BTreeMap<String, usize> = BTreeMap::new();
+    for f in &manifest.files {
+        let n = part_number(&f.path).unwrap_or(0);
+        let e = next.entry(f.table.clone()).or_insert(0);
+        *e = (*e).max(n + 1);
+    }
+    let mut plan = Vec::new();
+    for (i, tmp, dropped) in hits {
+        let f = &manifest.files[i];
+        let n = next.get_mut(&f.table).expect("every table has a part");
+        let new_path = part_key(&tenant, &run, &f.table, *n).to_string();
+        *n += 1;
+        plan.push((i, tmp, dropped, new_path));
+    }
+    let marker = Marker {
+        format: FORMAT.into(),
+        run_id: run.clone(),
+        old: plan
+            .iter()
+            .map(|p| manifest.files[p.0].path.clone())
+            .collect(),
+        new: plan.iter().map(|p| p.3.clone()).collect(),
+    };
+    store
+        .put(
+            &marker_key(&tenant, &run),
+            bytes::Bytes::from(serde_json::to_vec_pretty(&marker).expect("serializable")),
+        )
+        .await?;
+    crate::retention::crash_point("after a rewrite marker");
+    let mut next_manifest = manifest.clone();
+    let mut out = Rewritten {
+        run_id: run.clone(),
+        files: Vec::new(),
+        rows_dropped: 0,
+        files_opened: opened,
+        objects_purged: 0,
+    };
+    for (i, tmp, _, new_path) in plan {
+        let f = &manifest.files[i];
+        let table = scrub
+            .data_map
+            .tables
+            .iter()
+            .find(|t| t.name == f.table)
+            .expect("checked above");
+        let mut stats: Vec<&str> = vec![table.config.primary_key.as_str()];
+        if let Some(tc) = &table.config.time_column {
+            stats.push(tc);
+        }
+        let props =
+            crate::snapshot::write::writer_properties(key, settings, &stats).map_err(|e| {
+                SnapshotError::Decode {
+                    key: f.path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        let (written, dropped, rows) = filter_file(tmp.path(), key, f, scrub, props)?;
+        let (bytes, sha) = upload(store, &written, &new_path).await?;
+        crate::retention::crash_point("after a rewritten file");
+        out.rows_dropped += dropped;
+        out.files.push(FileChange {
+            table: f.table.clone(),
+            old_path: f.path.clone(),
+            old_sha256: f.sha256.clone(),
+            new_path: new_path.clone(),
+            new_sha256: sha.clone(),
+            rows_dropped: dropped,
+        });
+        let e = &mut next_manifest.files[i];
+        e.path = new_path;
+        e.rows = rows;
+        e.bytes = bytes;
+        e.sha256 = sha;
+        if let Some(t) = next_manifest.tables.iter_mut().find(|t| t.table == f.table) {
+            t.rows -= dropped;
+        }
+    }
+    // The new generation, committed by one PUT.
+    store
+        .put(
+            &manifest_key(&tenant, &run),
+            bytes::Bytes::from(next_manifest.to_bytes(key)),
+        )
+        .await?;
+    crate::retention::crash_point("after a rewritten manifest");
+    out.objects_purged =
+        crate::snapshot::purge::purge_replaced(store, s3, &tenant, &run, &marker.old).await?;
+    Ok(Some(out))
+}
+
+fn part_number(path: &str) -> Option<usize> {
+    path.rsplit('/')
+        .next()?
+        .strip_prefix("part-")?
+        .strip_suffix(".parquet")?
+        .parse()
+        .ok()
+}
+
+/// Download `f`, check it against the manifest, and count the rows `scrub` drops.
+async fn scan(
+    store: &Store,
+    key: &DataKey,
+    f: &crate::snapshot::manifest::FileEntry,
+    scrub: &Scrub<'_>,
+) -> Result<(tempfile::NamedTempFile, u64), crate::Error> {
+    let (tmp, bytes, sha) =
+        crate::snapshot::read::download(store, &ObjPath::from(f.path.as_str())).await?;
+    if bytes != f.bytes || sha != f.sha256 {
+        return Err(SnapshotError::Decode {
+            key: f.path.clone(),
+            message: "checksum mismatch against the manifest; not rewriting it (run `lethe snapshot verify`)".into(),
+        }
+        .into());
+    }
+    let file = tmp.reopen().map_err(|e| SnapshotError::LocalIo {
+        path: tmp.path().into(),
+        source: e,
+    })?;
+    let dec = |e: &dyn std::fmt::Display| SnapshotError::Decode {
+        key: f.path.clone(),
+        message: e.to_string(),
+    };
+    let reader = crate::snapshot::read::open_reader(file, Some(key), &f.path)?
+        .build()
+        .map_err(|e| dec(&e))?;
+    let mut dropped = 0;
+    for b in reader {
+        let b = b.map_err(|e| dec(&e))?;
+        dropped += scrub.filter(&f.table, b).map_err(|e| dec(&e))?.1;
+    }
+    Ok((tmp, dropped))
+}
+
+/// Write `src` without the rows `scrub` drops into a new encrypted spill file: (file, rows
+/// dropped, rows written).
+fn filter_file(
+    src: &Path,
+    key: &DataKey,
+    f: &crate::snapshot::manifest::FileEntry,
+    scrub: &Scrub<'_>,
+    props: parquet::file::properties::WriterProperties,
+) -> Result<(tempfile::NamedTempFile, u64, u64), crate::Error> {
+    let dec = |e: &dyn std::fmt::Display| SnapshotError::Decode {
+        key: f.path.clone(),
+        message: e.to_string(),
+    };
+    let io = |e: std::io::Error| SnapshotError::LocalIo {
+        path: std::env::temp_dir(),
+        source: e,
+    };
+    let file = std::fs::File::open(src).map_err(io)?;
+    let reader = crate::snapshot::read::open_reader(file, Some(key), &f.path)?;
+    let schema = reader.schema().clone();
+    let reader = reader.build().map_err(|e| dec(&e))?;
+    let out = tempfile::NamedTempFile::new().map_err(io)?;
+    let mut w =
+        parquet::arrow::ArrowWriter::try_new(out.reopen().map_err(io)?, schema, Some(props))
+            .map_err(|e| dec(&e))?;
+    let (mut dropped, mut rows) = (0, 0);
+    for b in reader {
+        let (b, d) = scrub
+            .filter(&f.table, b.map_err(|e| dec(&e))?)
+            .map_err(|e| dec(&e))?;
+        dropped += d;
+        rows += b.num_rows() as u64;
+        if b.num_rows() > 0 {
+            w.write(&b).map_err(|e| dec(&e))?;
+        }
+    }
+    w.close().map_err(|e| dec(&e))?;
+    Ok((out, dropped, rows))
+}
+
+/// Upload a spill file to `path`: (bytes, sha256).
+async fn upload(
+    store: &Store,
+    file: &tempfile::NamedTempFile,
+    path: &str,
+) -> Result<(u64, String), crate::Error> {
+    use tokio::io::AsyncWriteExt;
+    let io = |e: std::io::Error| SnapshotError::LocalIo {
+        path: file.path().into(),
+        source: e,
+    };
+    let mut src = tokio::fs::File::open(file.path()).await.map_err(io)?;
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut w = store.multipart_writer(&ObjPath::from(path), 8 << 20);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = tokio::io::AsyncReadExt::read(&mut src, &mut buf)
+            .await
+            .map_err(io)?;
+        if k == 0 {
+            break;
+        }
+        sha.update(&buf[..k]);
+        n += k as u64;
+        w.write_all(&buf[..k]).await.map_err(io)?;
+    }
+    w.shutdown().await.map_err(io)?;
+    Ok((n, crate::util::hex(sha.finish().as_ref())))
+}
