@@ -131,6 +131,55 @@ pub struct DataKey {
     pub footer_key_metadata: Vec<u8>,
 }
 
+fn aead_key(key: &DataKey) -> Option<ring::aead::LessSafeKey> {
+    let alg = if key.key.len() == 16 {
+        &ring::aead::AES_128_GCM
+    } else {
+        &ring::aead::AES_256_GCM
+    };
+    Some(ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(alg, &key.key).ok()?,
+    ))
+}
+
+/// AES-GCM under a tenant's data key: nonce ‖ ciphertext ‖ tag, bound to `aad`. For lethe's own
+/// small objects (a request's identifier, a run's subject index): a crypto-shred of the key
+/// makes them unreadable with the data.
+pub fn seal_bytes(key: &DataKey, aad: &[u8], plain: &[u8]) -> Vec<u8> {
+    let k = aead_key(key).expect("a data key has a valid length");
+    let mut nonce = [0u8; 12];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .expect("system RNG");
+    let mut buf = plain.to_vec();
+    k.seal_in_place_append_tag(
+        ring::aead::Nonce::assume_unique_for_key(nonce),
+        ring::aead::Aad::from(aad),
+        &mut buf,
+    )
+    .expect("sealing cannot fail below 64 GiB");
+    let mut out = nonce.to_vec();
+    out.extend(buf);
+    out
+}
+
+/// Open what [`seal_bytes`] sealed; `None` if the key, the `aad` or a byte differs.
+pub fn open_bytes(key: &DataKey, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 12 + 16 {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(12);
+    let k = aead_key(key)?;
+    let mut buf = ct.to_vec();
+    let plain = k
+        .open_in_place(
+            ring::aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
+            ring::aead::Aad::from(aad),
+            &mut buf,
+        )
+        .ok()?;
+    Some(plain.to_vec())
+}
+
 impl std::fmt::Debug for DataKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DataKey")

@@ -123,6 +123,11 @@ pub async fn snapshot_all(
                 record_hash: cp.record_hash,
             }),
         clock: clock.clone(),
+        tagger: Some(crate::snapshot::index::Tagger::new(
+            &keyring.subject_key(),
+            &c.data_map,
+            c.policy.erasure.phone_country.clone(),
+        )),
     };
     tracing::info!(tenants = jobs.len(), store = %cfg.store.url, "snapshot started");
     let results = snapshot_run(&store, spec, jobs).await;

@@ -1309,3 +1309,78 @@ fn an_immediate_request_rewrites_every_backup_in_the_same_run() {
         assert!(!text.contains(&phone), "run {r} still holds the customer");
     }
 }
+
+#[test]
+fn the_subject_index_is_sealed_and_points_the_rewrite_at_the_files_that_hold_the_person() {
+    let d = demo(2, 60);
+    let (t, email, _) = an_employee_with_selfies(&d);
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Every run carries a sealed index listed in its manifest; its bytes hold no identifier.
+    let idx: Vec<_> = files(&d.store())
+        .into_iter()
+        .filter(|(p, _)| p.to_string_lossy().ends_with(".idx"))
+        .collect();
+    assert_eq!(idx.len(), 2, "one index per tenant run");
+    for (p, b) in &idx {
+        assert!(
+            !String::from_utf8_lossy(b).contains("part-"),
+            "{p:?} is not sealed"
+        );
+        assert!(
+            !String::from_utf8_lossy(b)
+                .to_lowercase()
+                .contains(&email.to_lowercase())
+        );
+    }
+    let (code, out, err) = run(
+        &d,
+        &[
+            "erase",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "email",
+            "--id",
+            &email,
+            "--immediate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // Files searched = files that held the person (the index named exactly those).
+    let line = out
+        .lines()
+        .find(|l| l.contains("rewritten without the person"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let num = |after: &str| -> u64 {
+        let i = line.find(after).unwrap();
+        line[..i]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_start_matches('(')
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(num(" file(s) replaced"), num(" file(s) searched"), "{line}");
+    assert!(num(" file(s) replaced") >= 3, "{line}");
+    let (code, out, err) = run(&d, &["snapshot", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // A damaged index is reported by verify.
+    let (p, _) = files(&d.store())
+        .into_iter()
+        .find(|(p, _)| {
+            p.to_string_lossy().contains(&format!("tenant={t}"))
+                && p.to_string_lossy().ends_with(".idx")
+        })
+        .unwrap();
+    let mut b = std::fs::read(&p).unwrap();
+    b[20] ^= 1;
+    std::fs::write(&p, b).unwrap();
+    let (code, out, _) = run(&d, &["snapshot", "verify"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("subject index checksum mismatch"), "{out}");
+}

@@ -11,7 +11,6 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use object_store::path::Path as ObjPath;
-use ring::aead;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::DataKey;
@@ -188,38 +187,19 @@ pub fn new_id(now: DateTime<Utc>) -> String {
     format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), crate::util::hex(&r))
 }
 
-fn algorithm(key: &DataKey) -> &'static aead::Algorithm {
-    if key.key.len() == 16 {
-        &aead::AES_128_GCM
-    } else {
-        &aead::AES_256_GCM
-    }
-}
-
 fn aad(tenant: &str, id: &str) -> Vec<u8> {
     format!("lethe/request/v1\0{tenant}\0{id}").into_bytes()
 }
 
 /// Seal `identifier` for request `id` of `key`'s tenant.
 pub fn seal(key: &DataKey, id: &str, identifier: &str) -> Sealed {
-    let k = aead::LessSafeKey::new(
-        aead::UnboundKey::new(algorithm(key), &key.key).expect("a data key has a valid length"),
-    );
-    let mut nonce = [0u8; 12];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
-        .expect("system RNG");
-    let mut buf = identifier.as_bytes().to_vec();
-    k.seal_in_place_append_tag(
-        aead::Nonce::assume_unique_for_key(nonce),
-        aead::Aad::from(aad(&key.tenant, id)),
-        &mut buf,
-    )
-    .expect("sealing cannot fail for small inputs");
-    let mut out = nonce.to_vec();
-    out.extend(buf);
     Sealed {
         key_id: key.key_id.clone(),
-        sealed: B64.encode(out),
+        sealed: B64.encode(crate::keys::seal_bytes(
+            key,
+            &aad(&key.tenant, id),
+            identifier.as_bytes(),
+        )),
     }
 }
 
@@ -229,20 +209,7 @@ pub fn open(key: &DataKey, id: &str, s: &Sealed) -> Option<String> {
         return None;
     }
     let raw = B64.decode(&s.sealed).ok()?;
-    if raw.len() < 12 + 16 {
-        return None;
-    }
-    let (nonce, ct) = raw.split_at(12);
-    let k = aead::LessSafeKey::new(aead::UnboundKey::new(algorithm(key), &key.key).ok()?);
-    let mut buf = ct.to_vec();
-    let plain = k
-        .open_in_place(
-            aead::Nonce::try_assume_unique_for_key(nonce).ok()?,
-            aead::Aad::from(aad(&key.tenant, id)),
-            &mut buf,
-        )
-        .ok()?;
-    String::from_utf8(plain.to_vec()).ok()
+    String::from_utf8(crate::keys::open_bytes(key, &aad(&key.tenant, id), &raw)?).ok()
 }
 
 /// Store a new request (create-only). `false` if one with its id exists already.

@@ -32,6 +32,10 @@ pub struct Manifest {
     /// audit log outside itself, so `audit verify` notices a log cut back before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_head: Option<AuditHead>,
+    /// The run's encrypted subject index (see [`crate::snapshot::index`]); absent in runs
+    /// written before it existed, and in runs of data maps without identifier columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_index: Option<crate::snapshot::index::IndexRef>,
     /// sha256 of this manifest serialized with `checksum` and `mac` empty: catches a damaged
     /// manifest.
     #[serde(default)]

@@ -13,6 +13,7 @@
 //!   footer. No byte of personal data reaches the store in plaintext.
 //! - Run ids sort by creation time (`YYYYMMDDTHHMMSSZ-<4 hex>`).
 
+pub mod index;
 pub mod manifest;
 pub mod purge;
 pub mod read;

@@ -289,9 +289,27 @@ pub async fn verify(
                         .as_ref()
                         .is_some_and(|m| m.old.iter().chain(&m.new).any(|p| p == k))
             };
+            let index = manifest.subject_index.as_ref().map(|i| i.path.as_str());
+            if let Some(ix) = &manifest.subject_index {
+                match download(store, &ObjPath::from(ix.path.as_str())).await {
+                    Ok((_, bytes, sha)) if bytes == ix.bytes && sha == ix.sha256 => {}
+                    Ok((_, bytes, sha)) => report.findings.push(finding(
+                        ix.path.clone(),
+                        format!("subject index checksum mismatch: {bytes} bytes with sha256 {sha}, manifest says {} bytes with sha256 {}", ix.bytes, ix.sha256),
+                    )),
+                    Err(SnapshotError::Store(e)) if e.is_not_found() => report.findings.push(
+                        finding(ix.path.clone(), "missing: the manifest lists this subject index but it is not in the store".into()),
+                    ),
+                    Err(e) => return Err(e.into()),
+                }
+            }
             for obj in store.list(&run_prefix(&tenant, &run.run_id)).await? {
                 let k = obj.location.to_string();
-                if !k.ends_with(MANIFEST) && !listed.contains(k.as_str()) && !in_rewrite(&k) {
+                if !k.ends_with(MANIFEST)
+                    && !listed.contains(k.as_str())
+                    && Some(k.as_str()) != index
+                    && !in_rewrite(&k)
+                {
                     report
                         .findings
                         .push(finding(k, "file not listed in the manifest".into()));

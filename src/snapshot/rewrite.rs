@@ -90,7 +90,12 @@ async fn recover(
     let Some(m) = marker(store, &tenant, &run).await? else {
         return Ok(manifest);
     };
-    let listed: Vec<&str> = manifest.files.iter().map(|f| f.path.as_str()).collect();
+    let listed: Vec<&str> = manifest
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(manifest.subject_index.as_ref().map(|i| i.path.as_str()))
+        .collect();
     let committed = m.new.iter().all(|p| listed.contains(&p.as_str()));
     let garbage = if committed { &m.old } else { &m.new };
     tracing::warn!(tenant = %tenant, run = %run, committed, files = garbage.len(), "finishing a snapshot rewrite a crash interrupted");
@@ -116,16 +121,32 @@ pub async fn rewrite_run(
 ) -> Result<Option<Rewritten>, crate::Error> {
     let manifest = recover(store, s3, key, manifest).await?;
     let (tenant, run) = (manifest.tenant.clone(), manifest.run_id.clone());
-    // Which files hold the subjects (decrypt and count; nothing written yet).
+    // Which files may hold the subjects: the ones the run's index names (every file of a table
+    // with identifier columns when the run has no index).
+    let index = read_index(store, key, &manifest).await?;
+    let tags: Vec<[u8; 16]> = scrub
+        .subjects
+        .iter()
+        .filter_map(|s| crate::snapshot::index::tag_of(s))
+        .collect();
+    let named: Option<std::collections::BTreeSet<String>> = index.as_ref().map(|ix| {
+        ix.files_holding(&tags)
+            .into_iter()
+            .map(String::from)
+            .collect()
+    });
     let mut hits: Vec<(usize, tempfile::NamedTempFile, u64)> = Vec::new();
     let mut opened = 0;
     for (i, f) in manifest.files.iter().enumerate() {
-        let holds_identifiers = scrub
-            .data_map
-            .tables
-            .iter()
-            .any(|t| t.name == f.table && !t.config.identifiers.is_empty());
-        if !holds_identifiers {
+        let candidate = match &named {
+            Some(set) => set.contains(&f.path),
+            None => scrub
+                .data_map
+                .tables
+                .iter()
+                .any(|t| t.name == f.table && !t.config.identifiers.is_empty()),
+        };
+        if !candidate {
             continue;
         }
         opened += 1;
@@ -152,14 +173,27 @@ pub async fn rewrite_run(
         *n += 1;
         plan.push((i, tmp, dropped, new_path));
     }
+    let old_index = manifest.subject_index.as_ref().map(|i| i.path.clone());
+    let new_index = old_index.as_ref().map(|p| {
+        crate::snapshot::index::index_path(
+            &tenant,
+            &run,
+            crate::snapshot::index::generation(p).unwrap_or(0) + 1,
+        )
+    });
     let marker = Marker {
         format: FORMAT.into(),
         run_id: run.clone(),
         old: plan
             .iter()
             .map(|p| manifest.files[p.0].path.clone())
+            .chain(old_index.clone())
             .collect(),
-        new: plan.iter().map(|p| p.3.clone()).collect(),
+        new: plan
+            .iter()
+            .map(|p| p.3.clone())
+            .chain(new_index.clone())
+            .collect(),
     };
     store
         .put(
@@ -216,6 +250,25 @@ pub async fn rewrite_run(
             t.rows -= dropped;
         }
     }
+    // The index of the new generation: the subjects gone, the replaced files renamed.
+    if let (Some(ix), Some(path)) = (index, &new_index) {
+        let renamed: Vec<(String, String)> = out
+            .files
+            .iter()
+            .map(|f| (f.old_path.clone(), f.new_path.clone()))
+            .collect();
+        let mut next = ix.rewritten(&tags, &renamed);
+        let sealed = next.seal(key, &run);
+        next_manifest.subject_index = Some(crate::snapshot::index::IndexRef {
+            path: path.clone(),
+            bytes: sealed.len() as u64,
+            sha256: crate::util::sha256_hex(&sealed),
+            entries: next.entries.len() as u64,
+        });
+        store
+            .put(&ObjPath::from(path.as_str()), bytes::Bytes::from(sealed))
+            .await?;
+    }
     // The new generation, committed by one PUT.
     store
         .put(
@@ -227,6 +280,52 @@ pub async fn rewrite_run(
     out.objects_purged =
         crate::snapshot::purge::purge_replaced(store, s3, &tenant, &run, &marker.old).await?;
     Ok(Some(out))
+}
+
+/// The run's subject index, checked against the manifest and opened; `None` for a run without.
+pub async fn read_index(
+    store: &Store,
+    key: &DataKey,
+    manifest: &Manifest,
+) -> Result<Option<crate::snapshot::index::SubjectIndex>, crate::Error> {
+    let Some(ix) = &manifest.subject_index else {
+        return Ok(None);
+    };
+    let bytes = store.get(&ObjPath::from(ix.path.as_str())).await?;
+    if bytes.len() as u64 != ix.bytes || crate::util::sha256_hex(&bytes) != ix.sha256 {
+        return Err(SnapshotError::Decode {
+            key: ix.path.clone(),
+            message:
+                "subject index checksum mismatch against the manifest (run `lethe snapshot verify`)"
+                    .into(),
+        }
+        .into());
+    }
+    crate::snapshot::index::SubjectIndex::open(key, &manifest.run_id, &bytes)
+        .map(Some)
+        .ok_or_else(|| {
+            SnapshotError::Decode {
+                key: ix.path.clone(),
+                message: "the subject index does not open with the tenant's data key".into(),
+            }
+            .into()
+        })
+}
+
+/// Rows `scrub` would drop from the files `paths` of `manifest` (a full scan: the verification
+/// of a rewrite).
+pub async fn rows_left(
+    store: &Store,
+    key: &DataKey,
+    manifest: &Manifest,
+    scrub: &Scrub<'_>,
+    paths: &[String],
+) -> Result<u64, crate::Error> {
+    let mut n = 0;
+    for f in manifest.files.iter().filter(|f| paths.contains(&f.path)) {
+        n += scan(store, key, f, scrub).await?.1;
+    }
+    Ok(n)
 }
 
 fn part_number(path: &str) -> Option<usize> {

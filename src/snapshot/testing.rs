@@ -34,6 +34,7 @@ pub async fn fake_run(
         store.put(&key, body).await.expect("put a fixture part");
     }
     let mut m = Manifest {
+        subject_index: None,
         format: FORMAT.into(),
         run_id: run.into(),
         tenant: tenant.into(),

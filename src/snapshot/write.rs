@@ -76,6 +76,8 @@ pub struct RunSpec {
     pub audit_head: Option<crate::snapshot::manifest::AuditHead>,
     /// What stamps `created_at` and `committed_at`.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Builds each run's encrypted subject index (`None`: no index).
+    pub tagger: Option<crate::snapshot::index::Tagger>,
 }
 
 /// Writer properties of a snapshot file: zstd, bounded row groups, AES-GCM with the footer and
@@ -240,7 +242,8 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             spec.settings.row_group_rows as u64,
             spec.settings.file_rows as u64,
         );
-        tokio::task::spawn_blocking(move || encode(scan_rx, up_tx, props, ids, sizes))
+        let tagger = spec.tagger.clone();
+        tokio::task::spawn_blocking(move || encode(scan_rx, up_tx, props, ids, sizes, tagger))
     };
     let uploader = {
         let store = store.clone();
@@ -267,12 +270,13 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
         Ok(Err(crate::source::SourceError::Disconnected)) | Ok(Ok(())) => None,
         Ok(Err(e)) => Some(e.to_string()),
     };
-    let (tables, tenant_errors) = match encoded {
+    let (tables, tenant_errors, mut indexes) = match encoded {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => (Vec::new(), vec![Some(e); n]),
+        Ok(Err(e)) => (Vec::new(), vec![Some(e); n], Vec::new()),
         Err(join) => (
             Vec::new(),
             vec![Some(format!("the encoder stopped: {join}")); n],
+            Vec::new(),
         ),
     };
     for (t, e) in tenant_errors.into_iter().enumerate() {
@@ -336,9 +340,26 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             tables,
             files,
             audit_head: spec.audit_head.clone(),
+            subject_index: None,
             checksum: String::new(),
             mac: String::new(),
         };
+        // The subject index, sealed, before the manifest that lists it.
+        if let Some(ix) = indexes.get_mut(t).filter(|_| spec.tagger.is_some()) {
+            let sealed = ix.seal(&job.key, &job.run_id);
+            let path = crate::snapshot::index::index_path(&job.tenant, &job.run_id, 0);
+            let entry = crate::snapshot::index::IndexRef {
+                path: path.clone(),
+                bytes: sealed.len() as u64,
+                sha256: hex(digest::digest(&digest::SHA256, &sealed).as_ref()),
+                entries: ix.entries.len() as u64,
+            };
+            if let Err(e) = store.put(&ObjPath::from(path), Bytes::from(sealed)).await {
+                out.push((job.tenant, Err(SnapshotError::from(e))));
+                continue;
+            }
+            manifest.subject_index = Some(entry);
+        }
         let body = manifest.to_bytes(&job.key);
         let r = store
             .put(&manifest_key(&job.tenant, &job.run_id), Bytes::from(body))
@@ -420,7 +441,11 @@ async fn upload_spill(
 /// Per table: name, rows per tenant, schema fingerprint.
 type TableRows = (String, Vec<u64>, String);
 /// Tables read, and per tenant the error that stopped it.
-type Encoded = (Vec<TableRows>, Vec<Option<String>>);
+type Encoded = (
+    Vec<TableRows>,
+    Vec<Option<String>>,
+    Vec<crate::snapshot::index::SubjectIndex>,
+);
 
 /// A tenant's state for the current table.
 #[derive(Default)]
@@ -439,9 +464,12 @@ fn encode(
     props: Vec<Vec<Result<WriterProperties, String>>>,
     ids: Vec<(String, String)>,
     settings: (u64, u64),
+    tagger: Option<crate::snapshot::index::Tagger>,
 ) -> Result<Encoded, String> {
     let (row_group_rows, file_rows) = settings;
     let n = ids.len();
+    let mut indexes: Vec<crate::snapshot::index::SubjectIndex> =
+        (0..n).map(|_| Default::default()).collect();
     let mut errors: Vec<Option<String>> = props
         .iter()
         .map(|p| p.iter().find_map(|r| r.as_ref().err().cloned()))
@@ -525,7 +553,8 @@ fn encode(
                  st: &mut TenantTable,
                  table_no: usize,
                  table: &str,
-                 schema: &SchemaRef|
+                 schema: &SchemaRef,
+                 index: &mut crate::snapshot::index::SubjectIndex|
      -> Result<(), String> {
         if st.pending.is_empty() {
             return Ok(());
@@ -544,6 +573,12 @@ fn encode(
             st.part = Some(start(t, 0, table_no, table, schema)?);
         }
         let p = st.part.as_mut().expect("opened above");
+        if let Some(tg) = tagger.as_ref().filter(|tg| tg.has_identifiers(table_no)) {
+            // This flush becomes the next row group (or, past `row_group_rows`, the next two).
+            let rg = p.writer.flushed_row_groups().len() as u32;
+            let tags = tg.tags(table_no, &st.pending);
+            index.add(p.key.as_ref(), rg, tags);
+        }
         for b in st.pending.drain(..) {
             p.writer
                 .write(&b)
@@ -604,7 +639,7 @@ fn encode(
                     };
                     let st = &mut state[t];
                     pending_total -= st.pending_bytes;
-                    if let Err(e) = flush(t, st, table_no, &table, s) {
+                    if let Err(e) = flush(t, st, table_no, &table, s, &mut indexes[t]) {
                         *st = TenantTable::default();
                         errors[t].get_or_insert(e);
                     }
@@ -619,7 +654,7 @@ fn encode(
                         continue;
                     }
                     let done = (|| -> Result<(), String> {
-                        flush(tenant, &mut st, table_no, &t, &s)?;
+                        flush(tenant, &mut st, table_no, &t, &s, &mut indexes[tenant])?;
                         if st.written != rows[tenant] {
                             return Err(format!(
                                 "table {t}: read {} rows but wrote {}",
@@ -652,5 +687,5 @@ fn encode(
     if schema.is_some() {
         return Err(format!("the source stopped in the middle of table {table}"));
     }
-    Ok((tables, errors))
+    Ok((tables, errors, indexes))
 }
