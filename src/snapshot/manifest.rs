@@ -173,6 +173,17 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(ix) = &self.subject_index {
+            let ok = crate::snapshot::index::generation(&ix.path).is_some_and(|g| {
+                crate::snapshot::index::index_path(&self.tenant, &self.run_id, g) == ix.path
+            });
+            if !ok {
+                return Err(format!(
+                    "subject index path {:?} is not this run's index",
+                    ix.path
+                ));
+            }
+        }
         Ok(())
     }
 
