@@ -30,7 +30,12 @@ fn main() {
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|p| keyring.subject_hash(&format!("phone:{}", p.trim())))
+        .map(|p| {
+            (
+                keyring.subject_hash(&format!("phone:{}", p.trim())),
+                Default::default(),
+            )
+        })
         .collect();
     let scrub = Scrub {
         subjects,

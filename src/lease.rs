@@ -448,7 +448,10 @@ mod tests {
             .unwrap();
         // Someone writes the next generation (as a contender would after expiry).
         let g = a.shared.generation.load(Ordering::SeqCst);
-        let rec = a.shared.record.lock().unwrap().clone();
+        // (another holder: a record with exactly the holder's bytes would count as the
+        // holder's own write, which create-only writes treat as written)
+        let mut rec = a.shared.record.lock().unwrap().clone();
+        rec.purpose = "contender".into();
         assert!(put_new(&s, &gen_key("r", g + 1), &rec).await.unwrap());
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert!(matches!(a.ensure(), Err(LeaseError::Lost { .. })));

@@ -1384,3 +1384,77 @@ fn the_subject_index_is_sealed_and_points_the_rewrite_at_the_files_that_hold_the
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("subject index checksum mismatch"), "{out}");
 }
+
+#[test]
+fn random_sigkills_during_an_immediate_erasure_converge_and_every_reader_sees_a_whole_run() {
+    let d = demo(2, 60);
+    let (t, email, selfies) = an_employee_with_selfies(&d);
+    let want = expected_rows(&d.db(), &t, "email", &email.to_lowercase());
+    let before = counts(&d.db(), &t);
+    for _ in 0..2 {
+        let (code, out, err) = run(&d, &["run", "snapshot"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let (code, out, err) = run(
+        &d,
+        &[
+            "erase",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "email",
+            "--id",
+            &email,
+            "--immediate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    for seed in [11u64, 23, 37, 41, 59] {
+        common::kill_randomly(&["--config", cfg(&d), "run", "erasure"], 3, seed, 400);
+        // After every kill, every reader sees complete runs.
+        let (code, out, err) = run(&d, &["snapshot", "verify"]);
+        assert_eq!(code, 0, "seed {seed}: {out}\n{err}");
+    }
+    // The lease a killed run held expires; then one clean run converges.
+    let mut done = false;
+    for _ in 0..40 {
+        let (code, out, err) = run(&d, &["run", "erasure"]);
+        if code == 0 {
+            done = true;
+            break;
+        }
+        assert!(
+            err.contains("lease") || err.contains("held"),
+            "{out}\n{err}"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+    assert!(done, "the erasure never completed after the kills");
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert!(out.contains("\"final\""), "{out}");
+    let after = counts(&d.db(), &t);
+    for (table, n) in &before {
+        let gone = if table == "billing_records" {
+            0
+        } else {
+            want[table]
+        };
+        assert_eq!(after[table], n - gone, "{table}");
+    }
+    let blobs = blob_files(&d);
+    for s in &selfies {
+        assert!(!blobs.contains(s));
+    }
+    for (i, r) in runs_of(&d, &t).iter().enumerate() {
+        let (text, dropped) = restore_csv(&d, &t, r, &format!("k{i}"));
+        assert_eq!(dropped, 0, "run {r} was not rewritten");
+        assert!(
+            !text.contains(&email.to_lowercase()),
+            "run {r} holds the person"
+        );
+    }
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

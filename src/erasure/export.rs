@@ -242,7 +242,9 @@ async fn write_all(
         }
         f.sync_all().map_err(|e| io(&path, e))?;
     }
-    // The photos and recordings those rows reference.
+    // The photos and recordings those rows reference (each once).
+    blob_keys.sort();
+    blob_keys.dedup();
     if !blob_keys.is_empty() {
         let Some(spec) = &c.config.blobs else {
             return Err(crate::Error::Usage(format!(
@@ -267,16 +269,17 @@ async fn write_all(
             else {
                 continue;
             };
+            // (errors name the blob directory, never the key: keys may embed identifiers)
             let path = dir.join(&key);
             if let Some(parent) = path.parent() {
                 std::fs::DirBuilder::new()
                     .mode(0o700)
                     .recursive(true)
                     .create(parent)
-                    .map_err(|e| io(parent, e))?;
+                    .map_err(|e| io(&dir, e))?;
             }
-            let mut f = create(&path).map_err(|e| io(&path, e))?;
-            f.write_all(&bytes).map_err(|e| io(&path, e))?;
+            let mut f = create(&path).map_err(|e| io(&dir, e))?;
+            f.write_all(&bytes).map_err(|e| io(&dir, e))?;
             written.blobs += 1;
             written.files.push(path);
         }

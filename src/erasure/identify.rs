@@ -104,7 +104,9 @@ fn phone(v: &str, country: Option<&str>) -> Result<String, (&'static str, &'stat
 
 /// Lower-case, trimmed, one `@` with something on both sides.
 fn email(v: &str) -> Result<String, (&'static str, &'static str)> {
-    let lower = v.to_lowercase();
+    // ASCII only, as SQLite's lower() and PostgreSQL's lower(… COLLATE "C") do: the SQL normal
+    // form must agree with this one on every value.
+    let lower = v.to_ascii_lowercase();
     match lower.split_once('@') {
         Some((local, domain))
             if !local.is_empty()
@@ -122,8 +124,16 @@ fn email(v: &str) -> Result<String, (&'static str, &'static str)> {
 /// `Some(expression)` over `col` for kinds with a normal form a database can compute, `None`
 /// when the stored value is compared as is. Phones: non-digits removed, then the trunk or
 /// international prefix rewritten the same way as [`normalize`].
-pub fn sql_normal_form(kind: &str, col: &str, phone_country: Option<&str>) -> Option<String> {
+pub fn sql_normal_form(
+    kind: &str,
+    col: &str,
+    phone_country: Option<&str>,
+    postgres: bool,
+) -> Option<String> {
     match kind {
+        // ASCII-only lower case on both databases (SQLite's lower() is; PostgreSQL's is under
+        // the C collation), as the Rust normal form.
+        "email" if postgres => Some(format!("lower(trim({col}) COLLATE \"C\")")),
         "email" => Some(format!("lower(trim({col}))")),
         "phone" => {
             // Digits only (SQLite has no regexp_replace: nested replace of the separators).
@@ -147,7 +157,7 @@ pub fn sql_normal_form(kind: &str, col: &str, phone_country: Option<&str>) -> Op
 pub fn stored_form(kind: &str, raw: &str, phone_country: Option<&str>) -> String {
     let t = raw.trim_matches(' ');
     match kind {
-        "email" => t.to_lowercase(),
+        "email" => t.to_ascii_lowercase(),
         "phone" => {
             let e: String = t
                 .chars()
@@ -236,7 +246,7 @@ mod tests {
     fn sql_and_rust_agree_on_phones() {
         // The SQL form, evaluated by SQLite, gives the same normal form as `normalize`.
         let c = rusqlite::Connection::open_in_memory().unwrap();
-        let expr = sql_normal_form("phone", "?1", Some("62")).unwrap();
+        let expr = sql_normal_form("phone", "?1", Some("62"), false).unwrap();
         for written in [
             "+62 812-3456-7890",
             "0812 3456 7890",

@@ -59,9 +59,29 @@ pub async fn drain(
     clock: &Arc<dyn Clock>,
 ) -> crate::Result<Drained> {
     ensure(db).map_err(|e| e.on(TABLE))?;
+    // Rows whose request finished its primary phase while a crash kept the row from being
+    // settled: their plaintext identifier goes now.
+    let open = db
+        .query(&format!(
+            "SELECT CAST(tenant_id AS TEXT), request_id FROM {TABLE} WHERE request_id IS NOT NULL AND identifier IS NOT NULL"
+        ))
+        .map_err(|e| e.on(TABLE))?;
+    for r in open {
+        let (Some(t), Some(id)) = (&r[0], &r[1]) else {
+            continue;
+        };
+        if !crate::util::is_safe_ident(t) || !crate::util::is_safe_ident(id) {
+            continue;
+        }
+        if let Some(req) = crate::erasure::request::read(store, t, id).await?
+            && req.state != crate::erasure::request::State::Received
+        {
+            settle(db, id, req.state.name())?;
+        }
+    }
     let rows = db
         .query(&format!(
-            "SELECT CAST(id AS TEXT), CAST(tenant_id AS TEXT), scope, kind, identifier, CAST(immediate AS TEXT), reference FROM {TABLE} WHERE request_id IS NULL AND state IS NULL ORDER BY id"
+            "SELECT CAST(id AS TEXT), CAST(tenant_id AS TEXT), scope, kind, identifier, CAST(immediate AS TEXT), reference, CAST(received_at AS TEXT) FROM {TABLE} WHERE request_id IS NULL AND state IS NULL ORDER BY id"
         ))
         .map_err(|e| e.on(TABLE))?;
     let mut out = Drained::default();
@@ -75,8 +95,9 @@ pub async fn drain(
             immediate: matches!(r[5].as_deref(), Some("1" | "t" | "true")),
             reference: r[6].clone(),
         };
+        let received_at = r[7].clone().unwrap_or_default();
         // Received already by a run interrupted before it marked the row?
-        let suffix = intake_suffix(&row.tenant, row.id);
+        let suffix = intake_suffix(&row.tenant, row.id, &received_at);
         if crate::util::is_safe_ident(&row.tenant)
             && let Some(req) = crate::erasure::request::list(store, Some(&row.tenant))
                 .await?
@@ -138,10 +159,12 @@ pub async fn drain(
     Ok(out)
 }
 
-/// The end of the request id of intake row `id` (after its receipt time): a hash of the tenant
-/// and row, so that receiving the same row again finds the request it became.
-fn intake_suffix(tenant: &str, id: i64) -> String {
-    let h = crate::util::sha256_hex(format!("lethe/intake\0{tenant}\0{id}").as_bytes());
+/// The end of the request id of intake row `id` (after its receipt time): a hash of the tenant,
+/// the row id and the row's own receipt time, so that receiving the same row again finds the
+/// request it became, and a row of a recreated table (ids restarting) does not.
+fn intake_suffix(tenant: &str, id: i64, received_at: &str) -> String {
+    let h =
+        crate::util::sha256_hex(format!("lethe/intake\0{tenant}\0{id}\0{received_at}").as_bytes());
     h[..12].to_string()
 }
 

@@ -25,6 +25,10 @@ pub struct Entry {
     pub erased_at: String,
     /// Keyed hashes of every identifier of the person.
     pub subjects: Vec<String>,
+    /// Tables whose rows of the person were kept (legal hold, statutory exception): their
+    /// rows are kept in backups and restores too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept_tables: Vec<String>,
 }
 
 pub fn key(tenant: &str, request: &str) -> ObjPath {
@@ -52,12 +56,42 @@ pub async fn record(
         request: request.into(),
         erased_at: crate::util::rfc3339(erased_at),
         subjects,
+        kept_tables: Vec::new(),
     };
     let bytes = Bytes::from(serde_json::to_vec_pretty(&e).expect("serializable"));
     if !store.put_create(&k, bytes).await? {
         // Written by an earlier attempt between our HEAD and PUT: that one stands.
         tracing::debug!(tenant, request, "ledger entry exists already");
     }
+    Ok(())
+}
+
+/// When the primary phase is verified: the entry gets the completion time (runs taken before it
+/// may hold the person), the union of the identifiers known at the start and now, and the
+/// tables whose rows were kept. Written over the first entry (under the destructive lease).
+pub async fn complete(
+    store: &Store,
+    tenant: &str,
+    request: &str,
+    done: DateTime<Utc>,
+    subjects: Vec<String>,
+    kept: &[crate::erasure::request::KeptRows],
+) -> crate::Result<()> {
+    let mut e = entry(store, tenant, request).await?.unwrap_or(Entry {
+        format: FORMAT.into(),
+        tenant: tenant.into(),
+        request: request.into(),
+        erased_at: String::new(),
+        subjects: Vec::new(),
+        kept_tables: Vec::new(),
+    });
+    e.erased_at = crate::util::rfc3339(done);
+    e.subjects.extend(subjects);
+    e.subjects.sort();
+    e.subjects.dedup();
+    e.kept_tables = kept.iter().map(|k| k.table.clone()).collect();
+    let bytes = Bytes::from(serde_json::to_vec_pretty(&e).expect("serializable"));
+    store.put(&key(tenant, request), bytes).await?;
     Ok(())
 }
 
@@ -73,20 +107,21 @@ pub async fn entry(store: &Store, tenant: &str, request: &str) -> crate::Result<
     })
 }
 
-/// The ledger of `tenant`: each erased subject hash with the earliest time it was erased.
+/// The ledger of `tenant`: each erased subject hash with the latest time it was erased and
+/// the tables its rows were kept in.
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
-    pub erased: BTreeMap<String, DateTime<Utc>>,
+    pub erased: BTreeMap<String, (DateTime<Utc>, BTreeSet<String>)>,
 }
 
 impl Ledger {
     /// Subjects erased at or after `taken` (a run taken then may still hold them; run times
-    /// have whole seconds, so the same second counts as after).
-    pub fn after(&self, taken: DateTime<Utc>) -> BTreeSet<&str> {
+    /// have whole seconds, so the same second counts as after), with their kept tables.
+    pub fn after(&self, taken: DateTime<Utc>) -> BTreeMap<String, BTreeSet<String>> {
         self.erased
             .iter()
-            .filter(|(_, t)| **t >= taken)
-            .map(|(s, _)| s.as_str())
+            .filter(|(_, (t, _))| *t >= taken)
+            .map(|(s, (_, kept))| (s.clone(), kept.clone()))
             .collect()
     }
     pub fn is_empty(&self) -> bool {
@@ -121,10 +156,11 @@ pub async fn read(store: &Store, tenant: &str) -> crate::Result<Ledger> {
             })?
             .with_timezone(&Utc);
         for s in e.subjects {
-            let t = out.erased.entry(s).or_insert(at);
-            if at < *t {
+            let (t, kept) = out.erased.entry(s).or_insert((at, BTreeSet::new()));
+            if at > *t {
                 *t = at;
             }
+            kept.extend(e.kept_tables.iter().cloned());
         }
     }
     Ok(out)
@@ -134,7 +170,8 @@ pub async fn read(store: &Store, tenant: &str) -> crate::Result<Ledger> {
 /// columns (data map `identifiers`), in its stored normal form, hashes to a subject the ledger
 /// lists as erased after the run was taken.
 pub struct Scrub<'a> {
-    pub subjects: BTreeSet<String>,
+    /// Erased subject hashes, each with the tables its rows are kept in.
+    pub subjects: BTreeMap<String, BTreeSet<String>>,
     pub keyring: &'a crate::keys::Keyring,
     pub data_map: &'a crate::datamap::DataMap,
     pub phone_country: Option<String>,
@@ -168,9 +205,11 @@ impl Scrub<'_> {
                         s.value(i),
                         self.phone_country.as_deref(),
                     );
+                    let h = self.keyring.subject_hash(&format!("{kind}:{form}"));
                     if self
                         .subjects
-                        .contains(&self.keyring.subject_hash(&format!("{kind}:{form}")))
+                        .get(&h)
+                        .is_some_and(|kept| !kept.contains(table))
                     {
                         *k = false;
                     }

@@ -87,9 +87,10 @@ pub enum ResolveError {
 }
 
 /// The normal form of `col` as the database computes it.
-fn normal_expr(kind: &str, col: &str, phone_country: Option<&str>) -> String {
+fn normal_expr(d: Dialect, kind: &str, col: &str, phone_country: Option<&str>) -> String {
     let raw = format!("CAST({} AS TEXT)", qi(col));
-    identify::sql_normal_form(kind, &raw, phone_country).unwrap_or_else(|| format!("trim({raw})"))
+    identify::sql_normal_form(kind, &raw, phone_country, d == Dialect::Postgres)
+        .unwrap_or_else(|| format!("trim({raw})"))
 }
 
 /// "This row holds one of `known`" over `table`'s identifier columns, or `None` when the table
@@ -106,7 +107,7 @@ pub(crate) fn matches(
         let Some(values) = known.get(kind.as_str()) else {
             continue;
         };
-        let e = normal_expr(kind, col, phone_country);
+        let e = normal_expr(d, kind, col, phone_country);
         ors.push(match d {
             Dialect::Postgres => {
                 params
@@ -165,7 +166,7 @@ pub fn resolve(
                 .config
                 .identifiers
                 .iter()
-                .map(|(c, k)| (k, normal_expr(k, c, phone_country)))
+                .map(|(c, k)| (k, normal_expr(d, k, c, phone_country)))
                 .collect();
             let select: Vec<&str> = cols.iter().map(|(_, e)| e.as_str()).collect();
             let sql = format!(
@@ -177,7 +178,12 @@ pub fn resolve(
             let rows = db.query_p(&sql, &params).map_err(|e| e.on(&t.name))?;
             for r in rows {
                 for ((k, _), v) in cols.iter().zip(r) {
-                    if let Some(v) = v.filter(|v| !v.is_empty() && v != "+") {
+                    // Only a value that is a valid identifier in its normal form links: a
+                    // placeholder ("0", "N/A", "-") shared by many rows must not pull in
+                    // everyone who holds it.
+                    if let Some(v) = v
+                        .filter(|v| identify::normalize(k, v, phone_country).is_ok_and(|n| &n == v))
+                    {
                         found.push(((*k).clone(), v));
                     }
                 }

@@ -65,6 +65,9 @@ pub struct RequestPlan {
     pub subject: Option<String>,
     /// The person's identifiers resolution found, by kind (counts).
     pub identifiers: BTreeMap<String, usize>,
+    /// Their keyed hashes (so a confirmed plan hash pins exactly whom it erases).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
     pub tables: Vec<TablePlan>,
     /// Committed snapshot runs of the tenant (the backups phase covers them).
     pub snapshot_runs: usize,
@@ -210,6 +213,7 @@ async fn plan_request(
         phase: "primary",
         subject: r.subject.clone(),
         identifiers: BTreeMap::new(),
+        subjects: Vec::new(),
         tables: Vec::new(),
         snapshot_runs: crate::snapshot::read::committed(store, &r.tenant)
             .await?
@@ -263,6 +267,13 @@ async fn plan_request(
         .into_iter()
         .map(|(k, n)| (k.to_string(), n))
         .collect();
+    if let Some(k) = keyring {
+        p.subjects = found
+            .pairs()
+            .map(|(kind, v)| k.subject_hash(&format!("{kind}:{v}")))
+            .collect();
+        p.subjects.sort();
+    }
     let m = found.to_match(pc);
     let held_subject = holds.iter().find(|h| {
         h.tenant == r.tenant
@@ -749,7 +760,11 @@ async fn run_locked(
         .collect();
     if !todo.is_empty() {
         *touched = true;
-        let mut keyring = keyring.expect("a request with a sealed identifier has a keyring");
+        let mut keyring = match keyring {
+            Some(k) => k,
+            // (an offboarding of a tenant that never had a key: nothing to destroy)
+            None => Keyring::open(&cfg.keyring, &cfg.master_key, true)?,
+        };
         let mut audit = crate::pipeline::open_audit(c, store, clock, lease).await?;
         let blobs = cfg.blobs.as_ref().map(Store::open).transpose()?;
         let s3 = crate::snapshot::purge::s3_admin_for(&cfg.store).await?;
@@ -785,7 +800,8 @@ async fn run_locked(
                 }
                 Scope::Subject => {
                     let done =
-                        primary_phase(c, &mut env, &plan.hash, p, hashes, s3.as_ref(), now).await?;
+                        primary_phase(c, &mut env, &plan.hash, p, hashes, s3.as_ref(), clock)
+                            .await?;
                     // "Immediate and irreversible": the backups go in the same run.
                     match p.req.as_ref().filter(|r| r.immediate) {
                         Some(_) => {
@@ -838,8 +854,9 @@ async fn primary_phase(
     p: &RequestPlan,
     hashes: Vec<String>,
     s3: Option<&crate::s3::S3Admin>,
-    now: DateTime<Utc>,
+    clock: &Arc<dyn Clock>,
 ) -> crate::Result<RequestOutcome> {
+    let now = clock.now();
     let found = p.found.as_ref().expect("resolved");
     let mut r = p.req.clone().expect("planned from a request");
     env.audit
@@ -865,7 +882,7 @@ async fn primary_phase(
         &serde_json::to_string(&pairs).expect("serializable"),
     ));
     request::update(env.store, s3, &r).await?;
-    ledger::record(env.store, &p.tenant, &p.request, now, hashes).await?;
+    ledger::record(env.store, &p.tenant, &p.request, now, hashes.clone()).await?;
     crash_point("after the ledger entry");
 
     let pc = c.policy.erasure.phone_country.as_deref();
@@ -934,7 +951,11 @@ async fn primary_phase(
             p.request, p.tenant, out.verified
         )));
     }
-    out.done_at = crate::util::rfc3339(now);
+    // Done when verified, not when started: a snapshot taken while the rows were going may
+    // hold the person, and must count as taken before the erasure.
+    let done = clock.now();
+    out.done_at = crate::util::rfc3339(done);
+    ledger::complete(env.store, &p.tenant, &p.request, done, hashes, &out.kept).await?;
     r.state = State::PrimaryDone;
     r.identifier = None;
     r.resolved = None;
@@ -996,6 +1017,19 @@ struct RewriteEnd<'a> {
     verified: String,
 }
 
+fn empty_outcome(plan_hash: &str) -> PrimaryOutcome {
+    PrimaryOutcome {
+        done_at: String::new(),
+        plan_hash: plan_hash.to_string(),
+        identifiers: BTreeMap::new(),
+        rows: BTreeMap::new(),
+        blobs_deleted: 0,
+        blobs_already_absent: 0,
+        kept: Vec::new(),
+        verified: String::new(),
+    }
+}
+
 /// A person's backups phase: rewrite the runs that would outlive the deadline, verify each by a
 /// second scan, and make the request `final` when no run taken before the erasure holds them.
 async fn backups_phase(
@@ -1028,9 +1062,57 @@ async fn backups_phase(
                 p.request, p.tenant
             ))
         })?;
-    let key = env.keyring.data_key(&p.tenant)?;
+    let key = match env.keyring.data_key(&p.tenant) {
+        Ok(k) => k,
+        // The tenant's key was destroyed (offboarding): every backup of it is crypto-erased.
+        Err(_) if !env.keyring.has(&p.tenant) => {
+            r.state = State::Final;
+            let b = request::BackupsOutcome {
+                done_at: crate::util::rfc3339(now),
+                plan_hash: plan_hash.to_string(),
+                runs_purged: Vec::new(),
+                runs_rewritten: Vec::new(),
+                verified: "the tenant's data key is destroyed: no backup of the tenant can be decrypted (crypto-erase)".into(),
+            };
+            r.backups = Some(b.clone());
+            request::update(env.store, s3, &r).await?;
+            crate::erasure::intake::settle(env.db, &r.id, r.state.name())?;
+            env.audit
+                .record(&RequestEnd {
+                    step: "erasure",
+                    phase: "end",
+                    plan_hash,
+                    tenant: &p.tenant,
+                    request: &p.request,
+                    erasure_phase: "backups",
+                    rows: &BTreeMap::new(),
+                    blobs_deleted: 0,
+                    blobs_already_absent: 0,
+                    kept: &[],
+                    verified: &b.verified,
+                    state: r.state.name(),
+                })
+                .await?;
+            return Ok(RequestOutcome {
+                tenant: p.tenant.clone(),
+                request: p.request.clone(),
+                scope: Scope::Subject,
+                outcome: empty_outcome(plan_hash),
+                key_destroyed: None,
+                backups: Some(b),
+                runs_pinned: Vec::new(),
+                state: r.state,
+                rewritten: Vec::new(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
     let scrub = ledger::Scrub {
-        subjects: entry.subjects.iter().cloned().collect(),
+        subjects: entry
+            .subjects
+            .iter()
+            .map(|s| (s.clone(), entry.kept_tables.iter().cloned().collect()))
+            .collect(),
         keyring: env.keyring,
         data_map: env.dm,
         phone_country: c.policy.erasure.phone_country.clone(),

@@ -101,11 +101,13 @@ impl Tagger {
         self.tables.get(table_no).is_some_and(|c| !c.is_empty())
     }
 
-    /// The tags of every identifier in `batches` of table `table_no`.
-    pub fn tags(&self, table_no: usize, batches: &[RecordBatch]) -> HashSet<[u8; 16]> {
+    /// The tags of every identifier in `batches` of table `table_no`; `None` when a column
+    /// cannot be read as text (the index would miss it: the run then gets no index, and a
+    /// rewrite searches every file).
+    pub fn tags(&self, table_no: usize, batches: &[RecordBatch]) -> Option<HashSet<[u8; 16]>> {
         let mut out = HashSet::new();
         let Some(cols) = self.tables.get(table_no) else {
-            return out;
+            return Some(out);
         };
         for (col, kind) in cols {
             let mut seen: HashSet<String> = HashSet::new();
@@ -113,9 +115,7 @@ impl Tagger {
                 let Some(a) = b.column_by_name(col) else {
                     continue;
                 };
-                let Ok(s) = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8) else {
-                    continue;
-                };
+                let s = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8).ok()?;
                 let s = s.as_string::<i32>();
                 for i in 0..s.len() {
                     if s.is_valid(i) && !seen.contains(s.value(i)) {
@@ -135,7 +135,7 @@ impl Tagger {
                 out.insert(t);
             }
         }
-        out
+        Some(out)
     }
 }
 
@@ -144,6 +144,8 @@ impl Tagger {
 pub struct SubjectIndex {
     pub files: Vec<String>,
     pub entries: Vec<([u8; 16], u32, u32)>,
+    /// A column could not be indexed: the run is written without an index.
+    pub incomplete: bool,
 }
 
 impl SubjectIndex {
@@ -189,6 +191,7 @@ impl SubjectIndex {
                 .filter(|(t, _, _)| !gone.contains(t))
                 .copied()
                 .collect(),
+            incomplete: false,
         }
     }
 
@@ -241,7 +244,11 @@ impl SubjectIndex {
                 )
             })
             .collect();
-        Some(SubjectIndex { files, entries })
+        Some(SubjectIndex {
+            files,
+            entries,
+            incomplete: false,
+        })
     }
 
     /// Sealed under the tenant's data key for run `run`.

@@ -526,7 +526,7 @@ pub async fn restore(
         })?;
     let erased = crate::erasure::ledger::read(store, tenant).await?;
     let scrub = crate::erasure::ledger::Scrub {
-        subjects: erased.after(taken).into_iter().map(String::from).collect(),
+        subjects: erased.after(taken),
         keyring,
         data_map: ledger.data_map,
         phone_country: ledger.phone_country.clone(),

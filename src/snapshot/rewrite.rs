@@ -124,10 +124,18 @@ pub async fn rewrite_run(
     // Which files may hold the subjects: the ones the run's index names (every file of a table
     // with identifier columns when the run has no index).
     let index = read_index(store, key, &manifest).await?;
+    // Subjects whose rows in some tables are kept stay in the index (their kept rows are still
+    // there); the others leave it.
     let tags: Vec<[u8; 16]> = scrub
         .subjects
-        .iter()
+        .keys()
         .filter_map(|s| crate::snapshot::index::tag_of(s))
+        .collect();
+    let gone: Vec<[u8; 16]> = scrub
+        .subjects
+        .iter()
+        .filter(|(_, kept)| kept.is_empty())
+        .filter_map(|(s, _)| crate::snapshot::index::tag_of(s))
         .collect();
     let named: Option<std::collections::BTreeSet<String>> = index.as_ref().map(|ix| {
         ix.files_holding(&tags)
@@ -257,7 +265,7 @@ pub async fn rewrite_run(
             .iter()
             .map(|f| (f.old_path.clone(), f.new_path.clone()))
             .collect();
-        let mut next = ix.rewritten(&tags, &renamed);
+        let mut next = ix.rewritten(&gone, &renamed);
         let sealed = next.seal(key, &run);
         next_manifest.subject_index = Some(crate::snapshot::index::IndexRef {
             path: path.clone(),

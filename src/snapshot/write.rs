@@ -345,7 +345,10 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             mac: String::new(),
         };
         // The subject index, sealed, before the manifest that lists it.
-        if let Some(ix) = indexes.get_mut(t).filter(|_| spec.tagger.is_some()) {
+        if let Some(ix) = indexes
+            .get_mut(t)
+            .filter(|ix| spec.tagger.is_some() && !ix.incomplete)
+        {
             let sealed = ix.seal(&job.key, &job.run_id);
             let path = crate::snapshot::index::index_path(&job.tenant, &job.run_id, 0);
             let entry = crate::snapshot::index::IndexRef {
@@ -576,8 +579,10 @@ fn encode(
         if let Some(tg) = tagger.as_ref().filter(|tg| tg.has_identifiers(table_no)) {
             // This flush becomes the next row group (or, past `row_group_rows`, the next two).
             let rg = p.writer.flushed_row_groups().len() as u32;
-            let tags = tg.tags(table_no, &st.pending);
-            index.add(p.key.as_ref(), rg, tags);
+            match tg.tags(table_no, &st.pending) {
+                Some(tags) => index.add(p.key.as_ref(), rg, tags),
+                None => index.incomplete = true,
+            }
         }
         for b in st.pending.drain(..) {
             p.writer
