@@ -14,8 +14,8 @@ lethe=${LETHE_BIN:-${CARGO_TARGET_DIR:-target}/release/lethe}
 W=$(mkdir -p ../bench-data && cd ../bench-data && pwd)/erase365
 if [ ! -d "$W.orig" ]; then
   rm -rf "$W"
-  "$lethe" -q demo --dir "$W" --tenants 2 --days 60 --no-retention > /dev/null
-  for _ in $(seq 2 "$N"); do "$lethe" -q --config "$W/lethe.toml" run snapshot --tenant kopi-senja > /dev/null; done
+  "$lethe" -q demo --dir "$W" --tenants 2 --days 60 --no-retention > /dev/null 2>&1
+  for _ in $(seq 2 "$N"); do "$lethe" -q --config "$W/lethe.toml" run snapshot --tenant kopi-senja > /dev/null 2>&1; done
   cp -r "$W" "$W.orig"
 fi
 rm -rf "$W" && cp -r "$W.orig" "$W"

@@ -26,19 +26,30 @@ fn main() {
     let dm = lethe::datamap::DataMap::load_dir(&c.data_map).unwrap();
     let keyring = lethe::keys::Keyring::open(&c.keyring, &c.master_key, false).unwrap();
     let store = lethe::store::Store::open(&c.store).unwrap();
-    let subjects = std::fs::read_to_string(phones)
+    let phones: Vec<String> = std::fs::read_to_string(phones)
         .unwrap()
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|p| {
-            (
-                keyring.subject_hash(&format!("phone:{}", p.trim())),
-                Default::default(),
-            )
-        })
+        .map(|p| p.trim().to_string())
         .collect();
+    // What the ledger holds for each erased phone: its keyed hash and its index tag.
+    let tag_key = lethe::snapshot::index::tag_key(&keyring.subject_key());
     let scrub = Scrub {
-        subjects,
+        subjects: phones
+            .iter()
+            .map(|p| {
+                (
+                    keyring.subject_hash(&format!("phone:{p}")),
+                    Default::default(),
+                )
+            })
+            .collect(),
+        index_tags: Some(
+            phones
+                .iter()
+                .map(|p| (lethe::snapshot::index::tag(tag_key, "phone", p), false))
+                .collect(),
+        ),
         keyring: &keyring,
         data_map: &dm,
         phone_country: None,

@@ -8,7 +8,8 @@
 # usage: benches/rewrite_postgres.sh        (from the repository root)
 #   First: ../shared/peers/setup.sh venvs db, and ../shared/peers/03_pg_to_parquet.sh connectorx
 #   (writes $OUTDIR/messages.parquet, the peers' input).
-#   RUNS=3  PEERS=../shared/peers  PEERS_DIR=../peers-run/.peers  LETHE_BIN=… (default: release build)
+#   RUNS=3  PEERS=../shared/peers  PEERS_DIR=../peers-run/.peers
+#   LETHE_BIN=…, REWRITE_BIN=… (prebuilt lethe and benches/rewrite.rs binaries; default: release build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PEERS=$(cd "${PEERS:-../shared/peers}" && pwd)
@@ -17,13 +18,14 @@ RUNS=${RUNS:-3}
 # shellcheck source=/dev/null
 . "$PEERS/env.sh"
 WORK=$(mkdir -p ../bench-data/lethe-rewrite && cd ../bench-data/lethe-rewrite && pwd)
+need_messages_parquet
 [ -s "$OUTDIR/phones_1000.txt" ] || "$PYTHON" "$PEERS/make_phone_list.py" "$OUTDIR/phones_1000.txt"
 
 psql -qc "CREATE TABLE IF NOT EXISTS tenants AS SELECT DISTINCT tenant_id::text AS id, 'active'::text AS status, NULL::timestamptz AS cancelled_at FROM messages"
-cargo build --release --quiet --bench rewrite
-lethe=${LETHE_BIN:-${CARGO_TARGET_DIR:-target}/release/lethe}
+[ -n "${REWRITE_BIN:-}" ] || cargo build --release --quiet --bench rewrite
 [ -n "${LETHE_BIN:-}" ] || cargo build --release --quiet
-bench_bin=$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/rewrite-* | grep -v '\.d$' | head -1)
+lethe=${LETHE_BIN:-${CARGO_TARGET_DIR:-target}/release/lethe}
+bench_bin=${REWRITE_BIN:-$(ls -t "${CARGO_TARGET_DIR:-target}"/release/deps/rewrite-* | grep -v '\.d$' | head -1)}
 
 mkdir -p "$WORK/schemas" "$WORK/jobs"
 cat > "$WORK/schemas/messages.toml" <<'TOML'

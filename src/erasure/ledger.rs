@@ -25,6 +25,9 @@ pub struct Entry {
     pub erased_at: String,
     /// Keyed hashes of every identifier of the person.
     pub subjects: Vec<String>,
+    /// Their subject-index tags (keyed SipHash, hex), to find them in snapshot runs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub index_tags: Vec<String>,
     /// Tables whose rows of the person were kept (legal hold, statutory exception): their
     /// rows are kept in backups and restores too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -43,8 +46,11 @@ pub async fn record(
     request: &str,
     erased_at: DateTime<Utc>,
     mut subjects: Vec<String>,
+    mut index_tags: Vec<String>,
 ) -> crate::Result<()> {
     let k = key(tenant, request);
+    index_tags.sort();
+    index_tags.dedup();
     if store.head(&k).await?.is_some() {
         return Ok(());
     }
@@ -56,6 +62,7 @@ pub async fn record(
         request: request.into(),
         erased_at: crate::util::rfc3339(erased_at),
         subjects,
+        index_tags,
         kept_tables: Vec::new(),
     };
     let bytes = Bytes::from(serde_json::to_vec_pretty(&e).expect("serializable"));
@@ -75,6 +82,7 @@ pub async fn complete(
     request: &str,
     done: DateTime<Utc>,
     subjects: Vec<String>,
+    index_tags: Vec<String>,
     kept: &[crate::erasure::request::KeptRows],
 ) -> crate::Result<()> {
     let mut e = entry(store, tenant, request).await?.unwrap_or(Entry {
@@ -83,12 +91,16 @@ pub async fn complete(
         request: request.into(),
         erased_at: String::new(),
         subjects: Vec::new(),
+        index_tags: Vec::new(),
         kept_tables: Vec::new(),
     });
     e.erased_at = crate::util::rfc3339(done);
     e.subjects.extend(subjects);
     e.subjects.sort();
     e.subjects.dedup();
+    e.index_tags.extend(index_tags);
+    e.index_tags.sort();
+    e.index_tags.dedup();
     e.kept_tables = kept.iter().map(|k| k.table.clone()).collect();
     let bytes = Bytes::from(serde_json::to_vec_pretty(&e).expect("serializable"));
     store.put(&key(tenant, request), bytes).await?;
@@ -172,6 +184,9 @@ pub async fn read(store: &Store, tenant: &str) -> crate::Result<Ledger> {
 pub struct Scrub<'a> {
     /// Erased subject hashes, each with the tables its rows are kept in.
     pub subjects: BTreeMap<String, BTreeSet<String>>,
+    /// Their subject-index tags, and whether some of their rows are kept (then they stay in
+    /// the index). `None`: not known (search every file).
+    pub index_tags: Option<Vec<([u8; 16], bool)>>,
     pub keyring: &'a crate::keys::Keyring,
     pub data_map: &'a crate::datamap::DataMap,
     pub phone_country: Option<String>,
@@ -191,6 +206,8 @@ impl Scrub<'_> {
         let Some(t) = self.data_map.tables.iter().find(|t| t.name == table) else {
             return Ok((batch, 0));
         };
+        // Each distinct stored value is hashed once per batch (messages repeat their phone).
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.keyring.subject_key());
         let mut keep = vec![true; batch.num_rows()];
         for (col, kind) in &t.config.identifiers {
             let Some(a) = batch.column_by_name(col) else {
@@ -198,21 +215,26 @@ impl Scrub<'_> {
             };
             let s = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)?;
             let s = s.as_string::<i32>();
+            let mut seen: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
             for (i, k) in keep.iter_mut().enumerate() {
-                if *k && s.is_valid(i) {
+                if !*k || !s.is_valid(i) {
+                    continue;
+                }
+                let raw = s.value(i);
+                let erased = *seen.entry(raw).or_insert_with(|| {
                     let form = crate::erasure::identify::stored_form(
                         kind,
-                        s.value(i),
+                        raw,
                         self.phone_country.as_deref(),
                     );
-                    let h = self.keyring.subject_hash(&format!("{kind}:{form}"));
-                    if self
-                        .subjects
+                    let tag = ring::hmac::sign(&key, format!("{kind}:{form}").as_bytes());
+                    let h = format!("hmac:{}", &crate::util::hex(tag.as_ref())[..32]);
+                    self.subjects
                         .get(&h)
                         .is_some_and(|kept| !kept.contains(table))
-                    {
-                        *k = false;
-                    }
+                });
+                if erased {
+                    *k = false;
                 }
             }
         }

@@ -882,7 +882,20 @@ async fn primary_phase(
         &serde_json::to_string(&pairs).expect("serializable"),
     ));
     request::update(env.store, s3, &r).await?;
-    ledger::record(env.store, &p.tenant, &p.request, now, hashes.clone()).await?;
+    let tag_key = crate::snapshot::index::tag_key(&env.subject_key);
+    let tags: Vec<String> = found
+        .pairs()
+        .map(|(k, v)| crate::snapshot::index::tag_hex(&crate::snapshot::index::tag(tag_key, k, v)))
+        .collect();
+    ledger::record(
+        env.store,
+        &p.tenant,
+        &p.request,
+        now,
+        hashes.clone(),
+        tags.clone(),
+    )
+    .await?;
     crash_point("after the ledger entry");
 
     let pc = c.policy.erasure.phone_country.as_deref();
@@ -955,7 +968,10 @@ async fn primary_phase(
     // hold the person, and must count as taken before the erasure.
     let done = clock.now();
     out.done_at = crate::util::rfc3339(done);
-    ledger::complete(env.store, &p.tenant, &p.request, done, hashes, &out.kept).await?;
+    ledger::complete(
+        env.store, &p.tenant, &p.request, done, hashes, tags, &out.kept,
+    )
+    .await?;
     r.state = State::PrimaryDone;
     r.identifier = None;
     r.resolved = None;
@@ -1107,12 +1123,22 @@ async fn backups_phase(
         }
         Err(e) => return Err(e.into()),
     };
+    let kept_any = !entry.kept_tables.is_empty();
+    let index_tags: Option<Vec<([u8; 16], bool)>> = (!entry.index_tags.is_empty()).then(|| {
+        entry
+            .index_tags
+            .iter()
+            .filter_map(|t| crate::snapshot::index::tag_of(t))
+            .map(|t| (t, kept_any))
+            .collect()
+    });
     let scrub = ledger::Scrub {
         subjects: entry
             .subjects
             .iter()
             .map(|s| (s.clone(), entry.kept_tables.iter().cloned().collect()))
             .collect(),
+        index_tags,
         keyring: env.keyring,
         data_map: env.dm,
         phone_country: c.policy.erasure.phone_country.clone(),

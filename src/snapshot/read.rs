@@ -527,6 +527,7 @@ pub async fn restore(
     let erased = crate::erasure::ledger::read(store, tenant).await?;
     let scrub = crate::erasure::ledger::Scrub {
         subjects: erased.after(taken),
+        index_tags: None,
         keyring,
         data_map: ledger.data_map,
         phone_country: ledger.phone_country.clone(),

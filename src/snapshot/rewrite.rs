@@ -125,26 +125,25 @@ pub async fn rewrite_run(
     // with identifier columns when the run has no index).
     let index = read_index(store, key, &manifest).await?;
     // Subjects whose rows in some tables are kept stay in the index (their kept rows are still
-    // there); the others leave it.
-    let tags: Vec<[u8; 16]> = scrub
-        .subjects
-        .keys()
-        .filter_map(|s| crate::snapshot::index::tag_of(s))
-        .collect();
+    // there); the others leave it. Without tags (an older ledger entry), every file is searched.
+    let tags: Vec<[u8; 16]> = scrub.index_tags.iter().flatten().map(|(t, _)| *t).collect();
     let gone: Vec<[u8; 16]> = scrub
-        .subjects
+        .index_tags
         .iter()
-        .filter(|(_, kept)| kept.is_empty())
-        .filter_map(|(s, _)| crate::snapshot::index::tag_of(s))
+        .flatten()
+        .filter(|(_, kept)| !kept)
+        .map(|(t, _)| *t)
         .collect();
+    let index = index.filter(|_| scrub.index_tags.is_some());
     let named: Option<std::collections::BTreeSet<String>> = index.as_ref().map(|ix| {
         ix.files_holding(&tags)
             .into_iter()
             .map(String::from)
             .collect()
     });
-    let mut hits: Vec<(usize, tempfile::NamedTempFile, u64)> = Vec::new();
-    let mut opened = 0;
+    // Download the candidates, then filter and re-encrypt them in one pass each, on as many
+    // threads as there are cores; a file where nothing was dropped is not replaced.
+    let mut downloaded = Vec::new();
     for (i, f) in manifest.files.iter().enumerate() {
         let candidate = match &named {
             Some(set) => set.contains(&f.path),
@@ -154,15 +153,17 @@ pub async fn rewrite_run(
                 .iter()
                 .any(|t| t.name == f.table && !t.config.identifiers.is_empty()),
         };
-        if !candidate {
-            continue;
-        }
-        opened += 1;
-        let (tmp, dropped) = scan(store, key, f, scrub).await?;
-        if dropped > 0 {
-            hits.push((i, tmp, dropped));
+        if candidate {
+            downloaded.push((i, fetch(store, f).await?));
         }
     }
+    let opened = downloaded.len();
+    let filtered = filter_all(&manifest, &downloaded, key, settings, scrub)?;
+    let hits: Vec<(usize, (tempfile::NamedTempFile, u64, u64))> = filtered
+        .into_iter()
+        .filter(|(_, (_, dropped, _))| *dropped > 0)
+        .collect();
+    drop(downloaded);
     if hits.is_empty() {
         return Ok(None);
     }
@@ -174,12 +175,12 @@ pub async fn rewrite_run(
         *e = (*e).max(n + 1);
     }
     let mut plan = Vec::new();
-    for (i, tmp, dropped) in hits {
+    for (i, done) in hits {
         let f = &manifest.files[i];
         let n = next.get_mut(&f.table).expect("every table has a part");
         let new_path = part_key(&tenant, &run, &f.table, *n).to_string();
         *n += 1;
-        plan.push((i, tmp, dropped, new_path));
+        plan.push((i, done, new_path));
     }
     let old_index = manifest.subject_index.as_ref().map(|i| i.path.clone());
     let new_index = old_index.as_ref().map(|p| {
@@ -199,7 +200,7 @@ pub async fn rewrite_run(
             .collect(),
         new: plan
             .iter()
-            .map(|p| p.3.clone())
+            .map(|p| p.2.clone())
             .chain(new_index.clone())
             .collect(),
     };
@@ -218,26 +219,8 @@ pub async fn rewrite_run(
         files_opened: opened,
         objects_purged: 0,
     };
-    for (i, tmp, _, new_path) in plan {
+    for (i, (written, dropped, rows), new_path) in plan {
         let f = &manifest.files[i];
-        let table = scrub
-            .data_map
-            .tables
-            .iter()
-            .find(|t| t.name == f.table)
-            .expect("checked above");
-        let mut stats: Vec<&str> = vec![table.config.primary_key.as_str()];
-        if let Some(tc) = &table.config.time_column {
-            stats.push(tc);
-        }
-        let props =
-            crate::snapshot::write::writer_properties(key, settings, &stats).map_err(|e| {
-                SnapshotError::Decode {
-                    key: f.path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        let (written, dropped, rows) = filter_file(tmp.path(), key, f, scrub, props)?;
         let (bytes, sha) = upload(store, &written, &new_path).await?;
         crate::retention::crash_point("after a rewritten file");
         out.rows_dropped += dropped;
@@ -345,13 +328,11 @@ fn part_number(path: &str) -> Option<usize> {
         .ok()
 }
 
-/// Download `f`, check it against the manifest, and count the rows `scrub` drops.
-async fn scan(
+/// Download `f` into a private temporary file and check it against the manifest.
+async fn fetch(
     store: &Store,
-    key: &DataKey,
     f: &crate::snapshot::manifest::FileEntry,
-    scrub: &Scrub<'_>,
-) -> Result<(tempfile::NamedTempFile, u64), crate::Error> {
+) -> Result<tempfile::NamedTempFile, crate::Error> {
     let (tmp, bytes, sha) =
         crate::snapshot::read::download(store, &ObjPath::from(f.path.as_str())).await?;
     if bytes != f.bytes || sha != f.sha256 {
@@ -361,6 +342,83 @@ async fn scan(
         }
         .into());
     }
+    Ok(tmp)
+}
+
+/// Filter every downloaded file (position in the manifest, file) on a few threads: the new
+/// spill file, rows dropped and rows written, per file.
+#[allow(clippy::type_complexity)]
+fn filter_all(
+    manifest: &Manifest,
+    files: &[(usize, tempfile::NamedTempFile)],
+    key: &DataKey,
+    settings: &crate::config::SnapshotSection,
+    scrub: &Scrub<'_>,
+) -> Result<Vec<(usize, (tempfile::NamedTempFile, u64, u64))>, crate::Error> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+        .min(files.len().max(1));
+    let one = |(i, tmp): &(usize, tempfile::NamedTempFile)| -> Result<_, crate::Error> {
+        let f = &manifest.files[*i];
+        let table = scrub
+            .data_map
+            .tables
+            .iter()
+            .find(|t| t.name == f.table)
+            .ok_or_else(|| SnapshotError::Decode {
+                key: f.path.clone(),
+                message: format!("table {} is not in the data map", f.table),
+            })?;
+        let mut stats: Vec<&str> = vec![table.config.primary_key.as_str()];
+        if let Some(tc) = &table.config.time_column {
+            stats.push(tc);
+        }
+        let props =
+            crate::snapshot::write::writer_properties(key, settings, &stats).map_err(|e| {
+                SnapshotError::Decode {
+                    key: f.path.clone(),
+                    message: e.to_string(),
+                }
+            })?;
+        Ok((*i, filter_file(tmp.path(), key, f, scrub, props)?))
+    };
+    let results: Vec<Result<_, crate::Error>> = tokio::task::block_in_place(|| {
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    sc.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, Ordering::SeqCst);
+                            let Some(item) = files.get(k) else { break };
+                            out.push(one(item));
+                        }
+                        out
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a filter thread panicked"))
+                .collect()
+        })
+    });
+    let mut out = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out)
+}
+
+/// Download `f`, check it against the manifest, and count the rows `scrub` drops.
+async fn scan(
+    store: &Store,
+    key: &DataKey,
+    f: &crate::snapshot::manifest::FileEntry,
+    scrub: &Scrub<'_>,
+) -> Result<(tempfile::NamedTempFile, u64), crate::Error> {
+    let tmp = fetch(store, f).await?;
     let file = tmp.reopen().map_err(|e| SnapshotError::LocalIo {
         path: tmp.path().into(),
         source: e,
