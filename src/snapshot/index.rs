@@ -131,6 +131,11 @@ impl Tagger {
         self.tables.get(table_no).is_some_and(|c| !c.is_empty())
     }
 
+    /// Per table of the data map: does it have identifier columns?
+    pub fn tables_with_identifiers(&self) -> Vec<bool> {
+        self.tables.iter().map(|c| !c.is_empty()).collect()
+    }
+
     /// The tags of every identifier in `batches` of table `table_no`; `None` when a column
     /// cannot be read as text (the index would miss it: the run then gets no index, and a
     /// rewrite searches every file).

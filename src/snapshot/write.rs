@@ -471,8 +471,28 @@ fn encode(
 ) -> Result<Encoded, String> {
     let (row_group_rows, file_rows) = settings;
     let n = ids.len();
-    let mut indexes: Vec<crate::snapshot::index::SubjectIndex> =
-        (0..n).map(|_| Default::default()).collect();
+    // The subject index is built on its own thread from the row groups the encoder writes
+    // (batches are shared, not copied; two row groups in flight at most).
+    type Tagging = (usize, usize, String, u32, Vec<RecordBatch>);
+    let (tag_tx, tagging, with_ids) = match tagger {
+        Some(tg) => {
+            let with_ids = tg.tables_with_identifiers();
+            let (tx, rx) = sync_channel::<Tagging>(2);
+            let handle = std::thread::spawn(move || {
+                let mut indexes: Vec<crate::snapshot::index::SubjectIndex> =
+                    (0..n).map(|_| Default::default()).collect();
+                for (t, table_no, path, rg, batches) in rx {
+                    match tg.tags(table_no, &batches) {
+                        Some(tags) => indexes[t].add(&path, rg, tags),
+                        None => indexes[t].incomplete = true,
+                    }
+                }
+                indexes
+            });
+            (Some(tx), Some(handle), with_ids)
+        }
+        None => (None, None, Vec::new()),
+    };
     let mut errors: Vec<Option<String>> = props
         .iter()
         .map(|p| p.iter().find_map(|r| r.as_ref().err().cloned()))
@@ -556,8 +576,7 @@ fn encode(
                  st: &mut TenantTable,
                  table_no: usize,
                  table: &str,
-                 schema: &SchemaRef,
-                 index: &mut crate::snapshot::index::SubjectIndex|
+                 schema: &SchemaRef|
      -> Result<(), String> {
         if st.pending.is_empty() {
             return Ok(());
@@ -576,13 +595,14 @@ fn encode(
             st.part = Some(start(t, 0, table_no, table, schema)?);
         }
         let p = st.part.as_mut().expect("opened above");
-        if let Some(tg) = tagger.as_ref().filter(|tg| tg.has_identifiers(table_no)) {
+        if let Some(tx) = tag_tx
+            .as_ref()
+            .filter(|_| with_ids.get(table_no).copied().unwrap_or(false))
+        {
             // This flush becomes the next row group (or, past `row_group_rows`, the next two).
             let rg = p.writer.flushed_row_groups().len() as u32;
-            match tg.tags(table_no, &st.pending) {
-                Some(tags) => index.add(p.key.as_ref(), rg, tags),
-                None => index.incomplete = true,
-            }
+            tx.send((t, table_no, p.key.to_string(), rg, st.pending.clone()))
+                .map_err(|_| "the subject-index thread stopped".to_string())?;
         }
         for b in st.pending.drain(..) {
             p.writer
@@ -644,7 +664,7 @@ fn encode(
                     };
                     let st = &mut state[t];
                     pending_total -= st.pending_bytes;
-                    if let Err(e) = flush(t, st, table_no, &table, s, &mut indexes[t]) {
+                    if let Err(e) = flush(t, st, table_no, &table, s) {
                         *st = TenantTable::default();
                         errors[t].get_or_insert(e);
                     }
@@ -659,7 +679,7 @@ fn encode(
                         continue;
                     }
                     let done = (|| -> Result<(), String> {
-                        flush(tenant, &mut st, table_no, &t, &s, &mut indexes[tenant])?;
+                        flush(tenant, &mut st, table_no, &t, &s)?;
                         if st.written != rows[tenant] {
                             return Err(format!(
                                 "table {t}: read {} rows but wrote {}",
@@ -692,5 +712,12 @@ fn encode(
     if schema.is_some() {
         return Err(format!("the source stopped in the middle of table {table}"));
     }
+    drop(tag_tx);
+    let indexes = match tagging {
+        Some(h) => h
+            .join()
+            .map_err(|_| "the subject-index thread panicked".to_string())?,
+        None => Vec::new(),
+    };
     Ok((tables, errors, indexes))
 }
