@@ -106,6 +106,8 @@ fn fake_old_run(d: &Demo, tenant: &str, now: DateTime<Utc>, days: i64) -> String
     m.run_id = id.clone();
     m.created_at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     m.committed_at = m.created_at.clone();
+    // (a run's subject index is sealed to its own run id: the copy goes without one)
+    m.subject_index = None;
     std::fs::write(dst.join("_manifest.json"), m.to_bytes_unauthenticated()).unwrap();
     id
 }
