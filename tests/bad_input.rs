@@ -215,3 +215,22 @@ fn malformed_master_key() {
         "{err}"
     );
 }
+
+#[test]
+fn an_identifier_column_whose_text_lethe_cannot_reproduce_is_refused() {
+    // latitude is REAL: its text differs between the database and a snapshot's reader, so
+    // erasure could not find the value in backups.
+    let d = snapshotted();
+    edit(&d.dir.join("schemas/app.toml"), |t| {
+        t.replacen(
+            "identifiers = { employee_no = \"employee_no\", account_id = \"account_id\" }",
+            "identifiers = { employee_no = \"employee_no\", account_id = \"account_id\", latitude = \"place\" }",
+            1,
+        )
+    });
+    refused(
+        &d,
+        &d.config,
+        &["schemas/app.toml", "tables.attendance_checkins.identifiers", "latitude", "text or integer"],
+    );
+}

@@ -359,6 +359,28 @@ impl Source {
                     ));
                 }
             }
+            // Erasure matches identifiers by their text: snapshots (restore, rewrite, index)
+            // must read a value as the same text the database's CAST(… AS TEXT) gives, which
+            // holds for text and integer columns (not for numeric's scale or uuid's bytes).
+            for (col, kind) in &table.config.identifiers {
+                if let Some(c) = cols.iter().find(|c| &c.name == col)
+                    && let Ok(t) = self.col_type(&table.name, c)
+                    && !matches!(
+                        t,
+                        ColType::Utf8 | ColType::Int16 | ColType::Int32 | ColType::Int64
+                    )
+                {
+                    problems.push(Problem::new(
+                        &table.file,
+                        format!("tables.{}.identifiers", table.name),
+                        format!(
+                            "column {col} ({kind} identifiers) has type {:?}: erasure matches identifiers by their text, and lethe reads only text and integer columns as the same text the database gives",
+                            c.declared
+                        ),
+                        "hold identifiers in a text or integer column (or remove the column from identifiers)",
+                    ));
+                }
+            }
             if let Some(policy) = policy {
                 for (key, col) in policy.columns_for(dm, &table.name) {
                     if !cols.iter().any(|c| c.name == col) {
