@@ -231,6 +231,11 @@ fn an_identifier_column_whose_text_lethe_cannot_reproduce_is_refused() {
     refused(
         &d,
         &d.config,
-        &["schemas/app.toml", "tables.attendance_checkins.identifiers", "latitude", "text or integer"],
+        &[
+            "schemas/app.toml",
+            "tables.attendance_checkins.identifiers",
+            "latitude",
+            "text or integer",
+        ],
     );
 }

@@ -1348,6 +1348,15 @@ fn the_subject_index_is_sealed_and_points_the_rewrite_at_the_files_that_hold_the
         ],
     );
     assert_eq!(code, 0, "{out}\n{err}");
+    // The plan asks the indexes which runs hold the person: the one run; for someone unknown,
+    // none.
+    let (code, out, err) = run(&d, &["plan"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("(1 hold the person"), "{out}");
+    let (code, out, err) = erase(&d, &t, "phone", "+1 202 555 0100");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (_, out, _) = run(&d, &["plan"]);
+    assert!(out.contains("(0 hold the person"), "{out}");
     let (code, out, err) = run(&d, &["run", "erasure"]);
     assert_eq!(code, 0, "{out}\n{err}");
     // Files searched = files that held the person (the index named exactly those).

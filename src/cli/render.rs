@@ -371,7 +371,7 @@ pub(super) fn print_erasure_plan(p: &crate::erasure::run::ErasurePlan) {
     }
     for r in &p.requests {
         println!(
-            "  {} {} {} ({} phase): {} rows to delete, {} kept; identifiers {}; {} snapshot run(s) for the backups phase",
+            "  {} {} {} ({} phase): {} rows to delete, {} kept; identifiers {}; {} snapshot run(s) for the backups phase{}",
             r.tenant,
             r.request,
             r.scope.name(),
@@ -387,7 +387,10 @@ pub(super) fn print_erasure_plan(p: &crate::erasure::run::ErasurePlan) {
                     .collect::<Vec<_>>()
                     .join(", ")
             },
-            r.snapshot_runs
+            r.snapshot_runs,
+            r.runs_holding
+                .map(|n| format!(" ({n} hold the person, by their subject indexes)"))
+                .unwrap_or_default()
         );
         for t in r.tables.iter().filter(|t| t.rows > 0) {
             match &t.kept {

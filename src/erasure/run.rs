@@ -71,6 +71,10 @@ pub struct RequestPlan {
     pub tables: Vec<TablePlan>,
     /// Committed snapshot runs of the tenant (the backups phase covers them).
     pub snapshot_runs: usize,
+    /// Of them, the runs whose subject index names one of the person's identifiers (runs
+    /// without an index count as holding them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runs_holding: Option<usize>,
     /// Why this request is not executed in this run (brake, refused resolution).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped: Option<String>,
@@ -218,6 +222,7 @@ async fn plan_request(
         snapshot_runs: crate::snapshot::read::committed(store, &r.tenant)
             .await?
             .len(),
+        runs_holding: None,
         stopped: None,
         brake: false,
         destroy_key: false,
@@ -313,6 +318,9 @@ async fn plan_request(
             brake.join(", "),
             c.config.retention.max_share
         ));
+    }
+    if let Some(k) = keyring {
+        p.runs_holding = Some(runs_holding(store, k, &r.tenant, &found).await?);
     }
     p.found = Some(found);
     p.req = Some(r);
@@ -474,6 +482,33 @@ fn tenant_counts(db: &mut Db, t: &Table, tenant: &str) -> crate::Result<(u64, u6
             .unwrap_or(0)
     };
     Ok((n(0), n(1)))
+}
+
+/// How many committed runs of `tenant` hold one of the person's identifiers, by their subject
+/// indexes (a run without an index, or whose index cannot be read, counts as holding them).
+async fn runs_holding(
+    store: &Store,
+    keyring: &Keyring,
+    tenant: &str,
+    found: &Resolution,
+) -> crate::Result<usize> {
+    let Ok(key) = keyring.data_key(tenant) else {
+        return Ok(0);
+    };
+    let tag_key = crate::snapshot::index::tag_key(&keyring.subject_key());
+    let tags: Vec<[u8; 16]> = found
+        .pairs()
+        .map(|(k, v)| crate::snapshot::index::tag(tag_key, k, v))
+        .collect();
+    let mut n = 0;
+    for m in crate::snapshot::read::committed(store, tenant).await? {
+        let holds = match crate::snapshot::rewrite::read_index(store, &key, &m).await {
+            Ok(Some(ix)) => !ix.files_holding(&tags).is_empty(),
+            Ok(None) | Err(_) => true,
+        };
+        n += usize::from(holds);
+    }
+    Ok(n)
 }
 
 /// The identifier a request was made with, and the identifiers an interrupted run sealed.
