@@ -9,9 +9,10 @@ use crate::snapshot::read::RestoreFormat;
 /// lethe keeps a multi-tenant SaaS's personal data inside the promises its privacy policy makes:
 /// encrypted per-tenant snapshots, retention, erasure with signed certificates, audit.
 ///
-/// Start with `lethe demo`: it builds a synthetic multi-tenant database in ./lethe-demo, snapshots
-/// it into encrypted Parquet and applies the retention policy. Then point --config at
-/// ./lethe-demo/lethe.toml and try `plan`, `audit verify`, `snapshot ls`.
+/// Start with `lethe demo`: it builds a synthetic multi-tenant database in ./lethe-demo, applies
+/// the retention policy, erases a customer and an employee and offboards a tenant, and snapshots
+/// it into encrypted Parquet. Then point --config at ./lethe-demo/lethe.toml and try `plan`,
+/// `requests ls`, `audit verify`, `snapshot ls`.
 #[derive(Parser)]
 #[command(name = "lethe", version, max_term_width = 100)]
 pub(super) struct Cli {
@@ -35,8 +36,9 @@ pub(super) struct Cli {
 
 #[derive(Subcommand)]
 pub(super) enum Command {
-    /// Build the embedded demo (synthetic tenants in SQLite, a local store) and run the nightly
-    /// job on it: retention, then a snapshot.
+    /// Build the embedded demo (synthetic tenants in SQLite, a local store), receive three
+    /// erasure requests (a customer, an employee with selfies, a tenant's offboarding) and run
+    /// the nightly job on it: retention, erasure, then a snapshot.
     ///
     /// Safe to run again: the database, blobs and keyring are kept and a new snapshot run is added.
     Demo(DemoArgs),
@@ -51,14 +53,17 @@ pub(super) enum Command {
     /// The erasure step creates them too on its first run; this is for an app that wants to
     /// insert requests before lethe ever ran.
     InitDb,
-    /// Retention dry run: what would be deleted, anonymized or flagged, per tenant and
-    /// category; what is held back and why; which backups would be purged; and the plan hash.
+    /// Dry run of retention and of the open erasure requests: what would be deleted,
+    /// anonymized or flagged, per tenant and category; what is held back and why; which backups
+    /// would be purged; per erasure request the rows per table, what is kept and why, and the
+    /// runs that hold the person; and the two plan hashes.
     ///
-    /// Changes nothing anywhere (the database is opened read-only). To execute exactly this
-    /// plan, pass its hash: `lethe run retention --now <the plan's now> --plan-hash <hash>`.
+    /// Changes nothing anywhere (the database is opened read-only). To execute exactly a plan,
+    /// pass its hash: `lethe run retention --now <the plan's now> --plan-hash <hash>`, or
+    /// `lethe run erasure --plan-hash <the erasure plan's hash>`.
     Plan(PlanArgs),
     /// Run a job of jobs/*.toml now (`lethe run nightly`: what a CronJob or systemd timer
-    /// calls), or a single step (`lethe run retention`, `lethe run snapshot`).
+    /// calls), or a single step (`lethe run retention`, `lethe run erasure`, `lethe run snapshot`).
     ///
     /// A job's steps run in the order its file lists them; a failed step stops the steps after
     /// it; a tenant whose snapshot failed alone is reported and the run exits 1 at the end. A
@@ -213,14 +218,15 @@ pub(super) struct PlanArgs {
 
 #[derive(Args)]
 pub(super) struct RunArgs {
-    /// A job name from jobs/*.toml (e.g. `nightly`), or one step: `retention`, `snapshot`.
+    /// A job name from jobs/*.toml (e.g. `nightly`), or one step: `retention`, `erasure`,
+    /// `snapshot`.
     #[arg(value_name = "JOB|STEP", value_parser = parse_target)]
     pub(super) target: Target,
     /// Only these tenants (repeatable; the snapshot step only, by hand).
     #[arg(long = "tenant")]
     pub(super) tenants: Vec<String>,
-    /// retention: execute only if the current plan has this hash (from `lethe plan`), which
-    /// also confirms a plan the safety brake stopped.
+    /// retention (or `run erasure`): execute only if the current plan has this hash (from
+    /// `lethe plan`), which also confirms a plan the safety brake stopped.
     #[arg(long)]
     pub(super) plan_hash: Option<String>,
     /// retention: run as of this instant (RFC 3339) instead of the clock; never later than the

@@ -195,6 +195,7 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             );
             let c = config.display();
             println!("  lethe --config {c} plan");
+            println!("  lethe --config {c} requests ls");
             println!("  lethe --config {c} audit verify");
             println!("  lethe --config {c} snapshot ls");
             println!("  lethe --config {c} snapshot verify");
