@@ -848,19 +848,6 @@ async fn run_locked(
                             b.outlived_runs.clear();
                             plan_backups(c, store, &mut b, &r, now).await?;
                             b.req = Some(r);
-                            let mut env = crate::retention::execute::Env {
-                                dm: &c.data_map,
-                                db: &mut db,
-                                store,
-                                blobs: blobs.as_ref(),
-                                s3: s3.as_ref(),
-                                blobs_s3: blobs_s3.as_ref(),
-                                audit: &mut audit,
-                                keyring: &mut keyring,
-                                subject_key,
-                                batch_rows: cfg.retention.batch_rows,
-                                now,
-                            };
                             let mut after =
                                 backups_phase(c, &mut env, &plan.hash, &b, s3.as_ref(), now)
                                     .await?;
@@ -880,6 +867,65 @@ async fn run_locked(
         tracing::info!(tenant = %d.tenant, request = %d.request, rows = d.outcome.rows.values().sum::<u64>(), blobs = d.outcome.blobs_deleted, kept = d.outcome.kept.iter().map(|k| k.rows).sum::<u64>(), "erasure primary phase done");
     }
     Ok(run)
+}
+
+/// Delete the request's rows table by table through the primary-database deleter (the
+/// person's rows with `m`, every row of the tenant without), draining the blobs of each table
+/// that references them; kept tables are recorded, not touched. Returns the rows a fresh count
+/// still finds and the blob deletions that failed.
+async fn delete_tables(
+    env: &mut crate::retention::execute::Env<'_>,
+    plan_hash: &str,
+    p: &RequestPlan,
+    (category, rule): (&str, String),
+    m: Option<&SubjectMatch>,
+    out: &mut PrimaryOutcome,
+) -> crate::Result<(u64, u64)> {
+    env.db.ensure_outbox().map_err(|e| e.on(db::OUTBOX))?;
+    let (mut remaining, mut blobs_failed) = (0, 0);
+    for tp in &p.tables {
+        if let Some(why) = &tp.kept {
+            out.kept.push(KeptRows {
+                table: tp.table.clone(),
+                rows: tp.rows,
+                reason: why.clone(),
+            });
+            continue;
+        }
+        let t = db::table(env.dm, &tp.table);
+        let sel = erase_selection(t, m);
+        let unit = RowAction {
+            tenant: p.tenant.clone(),
+            table: tp.table.clone(),
+            category: category.into(),
+            action: "delete",
+            rule: rule.clone(),
+            anchor: None,
+            bound: None,
+            rows: tp.rows,
+            oldest: None,
+            newest: None,
+            blobs: tp.blobs,
+            rows_held_by_subject: 0,
+            selection: sel.clone(),
+            stats: Stats {
+                rows: tp.rows,
+                blobs: tp.blobs,
+                ..Default::default()
+            },
+        };
+        let u = crate::primary::change_rows(env, plan_hash, category, &sel, &[&unit]).await?;
+        out.rows
+            .insert(tp.table.clone(), u.rows.values().sum::<u64>());
+        remaining += u.remaining;
+        if t.config.blob_column.is_some() {
+            let b = crate::primary::drain_outbox(env, plan_hash).await?;
+            out.blobs_deleted += b.deleted;
+            out.blobs_already_absent += b.absent;
+            blobs_failed += b.failed;
+        }
+    }
+    Ok((remaining, blobs_failed))
 }
 
 async fn primary_phase(
@@ -935,61 +981,19 @@ async fn primary_phase(
 
     let pc = c.policy.erasure.phone_country.as_deref();
     let m = found.to_match(pc);
-    env.db.ensure_outbox().map_err(|e| e.on(db::OUTBOX))?;
     let mut out = PrimaryOutcome {
-        done_at: String::new(),
-        plan_hash: plan_hash.to_string(),
         identifiers: p.identifiers.clone(),
-        rows: BTreeMap::new(),
-        blobs_deleted: 0,
-        blobs_already_absent: 0,
-        kept: Vec::new(),
-        verified: String::new(),
+        ..empty_outcome(plan_hash)
     };
-    let mut remaining = 0;
-    let mut blobs_failed = 0;
-    for tp in &p.tables {
-        if let Some(why) = &tp.kept {
-            out.kept.push(KeptRows {
-                table: tp.table.clone(),
-                rows: tp.rows,
-                reason: why.clone(),
-            });
-            continue;
-        }
-        let t = db::table(env.dm, &tp.table);
-        let sel = erase_selection(t, Some(&m));
-        let unit = RowAction {
-            tenant: p.tenant.clone(),
-            table: tp.table.clone(),
-            category: "erasure".into(),
-            action: "delete",
-            rule: format!("erasure request {}", p.request),
-            anchor: None,
-            bound: None,
-            rows: tp.rows,
-            oldest: None,
-            newest: None,
-            blobs: tp.blobs,
-            rows_held_by_subject: 0,
-            selection: sel.clone(),
-            stats: Stats {
-                rows: tp.rows,
-                blobs: tp.blobs,
-                ..Default::default()
-            },
-        };
-        let u = crate::primary::change_rows(env, plan_hash, "erasure", &sel, &[&unit]).await?;
-        out.rows
-            .insert(tp.table.clone(), u.rows.values().sum::<u64>());
-        remaining += u.remaining;
-        if t.config.blob_column.is_some() {
-            let b = crate::primary::drain_outbox(env, plan_hash).await?;
-            out.blobs_deleted += b.deleted;
-            out.blobs_already_absent += b.absent;
-            blobs_failed += b.failed;
-        }
-    }
+    let (remaining, blobs_failed) = delete_tables(
+        env,
+        plan_hash,
+        p,
+        ("erasure", format!("erasure request {}", p.request)),
+        Some(&m),
+        &mut out,
+    )
+    .await?;
     out.verified = format!(
         "re-query of every mapped table returned {remaining} rows of the person; {blobs_failed} blob deletions failed (each deleted blob: HEAD returned 404)"
     );
@@ -1309,16 +1313,7 @@ async fn backups_phase(
         tenant: p.tenant.clone(),
         request: p.request.clone(),
         scope: Scope::Subject,
-        outcome: PrimaryOutcome {
-            done_at: String::new(),
-            plan_hash: plan_hash.to_string(),
-            identifiers: BTreeMap::new(),
-            rows: BTreeMap::new(),
-            blobs_deleted: 0,
-            blobs_already_absent: 0,
-            kept: Vec::new(),
-            verified: String::new(),
-        },
+        outcome: empty_outcome(plan_hash),
         key_destroyed: None,
         backups,
         runs_pinned: Vec::new(),
@@ -1341,16 +1336,7 @@ async fn offboard(
         tenant: p.tenant.clone(),
         request: p.request.clone(),
         scope: Scope::Tenant,
-        outcome: PrimaryOutcome {
-            done_at: String::new(),
-            plan_hash: plan_hash.to_string(),
-            identifiers: BTreeMap::new(),
-            rows: BTreeMap::new(),
-            blobs_deleted: 0,
-            blobs_already_absent: 0,
-            kept: Vec::new(),
-            verified: String::new(),
-        },
+        outcome: empty_outcome(plan_hash),
         key_destroyed: None,
         backups: None,
         runs_pinned: Vec::new(),
@@ -1395,53 +1381,19 @@ async fn offboard(
         crash_point("after the tenant key was destroyed");
     }
     if p.rows_due {
-        env.db.ensure_outbox().map_err(|e| e.on(db::OUTBOX))?;
-        let mut remaining = 0;
-        let mut blobs_failed = 0;
         let out = &mut done.outcome;
-        for tp in &p.tables {
-            if let Some(why) = &tp.kept {
-                out.kept.push(KeptRows {
-                    table: tp.table.clone(),
-                    rows: tp.rows,
-                    reason: why.clone(),
-                });
-                continue;
-            }
-            let t = db::table(env.dm, &tp.table);
-            let sel = erase_selection(t, None);
-            let unit = RowAction {
-                tenant: p.tenant.clone(),
-                table: tp.table.clone(),
-                category: "offboarding".into(),
-                action: "delete",
-                rule: format!("tenant offboarding request {}", p.request),
-                anchor: None,
-                bound: None,
-                rows: tp.rows,
-                oldest: None,
-                newest: None,
-                blobs: tp.blobs,
-                rows_held_by_subject: 0,
-                selection: sel.clone(),
-                stats: Stats {
-                    rows: tp.rows,
-                    blobs: tp.blobs,
-                    ..Default::default()
-                },
-            };
-            let u =
-                crate::primary::change_rows(env, plan_hash, "offboarding", &sel, &[&unit]).await?;
-            out.rows
-                .insert(tp.table.clone(), u.rows.values().sum::<u64>());
-            remaining += u.remaining;
-            if t.config.blob_column.is_some() {
-                let b = crate::primary::drain_outbox(env, plan_hash).await?;
-                out.blobs_deleted += b.deleted;
-                out.blobs_already_absent += b.absent;
-                blobs_failed += b.failed;
-            }
-        }
+        let (remaining, blobs_failed) = delete_tables(
+            env,
+            plan_hash,
+            p,
+            (
+                "offboarding",
+                format!("tenant offboarding request {}", p.request),
+            ),
+            None,
+            out,
+        )
+        .await?;
         out.verified = format!(
             "re-query of every table returned {remaining} rows of the tenant outside the exceptions; {blobs_failed} blob deletions failed (each deleted blob: HEAD returned 404)"
         );
