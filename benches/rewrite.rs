@@ -57,6 +57,8 @@ fn main() {
     let started = Instant::now();
     let (mut opened, mut rewritten, mut dropped, mut runs, mut rows) = (0, 0, 0u64, 0, 0u64);
     rt.block_on(async {
+        // Every tenant's newest run, rewritten together as erasure's backups phase does.
+        let mut todo = Vec::new();
         for t in lethe::snapshot::read::tenants(&store).await.unwrap() {
             let Some(m) = lethe::snapshot::read::newest_committed(&store, &t)
                 .await
@@ -65,17 +67,15 @@ fn main() {
                 continue;
             };
             rows += m.rows();
-            let key = keyring.data_key(&t).unwrap();
             runs += 1;
-            if let Some(w) =
-                lethe::snapshot::rewrite::rewrite_run(&store, None, &key, &c.snapshot, m, &scrub)
-                    .await
-                    .unwrap()
-            {
-                opened += w.files_opened;
-                rewritten += w.files.len();
-                dropped += w.rows_dropped;
-            }
+            todo.push((m, keyring.data_key(&t).unwrap()));
+        }
+        let results =
+            lethe::snapshot::rewrite::rewrite_runs(&store, None, &c.snapshot, todo, &scrub).await;
+        for w in results.into_iter().map(Result::unwrap).flatten() {
+            opened += w.files_opened;
+            rewritten += w.files.len();
+            dropped += w.rows_dropped;
         }
     });
     println!(

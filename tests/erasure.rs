@@ -1468,3 +1468,86 @@ fn random_sigkills_during_an_immediate_erasure_converge_and_every_reader_sees_a_
     let (code, out, err) = run(&d, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+/// Copy `run`'s directory of tenant `t` to a run taken at `at`, without its manifest: what a
+/// snapshot that crashed before it committed leaves.
+fn crashed_copy(
+    d: &common::Demo,
+    t: &str,
+    run: &str,
+    at: chrono::DateTime<chrono::Utc>,
+) -> std::path::PathBuf {
+    let base = d.store().join("snapshots").join(format!("tenant={t}"));
+    let to = base.join(format!("run={}-dead", at.format("%Y%m%dT%H%M%SZ")));
+    for (p, bytes) in files(&base.join(format!("run={run}"))) {
+        if p.file_name().is_some_and(|n| n == "_manifest.json") {
+            continue;
+        }
+        let rel = p.strip_prefix(base.join(format!("run={run}"))).unwrap();
+        std::fs::create_dir_all(to.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(to.join(rel), bytes).unwrap();
+    }
+    to
+}
+
+#[test]
+fn runs_that_never_committed_hold_the_person_until_they_are_purged() {
+    let d = demo(2, 60);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let (t, phone): (String, String) = c
+        .query_row(
+            "SELECT c.tenant_id, c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let committed = runs_of(&d, &t)[0].clone();
+    // One crashed two days ago (abandoned), one a minute ago (it may still be writing).
+    let now = chrono::Utc::now();
+    let abandoned = crashed_copy(&d, &t, &committed, now - chrono::TimeDelta::days(2));
+    let young = crashed_copy(&d, &t, &committed, now - chrono::TimeDelta::minutes(1));
+    let holds = |dir: &std::path::Path| {
+        files(dir)
+            .keys()
+            .any(|p| p.extension().is_some_and(|e| e == "parquet"))
+    };
+    assert!(holds(&abandoned) && holds(&young));
+    let (code, out, err) = run(
+        &d,
+        &[
+            "erase",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "phone",
+            "--id",
+            &phone,
+            "--immediate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The committed run is rewritten and the abandoned one purged; the young one keeps the
+    // request open.
+    assert!(!abandoned.exists(), "the abandoned run is purged");
+    assert!(holds(&young));
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert!(
+        !out.contains("\"final\""),
+        "final while a run holds the person: {out}"
+    );
+    let (_, plan, _) = run(&d, &["plan"]);
+    assert!(plan.contains("neither committed nor abandoned"), "{plan}");
+    // Once it is gone (retention purges it when abandoned), the request is final.
+    std::fs::remove_dir_all(&young).unwrap();
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    assert!(out.contains("\"final\""), "{out}");
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

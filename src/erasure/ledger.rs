@@ -192,12 +192,35 @@ pub struct Scrub<'a> {
     pub phone_country: Option<String>,
 }
 
+/// What a [`Scrub`] has decided about identifier values it has seen, so that each distinct
+/// stored value is normalized and hashed once per file rather than once per row. Bounded: it
+/// forgets everything past [`ScrubCache::LIMIT`] values.
+#[derive(Default)]
+pub struct ScrubCache {
+    /// Per identifier column of the table (data map order): stored value → erased.
+    seen: Vec<std::collections::HashMap<Box<str>, bool>>,
+}
+
+impl ScrubCache {
+    pub const LIMIT: usize = 1 << 20;
+}
+
 impl Scrub<'_> {
     /// `batch` of `table` without the rows of erased people, and how many were dropped.
     pub fn filter(
         &self,
         table: &str,
         batch: arrow::record_batch::RecordBatch,
+    ) -> Result<(arrow::record_batch::RecordBatch, u64), arrow::error::ArrowError> {
+        self.filter_cached(table, batch, &mut ScrubCache::default())
+    }
+
+    /// [`Scrub::filter`], remembering verdicts in `cache` (one cache per table's file).
+    pub fn filter_cached(
+        &self,
+        table: &str,
+        batch: arrow::record_batch::RecordBatch,
+        cache: &mut ScrubCache,
     ) -> Result<(arrow::record_batch::RecordBatch, u64), arrow::error::ArrowError> {
         use arrow::array::{Array, AsArray, BooleanArray};
         if self.subjects.is_empty() {
@@ -206,33 +229,44 @@ impl Scrub<'_> {
         let Some(t) = self.data_map.tables.iter().find(|t| t.name == table) else {
             return Ok((batch, 0));
         };
-        // Each distinct stored value is hashed once per batch (messages repeat their phone).
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.keyring.subject_key());
         let mut keep = vec![true; batch.num_rows()];
-        for (col, kind) in &t.config.identifiers {
+        for (c, (col, kind)) in t.config.identifiers.iter().enumerate() {
             let Some(a) = batch.column_by_name(col) else {
                 continue;
             };
             let s = arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8)?;
             let s = s.as_string::<i32>();
-            let mut seen: std::collections::HashMap<&str, bool> = std::collections::HashMap::new();
+            if cache.seen.len() <= c {
+                cache.seen.resize_with(c + 1, Default::default);
+            }
+            let seen = &mut cache.seen[c];
+            if seen.len() > ScrubCache::LIMIT {
+                seen.clear();
+            }
             for (i, k) in keep.iter_mut().enumerate() {
                 if !*k || !s.is_valid(i) {
                     continue;
                 }
                 let raw = s.value(i);
-                let erased = *seen.entry(raw).or_insert_with(|| {
-                    let form = crate::erasure::identify::stored_form(
-                        kind,
-                        raw,
-                        self.phone_country.as_deref(),
-                    );
-                    let tag = ring::hmac::sign(&key, format!("{kind}:{form}").as_bytes());
-                    let h = format!("hmac:{}", &crate::util::hex(tag.as_ref())[..32]);
-                    self.subjects
-                        .get(&h)
-                        .is_some_and(|kept| !kept.contains(table))
-                });
+                let erased = match seen.get(raw) {
+                    Some(v) => *v,
+                    None => {
+                        let form = crate::erasure::identify::stored_form(
+                            kind,
+                            raw,
+                            self.phone_country.as_deref(),
+                        );
+                        let tag = ring::hmac::sign(&key, format!("{kind}:{form}").as_bytes());
+                        let h = format!("hmac:{}", &crate::util::hex(tag.as_ref())[..32]);
+                        let v = self
+                            .subjects
+                            .get(&h)
+                            .is_some_and(|kept| !kept.contains(table));
+                        seen.insert(raw.into(), v);
+                        v
+                    }
+                };
                 if erased {
                     *k = false;
                 }

@@ -88,7 +88,8 @@ pub struct RequestPlan {
     /// `--immediate`); else they wait for it.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub rows_due: bool,
-    /// Tenant offboarding: snapshot runs purged in this run (the backups deadline has come).
+    /// Snapshot runs purged in this run: a tenant offboarding's (the backups deadline has
+    /// come), or a person's abandoned runs that never committed (taken before the erasure).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub purge_runs: Vec<String>,
     /// Subject requests' backups phase: runs rewritten in this run.
@@ -379,7 +380,35 @@ async fn plan_backups(
             p.outlived_runs.push(m.run_id);
         }
     }
-    if p.rewrite_runs.is_empty() && !p.outlived_runs.is_empty() {
+    // Runs a snapshot started before the erasure and never committed: no reader trusts them,
+    // but their files hold the person. Abandoned ones are purged; a younger one may still be
+    // writing, and the request waits for it (it commits, then is rewritten, or is abandoned).
+    let mut unfinished = 0;
+    for l in crate::snapshot::read::runs(store, &r.tenant).await? {
+        if matches!(l.manifest, Some(Ok(_))) {
+            continue;
+        }
+        let Some(taken) = crate::retention::run_time(&l.run_id, None) else {
+            continue;
+        };
+        if taken > erased_at {
+            continue;
+        }
+        let abandoned =
+            taken + chrono::TimeDelta::hours(crate::retention::plan::ABANDONED_AFTER_HOURS) <= now;
+        if abandoned && l.manifest.is_none() {
+            p.purge_runs.push(l.run_id);
+        } else {
+            unfinished += 1;
+        }
+    }
+    let nothing_now = p.rewrite_runs.is_empty() && p.purge_runs.is_empty();
+    if nothing_now && unfinished > 0 {
+        p.waiting = Some(format!(
+            "{unfinished} snapshot run(s) taken before the erasure are neither committed nor abandoned ({}h) or have an unreadable manifest; the request stays open until they are (run `lethe snapshot verify`)",
+            crate::retention::plan::ABANDONED_AFTER_HOURS
+        ));
+    } else if nothing_now && !p.outlived_runs.is_empty() {
         p.waiting = Some(format!(
             "{} snapshot run(s) holding the person are purged by backup retention before the backups deadline {}",
             p.outlived_runs.len(),
@@ -1184,6 +1213,9 @@ async fn backups_phase(
     };
     let runs = crate::snapshot::read::committed(env.store, &p.tenant).await?;
     let mut rewritten = Vec::new();
+    // Every run to rewrite is audited as started, then they are rewritten together (their files
+    // filtered on every core), then each is verified and audited as ended on its own.
+    let mut todo = Vec::new();
     for run_id in &p.rewrite_runs {
         let Some(m) = runs.iter().find(|m| &m.run_id == run_id).cloned() else {
             continue; // purged since planning
@@ -1203,15 +1235,21 @@ async fn backups_phase(
                 request: &p.request,
             })
             .await?;
-        let done = crate::snapshot::rewrite::rewrite_run(
-            env.store,
-            env.s3,
-            &key,
-            &c.config.snapshot,
-            m,
-            &scrub,
-        )
-        .await?;
+        todo.push((m, key.clone()));
+    }
+    let ids: Vec<String> = todo.iter().map(|(m, _)| m.run_id.clone()).collect();
+    let results =
+        crate::snapshot::rewrite::rewrite_runs(env.store, env.s3, &c.config.snapshot, todo, &scrub)
+            .await;
+    let mut first_error = None;
+    for (run_id, done) in ids.iter().zip(results) {
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
         let w = done.unwrap_or(crate::snapshot::rewrite::Rewritten {
             run_id: run_id.clone(),
             files: Vec::new(),
@@ -1219,7 +1257,7 @@ async fn backups_phase(
             files_opened: 0,
             objects_purged: 0,
         });
-        // Verified by a full scan of the files the new generation wrote.
+        // Verified by a scan of the identifier columns of the files the new generation wrote.
         let new_paths: Vec<String> = w.files.iter().map(|f| f.new_path.clone()).collect();
         let left = match crate::snapshot::read::committed(env.store, &p.tenant)
             .await?
@@ -1243,21 +1281,41 @@ async fn backups_phase(
                 rows_dropped: w.rows_dropped,
                 objects_purged: w.objects_purged,
                 verified: format!(
-                    "a full scan of the {} rewritten file(s) found {left} rows of the person",
+                    "a scan of the identifier columns of the {} rewritten file(s) found {left} rows of the person",
                     w.files.len()
                 ),
             })
             .await?;
         if left > 0 {
-            return Err(crate::Error::Failed(format!(
+            first_error.get_or_insert(crate::Error::Failed(format!(
                 "snapshot run {run_id} of tenant {} still holds {left} rows of the person after its rewrite",
                 p.tenant
             )));
+            continue;
         }
         rewritten.push(w.clone());
         r.rewritten.push(w);
         request::update(env.store, s3, &r).await?;
         crash_point("after a run was rewritten");
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    // Abandoned uncommitted runs taken before the erasure: purged whole.
+    for run in &p.purge_runs {
+        crate::snapshot::purge::purge_run_recorded(
+            env.store,
+            env.s3,
+            env.audit,
+            plan_hash,
+            &p.tenant,
+            run,
+            &format!(
+                "erasure request {}: a snapshot run taken before the erasure, never committed and abandoned",
+                p.request
+            ),
+        )
+        .await?;
     }
     // Final when no run taken before the erasure is left unrewritten.
     let erased_at = r
@@ -1265,12 +1323,18 @@ async fn backups_phase(
         .as_ref()
         .and_then(|o| DateTime::parse_from_rfc3339(&o.done_at).ok())
         .map(|t| t.with_timezone(&Utc));
-    let left = crate::snapshot::read::committed(env.store, &p.tenant)
+    // Every run directory counts, committed or not.
+    let left = crate::snapshot::read::runs(env.store, &p.tenant)
         .await?
         .into_iter()
-        .filter(|m| !r.rewritten.iter().any(|w| w.run_id == m.run_id))
-        .filter(|m| {
-            crate::retention::run_time(&m.run_id, Some(&m.created_at))
+        .filter(|l| !r.rewritten.iter().any(|w| w.run_id == l.run_id))
+        .filter(|l| {
+            let created = l
+                .manifest
+                .as_ref()
+                .and_then(|m| m.as_ref().ok())
+                .map(|m| m.created_at.as_str());
+            crate::retention::run_time(&l.run_id, created)
                 .zip(erased_at)
                 .is_none_or(|(t, e)| t <= e)
         })

@@ -203,8 +203,21 @@ impl SubjectIndex {
     }
 
     /// The index after a rewrite: the erased tags gone, replaced files renamed.
-    pub fn rewritten(&self, erased: &[[u8; 16]], renamed: &[(String, String)]) -> SubjectIndex {
+    /// The index after a rewrite: the `erased` tags gone; each rewritten file (old path, new
+    /// path, old row group → new row group) renamed and its row groups renumbered, entries of
+    /// row groups that were dropped whole removed.
+    pub fn rewritten(
+        &self,
+        erased: &[[u8; 16]],
+        renamed: &[(String, String, Vec<Option<u32>>)],
+    ) -> SubjectIndex {
         let gone: HashSet<&[u8; 16]> = erased.iter().collect();
+        // Per file position: its row group map, when rewritten.
+        let maps: Vec<Option<&Vec<Option<u32>>>> = self
+            .files
+            .iter()
+            .map(|p| renamed.iter().find(|r| &r.0 == p).map(|r| &r.2))
+            .collect();
         SubjectIndex {
             files: self
                 .files
@@ -212,15 +225,22 @@ impl SubjectIndex {
                 .map(|p| {
                     renamed
                         .iter()
-                        .find(|(old, _)| old == p)
-                        .map_or_else(|| p.clone(), |(_, new)| new.clone())
+                        .find(|r| &r.0 == p)
+                        .map_or_else(|| p.clone(), |r| r.1.clone())
                 })
                 .collect(),
             entries: self
                 .entries
                 .iter()
                 .filter(|(t, _, _)| !gone.contains(t))
-                .copied()
+                .filter_map(|&(t, file, rg)| match maps.get(file as usize) {
+                    Some(Some(map)) => map
+                        .get(rg as usize)
+                        .copied()
+                        .flatten()
+                        .map(|new| (t, file, new)),
+                    _ => Some((t, file, rg)),
+                })
                 .collect(),
             incomplete: false,
         }
@@ -314,6 +334,8 @@ mod tests {
         let mut ix = SubjectIndex::default();
         ix.add("a/part-0.parquet", 0, [[1u8; 16], [2u8; 16]]);
         ix.add("b/part-0.parquet", 1, [[2u8; 16]]);
+        ix.add("a/part-0.parquet", 1, [[4u8; 16]]);
+        ix.add("a/part-0.parquet", 2, [[5u8; 16]]);
         let sealed = ix.seal(&key, "r1");
         assert!(
             !sealed.windows(8).any(|w| w == b"part-0.p"),
@@ -330,8 +352,16 @@ mod tests {
         );
         let after = back.rewritten(
             &[[2u8; 16]],
-            &[("a/part-0.parquet".into(), "a/part-1.parquet".into())],
+            &[(
+                "a/part-0.parquet".into(),
+                "a/part-1.parquet".into(),
+                vec![Some(0), None, Some(1)],
+            )],
         );
+        // Row group 1 was dropped whole; row group 2 is now row group 1.
+        assert!(after.files_holding(&[[4u8; 16]]).is_empty());
+        assert!(after.entries.contains(&([5u8; 16], 0, 1)));
+        assert!(after.entries.contains(&([1u8; 16], 0, 0)));
         assert_eq!(
             after
                 .files_holding(&[[1u8; 16]])

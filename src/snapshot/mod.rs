@@ -17,6 +17,7 @@ pub mod index;
 pub mod manifest;
 pub mod purge;
 pub mod read;
+pub mod refilter;
 pub mod rewrite;
 pub mod write;
 

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use futures::StreamExt;
 use object_store::path::Path as ObjPath;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReaderBuilder,
+};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::encryption::decrypt::FileDecryptionProperties;
 use parquet::file::properties::WriterProperties;
@@ -171,11 +173,24 @@ pub fn open_reader(
     key: Option<&DataKey>,
     display: &str,
 ) -> Result<ParquetRecordBatchReaderBuilder<File>, SnapshotError> {
+    let meta = open_metadata(&file, key, display)?;
+    Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+        file, meta,
+    ))
+}
+
+/// The footer of a downloaded snapshot file, decrypted with the tenant's key, for readers that
+/// share it (several row groups read at once); errors as [`open_reader`]'s.
+pub fn open_metadata(
+    file: &File,
+    key: Option<&DataKey>,
+    display: &str,
+) -> Result<ArrowReaderMetadata, SnapshotError> {
     let mut opts = ArrowReaderOptions::new();
     if let Some(k) = key {
         opts = opts.with_file_decryption_properties(decryption(k));
     }
-    ParquetRecordBatchReaderBuilder::try_new_with_options(file, opts).map_err(|e| {
+    ArrowReaderMetadata::load(file, opts).map_err(|e| {
         let m = e.to_string();
         let message = if m.contains("decryption properties were not provided") {
             "the file is encrypted and no key was given (lethe reads it with the tenant's data key from the keyring)".to_string()

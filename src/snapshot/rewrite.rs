@@ -119,11 +119,73 @@ pub async fn rewrite_run(
     manifest: Manifest,
     scrub: &Scrub<'_>,
 ) -> Result<Option<Rewritten>, crate::Error> {
-    let manifest = recover(store, s3, key, manifest).await?;
-    let (tenant, run) = (manifest.tenant.clone(), manifest.run_id.clone());
-    // Which files may hold the subjects: the ones the run's index names (every file of a table
-    // with identifier columns when the run has no index).
-    let index = read_index(store, key, &manifest).await?;
+    rewrite_runs(store, s3, settings, vec![(manifest, key.clone())], scrub)
+        .await
+        .pop()
+        .expect("one result per run")
+}
+
+/// Downloaded bytes above which [`rewrite_runs`] filters what it has before downloading more.
+const BATCH_BYTES: u64 = 1 << 30;
+
+/// Rewrite several runs (of one tenant or several, each with its data key) without the rows
+/// `scrub` drops: the candidate files of a batch of runs are filtered together, row group by
+/// row group on every core, then each run is committed on its own. One result per run, in
+/// order; a run that fails does not stop the others.
+pub async fn rewrite_runs(
+    store: &Store,
+    s3: Option<&S3Admin>,
+    settings: &crate::config::SnapshotSection,
+    runs: Vec<(Manifest, DataKey)>,
+    scrub: &Scrub<'_>,
+) -> Vec<Result<Option<Rewritten>, crate::Error>> {
+    let mut out = Vec::with_capacity(runs.len());
+    let mut batch: Vec<Result<Prepared, crate::Error>> = Vec::new();
+    let mut bytes = 0u64;
+    let total = runs.len();
+    for (k, (manifest, key)) in runs.into_iter().enumerate() {
+        let p = prepare(store, s3, key, manifest, scrub).await;
+        if let Ok(p) = &p {
+            bytes += p.downloaded.iter().map(|d| d.2).sum::<u64>();
+        }
+        batch.push(p);
+        if bytes >= BATCH_BYTES || k + 1 == total {
+            let filtered = filter_batch(&batch, settings, scrub);
+            for (p, f) in std::mem::take(&mut batch).into_iter().zip(filtered) {
+                out.push(match (p, f) {
+                    (Ok(p), Ok(f)) => commit(store, s3, p, f).await,
+                    (Err(e), _) | (_, Err(e)) => Err(e),
+                });
+            }
+            bytes = 0;
+        }
+    }
+    out
+}
+
+/// A run ready to be filtered: its candidate files downloaded.
+struct Prepared {
+    manifest: Manifest,
+    key: DataKey,
+    index: Option<crate::snapshot::index::SubjectIndex>,
+    /// Index tags of the subjects that leave the index.
+    gone: Vec<[u8; 16]>,
+    /// (position in the manifest, downloaded file, bytes).
+    downloaded: Vec<(usize, tempfile::NamedTempFile, u64)>,
+}
+
+/// Finish what a crash interrupted in the run, open its index, and download the files that may
+/// hold the subjects: the ones the run's index names (every file of a table with identifier
+/// columns when the run has no index).
+async fn prepare(
+    store: &Store,
+    s3: Option<&S3Admin>,
+    key: DataKey,
+    manifest: Manifest,
+    scrub: &Scrub<'_>,
+) -> Result<Prepared, crate::Error> {
+    let manifest = recover(store, s3, &key, manifest).await?;
+    let index = read_index(store, &key, &manifest).await?;
     // Subjects whose rows in some tables are kept stay in the index (their kept rows are still
     // there); the others leave it. Without tags (an older ledger entry), every file is searched.
     let tags: Vec<[u8; 16]> = scrub.index_tags.iter().flatten().map(|(t, _)| *t).collect();
@@ -141,8 +203,6 @@ pub async fn rewrite_run(
             .map(String::from)
             .collect()
     });
-    // Download the candidates, then filter and re-encrypt them in one pass each, on as many
-    // threads as there are cores; a file where nothing was dropped is not replaced.
     let mut downloaded = Vec::new();
     for (i, f) in manifest.files.iter().enumerate() {
         let candidate = match &named {
@@ -154,14 +214,129 @@ pub async fn rewrite_run(
                 .any(|t| t.name == f.table && !t.config.identifiers.is_empty()),
         };
         if candidate {
-            downloaded.push((i, fetch(store, f).await?));
+            downloaded.push((i, fetch(store, f).await?, f.bytes));
         }
     }
-    let opened = downloaded.len();
-    let filtered = filter_all(&manifest, &downloaded, key, settings, scrub)?;
-    let hits: Vec<(usize, (tempfile::NamedTempFile, u64, u64))> = filtered
+    Ok(Prepared {
+        manifest,
+        key,
+        index,
+        gone,
+        downloaded,
+    })
+}
+
+/// Filter the downloaded files of every prepared run together; per run, per downloaded file,
+/// the filtered file.
+fn filter_batch(
+    batch: &[Result<Prepared, crate::Error>],
+    settings: &crate::config::SnapshotSection,
+    scrub: &Scrub<'_>,
+) -> Vec<Result<Vec<crate::snapshot::refilter::Filtered>, crate::Error>> {
+    use crate::snapshot::refilter::Source;
+    let mut sources: Vec<Source<'_>> = Vec::new();
+    let mut owner: Vec<usize> = Vec::new();
+    let mut failed: Vec<Option<crate::Error>> = batch.iter().map(|_| None).collect();
+    for (k, p) in batch.iter().enumerate() {
+        let Ok(p) = p else { continue };
+        for (i, tmp, _) in &p.downloaded {
+            let f = &p.manifest.files[*i];
+            match source(p, f, tmp.path(), settings, scrub) {
+                Ok(src) => {
+                    sources.push(src);
+                    owner.push(k);
+                }
+                Err(e) => {
+                    failed[k].get_or_insert(e);
+                }
+            }
+        }
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let results = tokio::task::block_in_place(|| {
+        crate::snapshot::refilter::filter_files(&sources, scrub, workers, settings.batch_rows)
+    });
+    let mut per_run: Vec<Vec<crate::snapshot::refilter::Filtered>> =
+        batch.iter().map(|_| Vec::new()).collect();
+    for (k, r) in owner.into_iter().zip(results) {
+        match r {
+            Ok(f) => per_run[k].push(f),
+            Err(e) => {
+                failed[k].get_or_insert(e.into());
+            }
+        }
+    }
+    per_run
         .into_iter()
-        .filter(|(_, (_, dropped, _))| *dropped > 0)
+        .zip(failed)
+        .map(|(files, e)| match e {
+            Some(e) => Err(e),
+            None => Ok(files),
+        })
+        .collect()
+}
+
+/// What filtering one file of `p` needs: its table, its key, the new file's properties.
+fn source<'a>(
+    p: &'a Prepared,
+    f: &'a crate::snapshot::manifest::FileEntry,
+    path: &'a Path,
+    settings: &crate::config::SnapshotSection,
+    scrub: &Scrub<'_>,
+) -> Result<crate::snapshot::refilter::Source<'a>, crate::Error> {
+    let table = scrub
+        .data_map
+        .tables
+        .iter()
+        .find(|t| t.name == f.table)
+        .ok_or_else(|| SnapshotError::Decode {
+            key: f.path.clone(),
+            message: format!("table {} is not in the data map", f.table),
+        })?;
+    let mut stats: Vec<&str> = vec![table.config.primary_key.as_str()];
+    if let Some(tc) = &table.config.time_column {
+        stats.push(tc);
+    }
+    let props =
+        crate::snapshot::write::writer_properties(&p.key, settings, &stats).map_err(|e| {
+            SnapshotError::Decode {
+                key: f.path.clone(),
+                message: e.to_string(),
+            }
+        })?;
+    Ok(crate::snapshot::refilter::Source {
+        path,
+        display: &f.path,
+        table: &f.table,
+        key: &p.key,
+        props,
+    })
+}
+
+/// Commit one filtered run: marker, new files, new index, new manifest (one PUT), then purge
+/// what they replace.
+async fn commit(
+    store: &Store,
+    s3: Option<&S3Admin>,
+    p: Prepared,
+    filtered: Vec<crate::snapshot::refilter::Filtered>,
+) -> Result<Option<Rewritten>, crate::Error> {
+    let Prepared {
+        manifest,
+        key,
+        index,
+        gone,
+        downloaded,
+    } = p;
+    let key = &key;
+    let (tenant, run) = (manifest.tenant.clone(), manifest.run_id.clone());
+    let opened = downloaded.len();
+    // A file where nothing was dropped is not replaced.
+    let hits: Vec<(usize, crate::snapshot::refilter::Filtered)> = downloaded
+        .iter()
+        .map(|d| d.0)
+        .zip(filtered)
+        .filter(|(_, f)| f.rows_dropped > 0)
         .collect();
     drop(downloaded);
     if hits.is_empty() {
@@ -219,10 +394,12 @@ pub async fn rewrite_run(
         files_opened: opened,
         objects_purged: 0,
     };
-    for (i, (written, dropped, rows), new_path) in plan {
+    let mut row_groups = Vec::new();
+    for (i, written, new_path) in plan {
         let f = &manifest.files[i];
-        let (bytes, sha) = upload(store, &written, &new_path).await?;
+        let (bytes, sha) = upload(store, &written.file, &new_path).await?;
         crate::retention::crash_point("after a rewritten file");
+        let dropped = written.rows_dropped;
         out.rows_dropped += dropped;
         out.files.push(FileChange {
             table: f.table.clone(),
@@ -232,21 +409,24 @@ pub async fn rewrite_run(
             new_sha256: sha.clone(),
             rows_dropped: dropped,
         });
+        row_groups.push((f.path.clone(), written.row_groups));
         let e = &mut next_manifest.files[i];
         e.path = new_path;
-        e.rows = rows;
+        e.rows = written.rows_written;
         e.bytes = bytes;
         e.sha256 = sha;
         if let Some(t) = next_manifest.tables.iter_mut().find(|t| t.table == f.table) {
             t.rows -= dropped;
         }
     }
-    // The index of the new generation: the subjects gone, the replaced files renamed.
+    // The index of the new generation: the subjects gone, the replaced files renamed and their
+    // row groups renumbered.
     if let (Some(ix), Some(path)) = (index, &new_index) {
-        let renamed: Vec<(String, String)> = out
+        let renamed: Vec<(String, String, Vec<Option<u32>>)> = out
             .files
             .iter()
-            .map(|f| (f.old_path.clone(), f.new_path.clone()))
+            .zip(row_groups)
+            .map(|(f, (_, map))| (f.old_path.clone(), f.new_path.clone(), map))
             .collect();
         let mut next = ix.rewritten(&gone, &renamed);
         let sealed = next.seal(key, &run);
@@ -345,72 +525,6 @@ async fn fetch(
     Ok(tmp)
 }
 
-/// Filter every downloaded file (position in the manifest, file) on a few threads: the new
-/// spill file, rows dropped and rows written, per file.
-#[allow(clippy::type_complexity)]
-fn filter_all(
-    manifest: &Manifest,
-    files: &[(usize, tempfile::NamedTempFile)],
-    key: &DataKey,
-    settings: &crate::config::SnapshotSection,
-    scrub: &Scrub<'_>,
-) -> Result<Vec<(usize, (tempfile::NamedTempFile, u64, u64))>, crate::Error> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4)
-        .min(files.len().max(1));
-    let one = |(i, tmp): &(usize, tempfile::NamedTempFile)| -> Result<_, crate::Error> {
-        let f = &manifest.files[*i];
-        let table = scrub
-            .data_map
-            .tables
-            .iter()
-            .find(|t| t.name == f.table)
-            .ok_or_else(|| SnapshotError::Decode {
-                key: f.path.clone(),
-                message: format!("table {} is not in the data map", f.table),
-            })?;
-        let mut stats: Vec<&str> = vec![table.config.primary_key.as_str()];
-        if let Some(tc) = &table.config.time_column {
-            stats.push(tc);
-        }
-        let props =
-            crate::snapshot::write::writer_properties(key, settings, &stats).map_err(|e| {
-                SnapshotError::Decode {
-                    key: f.path.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        Ok((*i, filter_file(tmp.path(), key, f, scrub, props)?))
-    };
-    let results: Vec<Result<_, crate::Error>> = tokio::task::block_in_place(|| {
-        std::thread::scope(|sc| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    sc.spawn(|| {
-                        let mut out = Vec::new();
-                        loop {
-                            let k = next.fetch_add(1, Ordering::SeqCst);
-                            let Some(item) = files.get(k) else { break };
-                            out.push(one(item));
-                        }
-                        out
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("a filter thread panicked"))
-                .collect()
-        })
-    });
-    let mut out = results.into_iter().collect::<Result<Vec<_>, _>>()?;
-    out.sort_by_key(|(i, _)| *i);
-    Ok(out)
-}
-
 /// Download `f`, check it against the manifest, and count the rows `scrub` drops.
 async fn scan(
     store: &Store,
@@ -427,55 +541,23 @@ async fn scan(
         key: f.path.clone(),
         message: e.to_string(),
     };
-    let reader = crate::snapshot::read::open_reader(file, Some(key), &f.path)?
-        .build()
-        .map_err(|e| dec(&e))?;
+    // Only the identifier columns: what the filter looks at.
+    let builder = crate::snapshot::read::open_reader(file, Some(key), &f.path)?;
+    let ids: Vec<&str> = scrub
+        .data_map
+        .tables
+        .iter()
+        .find(|t| t.name == f.table)
+        .map(|t| t.config.identifiers.keys().map(String::as_str).collect())
+        .unwrap_or_default();
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ids);
+    let reader = builder.with_projection(mask).build().map_err(|e| dec(&e))?;
     let mut dropped = 0;
     for b in reader {
         let b = b.map_err(|e| dec(&e))?;
         dropped += scrub.filter(&f.table, b).map_err(|e| dec(&e))?.1;
     }
     Ok((tmp, dropped))
-}
-
-/// Write `src` without the rows `scrub` drops into a new encrypted spill file: (file, rows
-/// dropped, rows written).
-fn filter_file(
-    src: &Path,
-    key: &DataKey,
-    f: &crate::snapshot::manifest::FileEntry,
-    scrub: &Scrub<'_>,
-    props: parquet::file::properties::WriterProperties,
-) -> Result<(tempfile::NamedTempFile, u64, u64), crate::Error> {
-    let dec = |e: &dyn std::fmt::Display| SnapshotError::Decode {
-        key: f.path.clone(),
-        message: e.to_string(),
-    };
-    let io = |e: std::io::Error| SnapshotError::LocalIo {
-        path: std::env::temp_dir(),
-        source: e,
-    };
-    let file = std::fs::File::open(src).map_err(io)?;
-    let reader = crate::snapshot::read::open_reader(file, Some(key), &f.path)?;
-    let schema = reader.schema().clone();
-    let reader = reader.build().map_err(|e| dec(&e))?;
-    let out = tempfile::NamedTempFile::new().map_err(io)?;
-    let mut w =
-        parquet::arrow::ArrowWriter::try_new(out.reopen().map_err(io)?, schema, Some(props))
-            .map_err(|e| dec(&e))?;
-    let (mut dropped, mut rows) = (0, 0);
-    for b in reader {
-        let (b, d) = scrub
-            .filter(&f.table, b.map_err(|e| dec(&e))?)
-            .map_err(|e| dec(&e))?;
-        dropped += d;
-        rows += b.num_rows() as u64;
-        if b.num_rows() > 0 {
-            w.write(&b).map_err(|e| dec(&e))?;
-        }
-    }
-    w.close().map_err(|e| dec(&e))?;
-    Ok((out, dropped, rows))
 }
 
 /// Upload a spill file to `path`: (bytes, sha256).
