@@ -72,7 +72,7 @@ fn main() {
         }
         let results =
             lethe::snapshot::rewrite::rewrite_runs(&store, None, &c.snapshot, todo, &scrub).await;
-        for w in results.into_iter().map(Result::unwrap).flatten() {
+        for w in results.into_iter().filter_map(Result::unwrap) {
             opened += w.files_opened;
             rewritten += w.files.len();
             dropped += w.rows_dropped;

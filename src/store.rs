@@ -80,6 +80,8 @@ impl StoreError {
 
 const GCS_FIX: &str = "set GOOGLE_APPLICATION_CREDENTIALS (or GOOGLE_SERVICE_ACCOUNT) to a service-account JSON file, or GOOGLE_SERVICE_ACCOUNT_KEY to its contents; for an emulator set STORAGE_EMULATOR_HOST=http://host:port";
 const AZURE_FIX: &str = "set AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_ACCOUNT_KEY (or AZURE_STORAGE_SAS_KEY, or AZURE_CLIENT_ID + AZURE_CLIENT_SECRET + AZURE_TENANT_ID; AZURE_CREDENTIAL_TYPE=managed_identity on an Azure VM); for Azurite set AZURE_STORAGE_USE_EMULATOR=true";
+/// How much of a local file one read of [`Store::get_stream`] takes.
+const LOCAL_CHUNK: u64 = 4 << 20;
 
 /// The environment a store is opened from (a snapshot, so tests can pass their own).
 pub(crate) struct Env(Vec<(String, String)>);
@@ -480,6 +482,48 @@ impl Store {
         let r = self.inner.get(key).await.map_err(self.op_err("get", key))?;
         let url = self.url.clone();
         let k = key.to_string();
+        // A local file is read in large chunks on a blocking thread (object_store's own stream
+        // reads 8 KiB at a time, each a trip to the blocking pool).
+        if let object_store::GetResultPayload::File(file, path) = r.payload {
+            let range = r.range.clone();
+            let state = (file, range.start, range.end);
+            return Ok(
+                futures::stream::try_unfold(state, move |(mut file, at, end)| {
+                    let (url, k, path) = (url.clone(), k.clone(), path.clone());
+                    async move {
+                        if at >= end {
+                            return Ok(None);
+                        }
+                        let want = (end - at).min(LOCAL_CHUNK) as usize;
+                        let read = tokio::task::spawn_blocking(move || {
+                            use std::io::{Read, Seek, SeekFrom};
+                            let mut buf = vec![0u8; want];
+                            file.seek(SeekFrom::Start(at))?;
+                            file.read_exact(&mut buf)?;
+                            Ok::<_, std::io::Error>((file, buf))
+                        })
+                        .await
+                        .map_err(std::io::Error::other)
+                        .and_then(|r| r);
+                        match read {
+                            Ok((file, buf)) => {
+                                Ok(Some((Bytes::from(buf), (file, at + want as u64, end))))
+                            }
+                            Err(e) => Err(StoreError::Op {
+                                url,
+                                op: "get",
+                                key: k,
+                                source: object_store::Error::Generic {
+                                    store: "LocalFileSystem",
+                                    source: format!("{}: {e}", path.display()).into(),
+                                },
+                            }),
+                        }
+                    }
+                })
+                .boxed(),
+            );
+        }
         Ok(r.into_stream()
             .map_err(move |source| StoreError::Op {
                 url: url.clone(),

@@ -198,7 +198,9 @@ pub struct Scrub<'a> {
 #[derive(Default)]
 pub struct ScrubCache {
     /// Per identifier column of the table (data map order): stored value → erased.
-    seen: Vec<std::collections::HashMap<Box<str>, bool>>,
+    seen: Vec<std::collections::HashMap<Box<str>, bool, foldhash::fast::RandomState>>,
+    /// The erased subjects' hashes as bytes, with whether their rows in this table are kept.
+    subjects: Option<(String, std::collections::HashMap<[u8; 16], bool>)>,
 }
 
 impl ScrubCache {
@@ -229,8 +231,21 @@ impl Scrub<'_> {
         let Some(t) = self.data_map.tables.iter().find(|t| t.name == table) else {
             return Ok((batch, 0));
         };
+        if cache.subjects.as_ref().is_none_or(|(t, _)| t != table) {
+            let decoded = self
+                .subjects
+                .iter()
+                .filter_map(|(h, kept)| {
+                    crate::snapshot::index::tag_of(h).map(|b| (b, kept.contains(table)))
+                })
+                .collect();
+            cache.subjects = Some((table.to_string(), decoded));
+            cache.seen.clear();
+        }
+        let (_, subjects) = cache.subjects.as_ref().expect("set above");
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.keyring.subject_key());
         let mut keep = vec![true; batch.num_rows()];
+        let mut input = String::new();
         for (c, (col, kind)) in t.config.identifiers.iter().enumerate() {
             let Some(a) = batch.column_by_name(col) else {
                 continue;
@@ -252,17 +267,19 @@ impl Scrub<'_> {
                 let erased = match seen.get(raw) {
                     Some(v) => *v,
                     None => {
-                        let form = crate::erasure::identify::stored_form(
+                        // The subject hash (`hmac:` + 32 hex digits) is the first 16 bytes of
+                        // HMAC-SHA256 over `<kind>:<stored form>`.
+                        input.clear();
+                        input.push_str(kind);
+                        input.push(':');
+                        input.push_str(&crate::erasure::identify::stored_form(
                             kind,
                             raw,
                             self.phone_country.as_deref(),
-                        );
-                        let tag = ring::hmac::sign(&key, format!("{kind}:{form}").as_bytes());
-                        let h = format!("hmac:{}", &crate::util::hex(tag.as_ref())[..32]);
-                        let v = self
-                            .subjects
-                            .get(&h)
-                            .is_some_and(|kept| !kept.contains(table));
+                        ));
+                        let tag = ring::hmac::sign(&key, input.as_bytes());
+                        let h: [u8; 16] = tag.as_ref()[..16].try_into().expect("32 bytes");
+                        let v = subjects.get(&h).is_some_and(|kept| !kept);
                         seen.insert(raw.into(), v);
                         v
                     }

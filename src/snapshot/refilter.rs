@@ -17,7 +17,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::BufWriter;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -32,6 +31,7 @@ use parquet::file::writer::SerializedFileWriter;
 use crate::erasure::ledger::ScrubCache;
 use crate::keys::DataKey;
 use crate::snapshot::SnapshotError;
+use crate::snapshot::write::HashingFile;
 
 /// One file to filter.
 pub struct Source<'a> {
@@ -51,6 +51,9 @@ pub struct Source<'a> {
 pub struct Filtered {
     /// The new encrypted file (private spill file).
     pub file: tempfile::NamedTempFile,
+    /// Its length and sha256 (hex), taken as it was written.
+    pub bytes: u64,
+    pub sha256: String,
     pub rows_dropped: u64,
     pub rows_written: u64,
     /// Old row group → new row group (`None`: every row of it was dropped).
@@ -78,7 +81,7 @@ impl RowFilter for crate::erasure::ledger::Scrub<'_> {
     }
 }
 
-type Writer = SerializedFileWriter<BufWriter<File>>;
+type Writer = SerializedFileWriter<HashingFile>;
 
 /// Per-file progress, shared by the workers.
 #[derive(Default)]
@@ -86,11 +89,7 @@ struct State {
     /// Rows each old row group kept (`None`: not filtered yet).
     kept: Vec<Option<usize>>,
     /// The new file, its writer and its column-writer factory (created by the first worker).
-    out: Option<(
-        tempfile::NamedTempFile,
-        Writer,
-        Arc<ArrowRowGroupWriterFactory>,
-    )>,
+    out: Option<(Writer, Arc<ArrowRowGroupWriterFactory>)>,
     /// Encoded row groups waiting for an earlier one, by new ordinal.
     waiting: BTreeMap<usize, Vec<ArrowColumnChunk>>,
     next_append: usize,
@@ -98,7 +97,7 @@ struct State {
     dropped: u64,
     written: u64,
     error: Option<SnapshotError>,
-    done: Option<tempfile::NamedTempFile>,
+    done: Option<(tempfile::NamedTempFile, u64, String)>,
 }
 
 struct Job<'a> {
@@ -187,8 +186,11 @@ pub fn filter_files(
                     map.push(None);
                 }
             }
+            let (file, bytes, sha256) = st.done.expect("every task of the file finished");
             Ok(Filtered {
-                file: st.done.expect("every task of the file finished"),
+                file,
+                bytes,
+                sha256,
                 rows_dropped: st.dropped,
                 rows_written: st.written,
                 row_groups: map,
@@ -237,7 +239,7 @@ fn run_task(
                 Err(e) => st.error = Some(e),
             }
         }
-        st.out.as_ref().map(|o| Arc::clone(&o.2))
+        st.out.as_ref().map(|o| Arc::clone(&o.1))
     };
     let filtered = match (r, factory) {
         (Some(r), Some(_)) => read_filtered(job, r, filter, cache, batch_rows),
@@ -266,7 +268,7 @@ fn run_task(
         st.kept[..r].iter().filter(|k| k.unwrap_or(0) > 0).count()
     });
     if st.error.is_none() && rows > 0 {
-        let factory = Arc::clone(&st.out.as_ref().expect("created above").2);
+        let factory = Arc::clone(&st.out.as_ref().expect("created above").1);
         drop(st);
         let encoded = encode(&factory, ordinal, &job.meta, &batches).map_err(|e| dec(display, &e));
         drop(batches);
@@ -285,10 +287,15 @@ fn run_task(
     let total = st.kept.len().max(1);
     if st.finished == total && st.error.is_none() {
         append_ready(&mut st, display);
-        if let Some((tmp, w, _)) = st.out.take() {
-            match w.close() {
-                Ok(_) => st.done = Some(tmp),
-                Err(e) => st.error = Some(dec(display, &e)),
+        if let Some((w, _)) = st.out.take() {
+            // `into_inner` writes the footer.
+            let closed = w
+                .into_inner()
+                .map_err(|e| dec(display, &e))
+                .and_then(|sink| sink.finish().map_err(spill));
+            match closed {
+                Ok(done) => st.done = Some(done),
+                Err(e) => st.error = Some(e),
             }
         }
     }
@@ -296,20 +303,10 @@ fn run_task(
 }
 
 /// The new spill file with a writer of the source's schema and properties.
-fn create(
-    job: &Job<'_>,
-) -> Result<
-    (
-        tempfile::NamedTempFile,
-        Writer,
-        Arc<ArrowRowGroupWriterFactory>,
-    ),
-    SnapshotError,
-> {
+fn create(job: &Job<'_>) -> Result<(Writer, Arc<ArrowRowGroupWriterFactory>), SnapshotError> {
     let tmp = tempfile::NamedTempFile::new().map_err(spill)?;
-    let file = tmp.reopen().map_err(spill)?;
     let w = ArrowWriter::try_new(
-        BufWriter::with_capacity(1 << 20, file),
+        HashingFile::new(tmp, 1 << 20),
         Arc::clone(job.meta.schema()),
         Some(job.src.props.clone()),
     )
@@ -317,7 +314,7 @@ fn create(
     let (w, factory) = w
         .into_serialized_writer()
         .map_err(|e| dec(job.src.display, &e))?;
-    Ok((tmp, w, Arc::new(factory)))
+    Ok((w, Arc::new(factory)))
 }
 
 /// Row group `r`, decrypted, decoded and filtered: the batches kept and the rows dropped.
@@ -378,7 +375,7 @@ fn append_ready(st: &mut State, display: &str) {
         let Some(chunks) = st.waiting.remove(&n) else {
             break;
         };
-        let Some((_, w, _)) = st.out.as_mut() else {
+        let Some((w, _)) = st.out.as_mut() else {
             break;
         };
         let appended = (|| {

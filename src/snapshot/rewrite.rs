@@ -127,6 +127,8 @@ pub async fn rewrite_run(
 
 /// Downloaded bytes above which [`rewrite_runs`] filters what it has before downloading more.
 const BATCH_BYTES: u64 = 1 << 30;
+/// Runs downloaded, and committed, at the same time.
+const CONCURRENT_RUNS: usize = 4;
 
 /// Rewrite several runs (of one tenant or several, each with its data key) without the rows
 /// `scrub` drops: the candidate files of a batch of runs are filtered together, row group by
@@ -139,26 +141,38 @@ pub async fn rewrite_runs(
     runs: Vec<(Manifest, DataKey)>,
     scrub: &Scrub<'_>,
 ) -> Vec<Result<Option<Rewritten>, crate::Error>> {
+    use futures::StreamExt;
     let mut out = Vec::with_capacity(runs.len());
-    let mut batch: Vec<Result<Prepared, crate::Error>> = Vec::new();
-    let mut bytes = 0u64;
-    let total = runs.len();
-    for (k, (manifest, key)) in runs.into_iter().enumerate() {
-        let p = prepare(store, s3, key, manifest, scrub).await;
-        if let Ok(p) = &p {
-            bytes += p.downloaded.iter().map(|d| d.2).sum::<u64>();
+    let mut prepared = futures::stream::iter(runs)
+        .map(|(manifest, key)| prepare(store, s3, key, manifest, scrub))
+        .buffered(CONCURRENT_RUNS);
+    loop {
+        let mut batch: Vec<Result<Prepared, crate::Error>> = Vec::new();
+        let mut bytes = 0u64;
+        while bytes < BATCH_BYTES {
+            let Some(p) = prepared.next().await else {
+                break;
+            };
+            if let Ok(p) = &p {
+                bytes += p.downloaded.iter().map(|d| d.2).sum::<u64>();
+            }
+            batch.push(p);
         }
-        batch.push(p);
-        if bytes >= BATCH_BYTES || k + 1 == total {
-            let filtered = filter_batch(&batch, settings, scrub);
-            for (p, f) in std::mem::take(&mut batch).into_iter().zip(filtered) {
-                out.push(match (p, f) {
+        if batch.is_empty() {
+            break;
+        }
+        let filtered = filter_batch(&batch, settings, scrub);
+        let committed: Vec<_> = futures::stream::iter(batch.into_iter().zip(filtered))
+            .map(|(p, f)| async move {
+                match (p, f) {
                     (Ok(p), Ok(f)) => commit(store, s3, p, f).await,
                     (Err(e), _) | (_, Err(e)) => Err(e),
-                });
-            }
-            bytes = 0;
-        }
+                }
+            })
+            .buffered(CONCURRENT_RUNS)
+            .collect()
+            .await;
+        out.extend(committed);
     }
     out
 }
@@ -397,7 +411,18 @@ async fn commit(
     let mut row_groups = Vec::new();
     for (i, written, new_path) in plan {
         let f = &manifest.files[i];
-        let (bytes, sha) = upload(store, &written.file, &new_path).await?;
+        let bytes = upload(store, &written.file, &new_path).await?;
+        if bytes != written.bytes {
+            return Err(SnapshotError::LocalIo {
+                path: written.file.path().into(),
+                source: std::io::Error::other(format!(
+                    "the spill file changed while it was uploaded ({} bytes written, {bytes} read)",
+                    written.bytes
+                )),
+            }
+            .into());
+        }
+        let sha = written.sha256.clone();
         crate::retention::crash_point("after a rewritten file");
         let dropped = written.rows_dropped;
         out.rows_dropped += dropped;
@@ -560,19 +585,18 @@ async fn scan(
     Ok((tmp, dropped))
 }
 
-/// Upload a spill file to `path`: (bytes, sha256).
+/// Upload a spill file to `path`; its length.
 async fn upload(
     store: &Store,
     file: &tempfile::NamedTempFile,
     path: &str,
-) -> Result<(u64, String), crate::Error> {
+) -> Result<u64, crate::Error> {
     use tokio::io::AsyncWriteExt;
     let io = |e: std::io::Error| SnapshotError::LocalIo {
         path: file.path().into(),
         source: e,
     };
     let mut src = tokio::fs::File::open(file.path()).await.map_err(io)?;
-    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
     let mut w = store.multipart_writer(&ObjPath::from(path), 8 << 20);
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
@@ -583,10 +607,9 @@ async fn upload(
         if k == 0 {
             break;
         }
-        sha.update(&buf[..k]);
         n += k as u64;
         w.write_all(&buf[..k]).await.map_err(io)?;
     }
     w.shutdown().await.map_err(io)?;
-    Ok((n, crate::util::hex(sha.finish().as_ref())))
+    Ok(n)
 }

@@ -109,10 +109,26 @@ pub fn writer_properties(
 }
 
 /// A `Write` into a private spill file that hashes and counts what passes.
-struct HashingFile {
-    inner: IoBufWriter<tempfile::NamedTempFile>,
-    sha: digest::Context,
-    bytes: u64,
+pub(crate) struct HashingFile {
+    pub(crate) inner: IoBufWriter<tempfile::NamedTempFile>,
+    pub(crate) sha: digest::Context,
+    pub(crate) bytes: u64,
+}
+
+impl HashingFile {
+    pub(crate) fn new(file: tempfile::NamedTempFile, buffer: usize) -> HashingFile {
+        HashingFile {
+            inner: IoBufWriter::with_capacity(buffer, file),
+            sha: digest::Context::new(&digest::SHA256),
+            bytes: 0,
+        }
+    }
+
+    /// Flush, and hand back the file, its length and its sha256 (hex).
+    pub(crate) fn finish(self) -> std::io::Result<(tempfile::NamedTempFile, u64, String)> {
+        let file = self.inner.into_inner().map_err(|e| e.into_error())?;
+        Ok((file, self.bytes, hex(self.sha.finish().as_ref())))
+    }
 }
 
 impl Write for HashingFile {
@@ -520,11 +536,7 @@ fn encode(
         };
         let file = tempfile::NamedTempFile::new().map_err(spill_err)?;
         let read_handle = file.reopen().map_err(spill_err)?;
-        let sink = HashingFile {
-            inner: IoBufWriter::with_capacity(64 << 10, file),
-            sha: digest::Context::new(&digest::SHA256),
-            bytes: 0,
-        };
+        let sink = HashingFile::new(file, 64 << 10);
         let writer = ArrowWriter::try_new(sink, schema.clone(), Some(props))
             .map_err(|e| format!("table {table}: {e}"))?;
         let (progress, rx) = watch::channel(Progress::default());
