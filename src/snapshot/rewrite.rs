@@ -127,8 +127,10 @@ pub async fn rewrite_run(
 
 /// Downloaded bytes above which [`rewrite_runs`] filters what it has before downloading more.
 const BATCH_BYTES: u64 = 1 << 30;
-/// Runs downloaded, and committed, at the same time.
-const CONCURRENT_RUNS: usize = 4;
+/// Runs downloaded at the same time.
+const CONCURRENT_DOWNLOADS: usize = 4;
+/// Runs committed (uploaded) at the same time: each holds an 8 MiB multipart buffer.
+const CONCURRENT_COMMITS: usize = 2;
 
 /// Rewrite several runs (of one tenant or several, each with its data key) without the rows
 /// `scrub` drops: the candidate files of a batch of runs are filtered together, row group by
@@ -145,7 +147,7 @@ pub async fn rewrite_runs(
     let mut out = Vec::with_capacity(runs.len());
     let mut prepared = futures::stream::iter(runs)
         .map(|(manifest, key)| prepare(store, s3, key, manifest, scrub))
-        .buffered(CONCURRENT_RUNS);
+        .buffered(CONCURRENT_DOWNLOADS);
     loop {
         let mut batch: Vec<Result<Prepared, crate::Error>> = Vec::new();
         let mut bytes = 0u64;
@@ -169,7 +171,7 @@ pub async fn rewrite_runs(
                     (Err(e), _) | (_, Err(e)) => Err(e),
                 }
             })
-            .buffered(CONCURRENT_RUNS)
+            .buffered(CONCURRENT_COMMITS)
             .collect()
             .await;
         out.extend(committed);
