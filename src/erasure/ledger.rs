@@ -245,7 +245,7 @@ impl Scrub<'_> {
         let (_, subjects) = cache.subjects.as_ref().expect("set above");
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.keyring.subject_key());
         let mut keep = vec![true; batch.num_rows()];
-        let mut input = String::new();
+        let (mut input, mut form) = (String::new(), String::new());
         for (c, (col, kind)) in t.config.identifiers.iter().enumerate() {
             let Some(a) = batch.column_by_name(col) else {
                 continue;
@@ -269,14 +269,16 @@ impl Scrub<'_> {
                     None => {
                         // The subject hash (`hmac:` + 32 hex digits) is the first 16 bytes of
                         // HMAC-SHA256 over `<kind>:<stored form>`.
-                        input.clear();
-                        input.push_str(kind);
-                        input.push(':');
-                        input.push_str(&crate::erasure::identify::stored_form(
+                        crate::erasure::identify::stored_form_into(
                             kind,
                             raw,
                             self.phone_country.as_deref(),
-                        ));
+                            &mut form,
+                        );
+                        input.clear();
+                        input.push_str(kind);
+                        input.push(':');
+                        input.push_str(&form);
                         let tag = ring::hmac::sign(&key, input.as_bytes());
                         let h: [u8; 16] = tag.as_ref()[..16].try_into().expect("32 bytes");
                         let v = subjects.get(&h).is_some_and(|kept| !kept);

@@ -136,11 +136,11 @@ impl Tagger {
         self.tables.iter().map(|c| !c.is_empty()).collect()
     }
 
-    /// The tags of every identifier in `batches` of table `table_no`; `None` when a column
-    /// cannot be read as text (the index would miss it: the run then gets no index, and a
-    /// rewrite searches every file).
-    pub fn tags(&self, table_no: usize, batches: &[RecordBatch]) -> Option<HashSet<[u8; 16]>> {
-        let mut out = HashSet::new();
+    /// The tags of every identifier in `batches` of table `table_no` (a value may repeat);
+    /// `None` when a column cannot be read as text (the index would miss it: the run then
+    /// gets no index, and a rewrite searches every file).
+    pub fn tags(&self, table_no: usize, batches: &[RecordBatch]) -> Option<Vec<[u8; 16]>> {
+        let mut out = Vec::new();
         let Some(cols) = self.tables.get(table_no) else {
             return Some(out);
         };
@@ -151,17 +151,20 @@ impl Tagger {
                     texts.push(arrow::compute::cast(a, &arrow::datatypes::DataType::Utf8).ok()?);
                 }
             }
-            let mut seen: HashSet<&str> = HashSet::new();
+            // Each distinct stored value once per row group.
+            let mut seen: HashSet<&str, foldhash::fast::RandomState> = HashSet::default();
+            let mut form = String::new();
             for s in &texts {
                 let s = s.as_string::<i32>();
                 for i in 0..s.len() {
                     if s.is_valid(i) && seen.insert(s.value(i)) {
-                        let form = crate::erasure::identify::stored_form(
+                        crate::erasure::identify::stored_form_into(
                             kind,
                             s.value(i),
                             self.phone_country.as_deref(),
+                            &mut form,
                         );
-                        out.insert(tag(self.key, kind, &form));
+                        out.push(tag(self.key, kind, &form));
                     }
                 }
             }
