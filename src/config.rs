@@ -69,6 +69,30 @@ pub struct ConfigFile {
     /// Retention execution: batch size, timeouts, the safety brake.
     #[serde(default)]
     pub retention: RetentionSection,
+    /// Deletion certificates: who signs them.
+    #[serde(default)]
+    pub certificates: CertificatesSection,
+}
+
+/// `[certificates]`.
+#[derive(Debug, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatesSection {
+    /// The processor named as the certificates' issuer (`iss`), e.g. your company's name.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+}
+
+impl Default for CertificatesSection {
+    fn default() -> Self {
+        CertificatesSection {
+            issuer: default_issuer(),
+        }
+    }
+}
+
+fn default_issuer() -> String {
+    "lethe".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -397,6 +421,7 @@ pub struct Config {
     pub snapshot: SnapshotSection,
     pub audit: AuditSettings,
     pub retention: RetentionSection,
+    pub certificates: CertificatesSection,
 }
 
 impl Config {
@@ -626,6 +651,7 @@ impl Config {
             snapshot: f.snapshot,
             audit,
             retention: f.retention,
+            certificates: f.certificates,
         })
     }
 }

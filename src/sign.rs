@@ -173,15 +173,125 @@ impl SigningKey {
         self.pair.sign(msg).as_ref().to_vec()
     }
 
-    /// The public key as a JWK (RFC 8037): `{"kty":"OKP","crv":"Ed25519","x":…,"kid":…}`.
+    /// The public key as a JWK (RFC 8037), `kid` its RFC 7638 thumbprint:
+    /// `{"kty":"OKP","crv":"Ed25519","x":…,"kid":…,"alg":"EdDSA","use":"sig"}`.
     pub fn public_jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "OKP",
-            "crv": "Ed25519",
-            "x": B64URL.encode(self.public_key()),
-            "kid": self.key_id(),
-        })
+        public_jwk(&self.public_key())
     }
+
+    /// The RFC 7638 thumbprint of the public key: the `kid` of its JWK and of its JWS.
+    pub fn thumbprint(&self) -> String {
+        jwk_thumbprint(&self.public_key())
+    }
+
+    /// A JWS in compact serialization (RFC 7515), `alg: EdDSA` (RFC 8037), of `payload`, with
+    /// `kid` and `typ` in its protected header.
+    pub fn jws(&self, typ: &str, payload: &[u8]) -> String {
+        let header = serde_json::json!({"alg": "EdDSA", "kid": self.thumbprint(), "typ": typ});
+        let input = format!(
+            "{}.{}",
+            B64URL.encode(serde_json::to_vec(&header).expect("json")),
+            B64URL.encode(payload)
+        );
+        let sig = self.sign(input.as_bytes());
+        format!("{input}.{}", B64URL.encode(sig))
+    }
+}
+
+/// The JWK of a raw Ed25519 public key (RFC 8037), `kid` its RFC 7638 thumbprint.
+pub fn public_jwk(public_key: &[u8]) -> serde_json::Value {
+    serde_json::json!({
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": B64URL.encode(public_key),
+        "kid": jwk_thumbprint(public_key),
+        "alg": "EdDSA",
+        "use": "sig",
+    })
+}
+
+/// RFC 7638 thumbprint of an Ed25519 OKP key: base64url(sha256 of the required members in
+/// lexicographic order, no whitespace).
+pub fn jwk_thumbprint(public_key: &[u8]) -> String {
+    let canonical = format!(
+        r#"{{"crv":"Ed25519","kty":"OKP","x":"{}"}}"#,
+        B64URL.encode(public_key)
+    );
+    B64URL.encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        canonical.as_bytes(),
+    ))
+}
+
+/// A compact JWS taken apart, its signature checked against a set of keys.
+#[derive(Debug, Clone)]
+pub struct VerifiedJws {
+    pub header: serde_json::Value,
+    pub payload: Vec<u8>,
+    /// The `kid` of the key that verified it.
+    pub kid: String,
+}
+
+/// Check a compact JWS against `keys` (JWKs): exactly three base64url parts, a protected header
+/// with `alg: EdDSA` and a `kid` found among `keys` (an Ed25519 OKP key), and a valid
+/// signature. `Err` names what failed.
+pub fn verify_jws(compact: &str, keys: &[serde_json::Value]) -> Result<VerifiedJws, String> {
+    let compact = compact.trim();
+    let parts: Vec<&str> = compact.split('.').collect();
+    if parts.len() != 3 {
+        return Err(format!(
+            "not a JWS in compact serialization: {} part(s) separated by '.', a JWS has 3 (header.payload.signature); truncated or not a certificate?",
+            parts.len()
+        ));
+    }
+    let decode = |what: &str, s: &str| {
+        B64URL
+            .decode(s)
+            .map_err(|e| format!("the {what} is not base64url: {e}"))
+    };
+    let header: serde_json::Value = serde_json::from_slice(&decode("header", parts[0])?)
+        .map_err(|e| format!("the header is not JSON: {e}"))?;
+    let payload = decode("payload", parts[1])?;
+    let sig = decode("signature", parts[2])?;
+    if header["alg"] != "EdDSA" {
+        return Err(format!(
+            "the header's alg is {}, not EdDSA: lethe signs with Ed25519 only",
+            header["alg"]
+        ));
+    }
+    if header.get("crit").is_some() {
+        return Err("the header has a crit member lethe does not understand".into());
+    }
+    let kid = header["kid"]
+        .as_str()
+        .ok_or("the header has no kid (key id)")?
+        .to_string();
+    let jwk = keys
+        .iter()
+        .find(|k| k["kid"] == kid.as_str())
+        .ok_or_else(|| {
+            format!("unknown kid {kid}: no key of that id in the JWKS (signed by another key, or pass the issuer's JWKS with --jwks)")
+        })?;
+    if jwk["kty"] != "OKP" || jwk["crv"] != "Ed25519" {
+        return Err(format!("key {kid} is not an Ed25519 OKP key"));
+    }
+    let x = B64URL
+        .decode(jwk["x"].as_str().unwrap_or(""))
+        .map_err(|e| format!("key {kid}: x is not base64url: {e}"))?;
+    if jwk_thumbprint(&x) != kid {
+        return Err(format!("key {kid}: its kid is not the thumbprint of its x"));
+    }
+    let input = format!("{}.{}", parts[0], parts[1]);
+    if !verify(&x, input.as_bytes(), &sig) {
+        return Err(format!(
+            "bad signature: the certificate was changed after it was signed, or key {kid} did not sign it"
+        ));
+    }
+    Ok(VerifiedJws {
+        header,
+        payload,
+        kid,
+    })
 }
 
 /// Whether `sig` is a valid Ed25519 signature of `msg` by `public_key` (32 raw bytes).
@@ -326,9 +436,57 @@ mod tests {
         let jwk = key.public_jwk();
         assert_eq!(jwk["kty"], "OKP");
         assert_eq!(jwk["crv"], "Ed25519");
-        assert_eq!(jwk["kid"], key.key_id());
+        assert_eq!(jwk["kid"], key.thumbprint());
         let x = B64URL.decode(jwk["x"].as_str().unwrap()).unwrap();
         assert_eq!(x, key.public_key());
         assert!(!format!("{key:?}").contains(jwk["x"].as_str().unwrap()));
+    }
+
+    /// RFC 8037 appendix A: the example key's thumbprint (A.3) and its signature (A.4).
+    #[test]
+    fn rfc_8037_examples() {
+        let x = B64URL
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .unwrap();
+        assert_eq!(
+            jwk_thumbprint(&x),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
+        let jws = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+        let (input, sig) = jws.rsplit_once('.').unwrap();
+        assert!(verify(&x, input.as_bytes(), &B64URL.decode(sig).unwrap()));
+    }
+
+    #[test]
+    fn a_jws_verifies_with_its_key_and_fails_on_any_flipped_byte_or_another_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::load_or_create(&dir.path().join("k.pk8"), true).unwrap();
+        let other = SigningKey::load_or_create(&dir.path().join("o.pk8"), true).unwrap();
+        let jws = key.jws("test", br#"{"a":1}"#);
+        let keys = [key.public_jwk()];
+        let v = verify_jws(&jws, &keys).unwrap();
+        assert_eq!(v.payload, br#"{"a":1}"#);
+        assert_eq!(v.header["alg"], "EdDSA");
+        for i in 0..jws.len() {
+            let mut b = jws.clone().into_bytes();
+            if b[i] == b'.' {
+                continue;
+            }
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            let flipped = String::from_utf8(b).unwrap();
+            if flipped == jws {
+                continue;
+            }
+            assert!(
+                verify_jws(&flipped, &keys).is_err(),
+                "byte {i} flipped still verifies"
+            );
+        }
+        let e = verify_jws(&jws, &[other.public_jwk()]).unwrap_err();
+        assert!(e.contains("unknown kid"), "{e}");
+        let e = verify_jws(&jws[..jws.len() / 2], &keys).unwrap_err();
+        assert!(!e.is_empty());
+        let e = verify_jws("hello", &keys).unwrap_err();
+        assert!(e.contains("not a JWS"), "{e}");
     }
 }

@@ -1551,3 +1551,197 @@ fn runs_that_never_committed_hold_the_person_until_they_are_purged() {
     let (code, out, err) = run(&d, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+fn cert_files(d: &common::Demo) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let dir = d.store().join("certificates");
+    if !dir.exists() {
+        return Default::default();
+    }
+    files(&dir)
+}
+
+fn payload_of(jws: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    let s = std::str::from_utf8(jws).unwrap();
+    let p = s.split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
+    let d = demo(2, 60);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let phones: Vec<(String, String)> = c
+        .prepare("SELECT c.tenant_id, c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 2")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let (t, phone) = phones[0].clone();
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(
+        &d,
+        &[
+            "erase",
+            "subject",
+            "--tenant",
+            &t,
+            "--kind",
+            "phone",
+            "--id",
+            &phone,
+            "--immediate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("primary certificate of request")
+            && out.contains("final certificate of request"),
+        "{out}"
+    );
+    let certs = cert_files(&d);
+    assert_eq!(certs.len(), 2, "{certs:?}");
+    let names: Vec<String> = certs
+        .keys()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["final.jws", "primary.jws"]);
+    // No identifier of the person in either, in any spelling we know.
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    for (p, bytes) in &certs {
+        let payload = payload_of(bytes).to_string();
+        assert!(
+            !payload.contains(&digits[digits.len() - 8..]),
+            "{}: {payload}",
+            p.display()
+        );
+        assert!(payload.contains("\"hash\":\"hmac:"), "{payload}");
+    }
+    let fin = payload_of(&certs[&certs.keys().next().unwrap().clone()]);
+    assert_eq!(fin["phase"], "final");
+    assert_eq!(fin["outcome"], "erased");
+    assert_eq!(fin["anchor"]["audit_record"]["kind"], "end");
+    let backups = fin["systems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["system"] == "backups")
+        .unwrap();
+    assert_eq!(backups["status"], "done");
+    assert!(
+        !backups["files"].as_array().unwrap().is_empty(),
+        "the rewritten files with their sha256: {backups}"
+    );
+    // Verified with the store (signature and anchor), and offline with the published JWKS.
+    let jwks = d.dir.join("issuer.jwks");
+    let (code, out, err) = run(&d, &["keys", "public", "--format", "jwks"]);
+    assert_eq!(code, 0, "{err}");
+    std::fs::write(&jwks, &out).unwrap();
+    for p in certs.keys() {
+        let f = p.to_str().unwrap();
+        let (code, out, err) = run(&d, &["certificate", "verify", f]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(
+            out.contains("signature verified") && out.contains("anchor verified"),
+            "{out}"
+        );
+        let (code, out, err) = lethe(&[
+            "certificate",
+            "verify",
+            f,
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--offline",
+        ]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    // Any change fails: a flipped byte anywhere, a truncation, something else, another key.
+    let (p, good) = certs.iter().next().unwrap();
+    let bad = d.dir.join("bad.jws");
+    let step = (good.len() / 40).max(1);
+    for i in (0..good.len()).step_by(step) {
+        let mut b = good.clone();
+        if b[i] == b'.' {
+            continue;
+        }
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&bad, &b).unwrap();
+        let (code, out, _) = run(&d, &["certificate", "verify", bad.to_str().unwrap()]);
+        assert_eq!(code, 1, "byte {i} flipped: {out}");
+        assert!(out.contains("NOT VERIFIED"), "{out}");
+    }
+    std::fs::write(&bad, &good[..good.len() - 10]).unwrap();
+    let (code, _, _) = run(&d, &["certificate", "verify", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    std::fs::write(&bad, "not a certificate").unwrap();
+    let (code, out, _) = run(&d, &["certificate", "verify", bad.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(out.contains("not a JWS"), "{out}");
+    let (code, _, err) = run(&d, &["certificate", "verify", "/nonexistent/x.jws"]);
+    assert_eq!(code, 2, "{err}");
+    let other = lethe::sign::SigningKey::load_or_create(&d.dir.join("other.pk8"), true).unwrap();
+    let other_jwks = serde_json::json!({"keys": [other.public_jwk()]}).to_string();
+    let other_file = d.dir.join("other.jwks");
+    std::fs::write(&other_file, other_jwks).unwrap();
+    let (code, out, _) = lethe(&[
+        "certificate",
+        "verify",
+        p.to_str().unwrap(),
+        "--jwks",
+        other_file.to_str().unwrap(),
+        "--offline",
+    ]);
+    assert_eq!(code, 1);
+    assert!(out.contains("unknown kid"), "{out}");
+    // A second run issues nothing new and changes nothing.
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(cert_files(&d), certs);
+    // Killed at every crash point of another immediate erasure (including between signing a
+    // certificate and storing it): the re-runs leave exactly one certificate per phase.
+    let (t2, phone2) = phones[1].clone();
+    let (code, out, err) = run(
+        &d,
+        &[
+            "erase",
+            "subject",
+            "--tenant",
+            &t2,
+            "--kind",
+            "phone",
+            "--id",
+            &phone2,
+            "--immediate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    for n in 1..200 {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args(["--config", cfg(&d), "run", "erasure"])
+            .env("LETHE_CRASH_AT", n.to_string())
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+    }
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let after = cert_files(&d);
+    assert_eq!(after.len(), 4, "{:?}", after.keys());
+    for p in after.keys() {
+        let (code, out, err) = run(&d, &["certificate", "verify", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {out}\n{err}", p.display());
+    }
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

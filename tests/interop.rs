@@ -56,3 +56,91 @@ async fn pyarrow_decrypts_a_lethe_snapshot_with_the_readme_kms_client() {
         .unwrap();
     assert!(stdout.contains(&body), "{stdout}");
 }
+
+/// A controller verifies a deletion certificate with a third-party JOSE library (jwcrypto),
+/// given only the issuer's JWK Set: `tests/verify_certificate.py` is the README's snippet.
+#[test]
+fn jwcrypto_verifies_a_certificate_and_refuses_a_changed_one() {
+    let Ok(python) = std::env::var("LETHE_TEST_PYTHON") else {
+        assert!(
+            std::env::var("LETHE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+            "LETHE_REQUIRE_SERVICES=1 but LETHE_TEST_PYTHON is not set"
+        );
+        common::skipped(
+            "jwcrypto certificate interop",
+            "set LETHE_TEST_PYTHON to a python with jwcrypto (scripts/test does)",
+        );
+        return;
+    };
+    let d = common::demo(2, 30);
+    let cfg = d.config.to_str().unwrap();
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let phone: String = c
+        .query_row(
+            "SELECT phone FROM customers WHERE tenant_id = 'kopi-senja' ORDER BY id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    for args in [
+        vec!["run", "snapshot"],
+        vec![
+            "erase",
+            "subject",
+            "--tenant",
+            "kopi-senja",
+            "--kind",
+            "phone",
+            "--id",
+            &phone,
+            "--immediate",
+        ],
+        vec!["run", "erasure"],
+    ] {
+        let mut all = vec!["--config", cfg];
+        all.extend(args);
+        let (code, out, err) = common::lethe(&all);
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    let (code, jwks, err) = common::lethe(&["--config", cfg, "keys", "public", "--format", "jwks"]);
+    assert_eq!(code, 0, "{err}");
+    let jwks_file = d.dir.join("issuer.jwks");
+    std::fs::write(&jwks_file, jwks).unwrap();
+    let certs = common::files(&d.store().join("certificates"));
+    assert_eq!(certs.len(), 2);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_certificate.py");
+    let verify = |path: &std::path::Path| {
+        std::process::Command::new(&python)
+            .args([script, path.to_str().unwrap(), jwks_file.to_str().unwrap()])
+            .output()
+            .unwrap()
+    };
+    for (path, bytes) in &certs {
+        let out = verify(path);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let payload: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(payload["aud"], "kopi-senja");
+        assert!(
+            payload["subject"]["hash"]
+                .as_str()
+                .unwrap()
+                .starts_with("hmac:")
+        );
+        // One changed character of the payload: jwcrypto refuses it too.
+        let s = String::from_utf8(bytes.clone()).unwrap();
+        let dot = s.find('.').unwrap();
+        let mut b = bytes.clone();
+        let i = dot + 5;
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        let bad = d.dir.join("changed.jws");
+        std::fs::write(&bad, b).unwrap();
+        let out = verify(&bad);
+        assert!(!out.status.success(), "a changed certificate verified");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("NOT VERIFIED"));
+    }
+}

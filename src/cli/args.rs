@@ -75,6 +75,9 @@ pub(super) enum Command {
     /// Keys: the public key that verifies audit checkpoints (and certificates).
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Deletion certificates: verify one (signature, and with store access its audit anchor).
+    #[command(subcommand)]
+    Certificate(CertificateCommand),
     /// Snapshot runs in the store: list, verify, restore.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -257,8 +260,38 @@ pub(super) enum KeysCommand {
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 pub(super) enum KeyFormat {
+    /// One JWK (RFC 8037, `kid` = RFC 7638 thumbprint).
     Jwk,
+    /// A JWK Set (`{"keys": [...]}`): what a JOSE library or `certificate verify --jwks` takes.
+    Jwks,
+    /// The raw 32-byte public key in hex.
     Hex,
+}
+
+#[derive(Subcommand)]
+pub(super) enum CertificateCommand {
+    /// Verify a certificate: its Ed25519 signature (offline, with `--jwks` or this
+    /// installation's public key) and, when the store is reachable (`--config`), that the
+    /// audit record and signed checkpoint it is anchored to are in the audit chain.
+    ///
+    /// Exit 0 verified; 1 it does not verify (names what failed: not a JWS, truncated,
+    /// unknown kid, bad signature, anchor missing); 2 the file cannot be read.
+    ///
+    /// Example: lethe certificate verify certificates/tenant=acme/<id>/final.jws --jwks issuer.jwks
+    Verify {
+        /// The certificate (`.jws`).
+        file: std::path::PathBuf,
+        /// A JWK Set (or one JWK) to verify with, e.g. from `lethe keys public --format jwks`.
+        /// Without it: this installation's signing key.
+        #[arg(long)]
+        jwks: Option<std::path::PathBuf>,
+        /// Check the signature only: do not open the store.
+        #[arg(long)]
+        offline: bool,
+        /// Print the verified payload as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(super) fn parse_instant(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

@@ -427,10 +427,21 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
                     "{}",
                     serde_json::to_string_pretty(&key.public_jwk()).expect("jwk")
                 ),
+                KeyFormat::Jwks => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({"keys": [key.public_jwk()]}))
+                        .expect("jwks")
+                ),
                 KeyFormat::Hex => println!("{}", crate::util::hex(&key.public_key())),
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Certificate(CertificateCommand::Verify {
+            file,
+            jwks,
+            offline,
+            json,
+        }) => certificate_verify(&cli.config, &file, jwks.as_deref(), offline, json).await,
         Command::Snapshot(s) => {
             let config = crate::config::Config::load(&cli.config)?;
             let store = Store::open(&config.store)?;
@@ -580,4 +591,126 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `lethe certificate verify`.
+async fn certificate_verify(
+    config: &std::path::Path,
+    file: &std::path::Path,
+    jwks: Option<&std::path::Path>,
+    offline: bool,
+    json: bool,
+) -> crate::Result<ExitCode> {
+    let text = std::fs::read(file).map_err(|e| {
+        crate::Error::Usage(format!(
+            "cannot read certificate {}: {e}\n  fix: pass the path of a .jws file",
+            file.display()
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&text).into_owned();
+    let keys: Vec<serde_json::Value> = match jwks {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| {
+                crate::Error::Usage(format!("cannot read JWKS {}: {e}", p.display()))
+            })?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                crate::Error::Usage(format!(
+                    "{} is not JSON: {e}\n  fix: pass the output of `lethe keys public --format jwks`",
+                    p.display()
+                ))
+            })?;
+            match v.get("keys").and_then(|k| k.as_array()) {
+                Some(k) => k.clone(),
+                None if v.get("kty").is_some() => vec![v],
+                None => {
+                    return Err(crate::Error::Usage(format!(
+                        "{} is neither a JWK Set nor a JWK\n  fix: pass the output of `lethe keys public --format jwks`",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        None => {
+            let c = crate::config::Config::load(config)?;
+            let key = crate::sign::SigningKey::load_or_create(
+                &crate::sign::signing_key_path(&c.keyring),
+                false,
+            )?;
+            vec![key.public_jwk()]
+        }
+    };
+    // With store access, the anchor too (the audit key is the key that signed).
+    let store = if offline {
+        None
+    } else {
+        match crate::config::Config::load(config) {
+            Ok(c) => Some(Store::open(&c.store)?),
+            Err(_) if jwks.is_some() => None,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let public = |kid: &str| {
+        keys.iter()
+            .find(|k| k["kid"] == kid)
+            .and_then(|k| k["x"].as_str())
+            .and_then(|x| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(x)
+                    .ok()
+            })
+    };
+    // Signature first (offline); then the anchor with the key that signed.
+    let v = match crate::erasure::certificate::verify(&text, &keys, None).await {
+        Ok(v) => v,
+        Err(why) => {
+            tracing::error!(file = %file.display(), "certificate does not verify");
+            println!("NOT VERIFIED {}: {why}", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let anchor = match (&store, public(&v.kid)) {
+        (Some(s), Some(pk)) => Some(
+            crate::erasure::certificate::verify(&text, &keys, Some((s, &pk)))
+                .await
+                .map(|v| v.anchor.expect("store given"))
+                .and_then(|a| a),
+        ),
+        _ => None,
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "verified": anchor.as_ref().is_none_or(|a| a.is_ok()),
+                "kid": v.kid,
+                "anchor": match &anchor { None => serde_json::Value::Null, Some(Ok(())) => "verified".into(), Some(Err(e)) => e.clone().into() },
+                "payload": v.payload,
+            }))
+            .expect("json")
+        );
+    } else {
+        let p = &v.payload;
+        println!(
+            "signature verified: {} certificate of request {} (tenant {}), outcome {}, signed by key {}",
+            p["phase"].as_str().unwrap_or("?"),
+            p["request"]["id"].as_str().unwrap_or("?"),
+            p["aud"].as_str().unwrap_or("?"),
+            p["outcome"].as_str().unwrap_or("?"),
+            v.kid
+        );
+        match &anchor {
+            None => println!("anchor not checked (offline)"),
+            Some(Ok(())) => println!(
+                "anchor verified: audit record {} and signed checkpoint {} are in the audit chain",
+                p["anchor"]["audit_record"]["seq"], p["anchor"]["checkpoint"]["seq"]
+            ),
+            Some(Err(e)) => println!("NOT VERIFIED anchor: {e}"),
+        }
+    }
+    Ok(if anchor.is_some_and(|a| a.is_err()) {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }

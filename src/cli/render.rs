@@ -488,6 +488,20 @@ pub(super) fn print_erasure_run(r: &crate::erasure::run::ErasureRun) {
             );
         }
     }
+    for c in &r.certificates {
+        println!(
+            "{} certificate of request {} ({}): {}{}",
+            c.phase.name(),
+            c.request,
+            c.tenant,
+            c.key,
+            if c.written {
+                ""
+            } else {
+                " (a different certificate for this phase was already stored; it is kept)"
+            }
+        );
+    }
     for (req, why) in &r.stopped {
         println!("NOT EXECUTED {req}: {why}");
     }

@@ -7,6 +7,7 @@
 //! leaves no trace. Nothing here ever prints, logs or stores the plaintext identifier: the
 //! request holds its keyed hash and the identifier sealed under the tenant's data key.
 
+pub mod certificate;
 pub mod export;
 pub mod identify;
 pub mod intake;

@@ -693,6 +693,8 @@ pub struct ErasureRun {
     /// Requests not executed, and why (brake, refused resolution, unreadable): the step
     /// reports them and exits 1, the other requests and the later steps go on.
     pub stopped: Vec<(String, String)>,
+    /// Deletion certificates issued at the end of the step (phases done, checkpointed).
+    pub certificates: Vec<crate::erasure::certificate::Issued>,
 }
 
 impl ErasureRun {
@@ -805,6 +807,7 @@ async fn run_locked(
         plan: plan.clone(),
         done: Vec::new(),
         stopped: plan.unreadable.clone(),
+        certificates: Vec::new(),
     };
     let todo: Vec<&RequestPlan> = plan
         .requests
@@ -891,6 +894,22 @@ async fn run_locked(
             run.done.push(done);
         }
         crate::pipeline::close_audit(c, &mut audit, clock).await?;
+    }
+    // Certificates for every phase done and checkpointed: this run's, and any a crash left
+    // unissued (also when nothing else is to do). Create-only and deterministic, so they need
+    // no lease.
+    let signing = crate::sign::signing_key_path(&cfg.keyring);
+    if signing.exists()
+        && let Some((_, cp)) = crate::audit::newest_checkpoint(store).await?
+    {
+        let signer = crate::sign::SigningKey::load_or_create(&signing, false)?;
+        run.certificates = crate::erasure::certificate::issue_due(
+            store,
+            &signer,
+            &cfg.certificates.issuer,
+            cp.seq,
+        )
+        .await?;
     }
     for d in &run.done {
         tracing::info!(tenant = %d.tenant, request = %d.request, rows = d.outcome.rows.values().sum::<u64>(), blobs = d.outcome.blobs_deleted, kept = d.outcome.kept.iter().map(|k| k.rows).sum::<u64>(), "erasure primary phase done");

@@ -1,0 +1,466 @@
+//! Signed deletion certificates (DESIGN.md, "Certificates"): one per request and phase —
+//! `primary` when the database and the blobs are done, `final` when the backups are — as a JWS
+//! in compact serialization, `alg: EdDSA` (Ed25519, RFC 8037), `kid` the RFC 7638 thumbprint of
+//! the signing key, so any JOSE library verifies it given the JWK (`lethe keys public`).
+//!
+//! Stored create-only at `certificates/tenant=<t>/<request-id>/<phase>.jws`. Idempotent: the
+//! payload is built only from what the request and the audit chain hold (times are the
+//! phase's completion time, not the time of signing) and Ed25519 signatures are deterministic,
+//! so a re-run after a crash signs the same bytes; the create-only write accepts identical
+//! content and never replaces a stored certificate.
+//!
+//! Anchor: the audit `end` record of the phase (sequence number and hash) and the first signed
+//! checkpoint at or after it. Certificates are issued at the end of each erasure step, after its
+//! checkpoint; a phase whose checkpoint does not exist yet waits for the next run.
+//!
+//! Nothing in a certificate identifies the person: the subject is its keyed hash.
+
+use std::collections::BTreeMap;
+
+use object_store::path::Path as ObjPath;
+use serde_json::{Value, json};
+
+use crate::audit::{Checkpoint, Record};
+use crate::erasure::request::{self, Request, Scope, State};
+use crate::sign::SigningKey;
+use crate::store::Store;
+
+pub const PREFIX: &str = "certificates";
+/// The JWS `typ` of a deletion certificate.
+pub const TYP: &str = "lethe-deletion-certificate+jwt";
+pub const FORMAT: &str = "lethe-certificate/1";
+
+/// The two phases a request is certified for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Primary,
+    Final,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Primary => "primary",
+            Phase::Final => "final",
+        }
+    }
+}
+
+pub fn key(tenant: &str, request: &str, phase: Phase) -> ObjPath {
+    ObjPath::from(format!(
+        "{PREFIX}/tenant={tenant}/{request}/{}.jws",
+        phase.name()
+    ))
+}
+
+/// Where a certificate is anchored in the audit chain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Anchor {
+    pub record_seq: u64,
+    pub record_hash: String,
+    /// `end` (the phase's end record) or `chain` (a crash lost it: the newest record then).
+    pub record_kind: &'static str,
+    pub checkpoint: Checkpoint,
+}
+
+/// One certificate issued (or found already stored).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issued {
+    pub tenant: String,
+    pub request: String,
+    pub phase: Phase,
+    pub key: String,
+    /// Written in this run (`false`: the same certificate was already stored).
+    pub written: bool,
+}
+
+/// The certificate payload of `r`'s `phase`.
+pub fn payload(r: &Request, phase: Phase, anchor: &Anchor, issuer: &str) -> Value {
+    let primary = r.primary.as_ref();
+    let kept: Vec<Value> = primary
+        .map(|p| {
+            p.kept
+                .iter()
+                .map(|k| {
+                    json!({
+                        "table": k.table,
+                        "rows": k.rows,
+                        "reason": k.reason,
+                        "legal_basis": legal_basis_of(&k.reason),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let rows: BTreeMap<String, u64> = primary.map(|p| p.rows.clone()).unwrap_or_default();
+    let erased_rows: u64 = rows.values().sum();
+    let kept_rows: u64 = primary.map_or(0, |p| p.kept.iter().map(|k| k.rows).sum());
+    let outcome = if kept_rows == 0 {
+        "erased"
+    } else if erased_rows == 0 && primary.is_none_or(|p| p.blobs_deleted == 0) {
+        "not_erased"
+    } else {
+        "erased_with_exceptions"
+    };
+    let mut systems = vec![json!({
+        "system": "primary_database",
+        "method": "clear",
+        "method_note": "NIST SP 800-88 clear: rows deleted by the database (DELETE, in batches)",
+        "rows_deleted": rows,
+        "rows_kept": kept_rows,
+        "status": "done",
+        "verification": primary.map(|p| p.verified.clone()),
+    })];
+    {
+        systems.push(json!({
+            "system": "blob_store",
+            "method": "purge",
+            "method_note": "NIST SP 800-88 purge: every version of each object deleted",
+            "objects_deleted": primary.map_or(0, |p| p.blobs_deleted),
+            "objects_already_absent": primary.map_or(0, |p| p.blobs_already_absent),
+            "status": "done",
+            "verification": "HEAD of every object returned 404 after the deletion",
+        }));
+    }
+    if let Some(k) = &r.key_destroyed {
+        systems.push(json!({
+            "system": "snapshots",
+            "method": "crypto-erase",
+            "method_note": "NIST SP 800-88 crypto erase: the tenant's data key destroyed; every copy of every snapshot is unreadable",
+            "key_destroyed_at": k.at,
+            "status": "done",
+            "verification": k.verified,
+        }));
+    }
+    let backups = match (&r.backups, phase) {
+        (Some(b), Phase::Final) => {
+            let files: Vec<Value> = r
+                .rewritten
+                .iter()
+                .flat_map(|w| {
+                    w.files.iter().map(move |f| {
+                        json!({
+                            "run": w.run_id,
+                            "table": f.table,
+                            "old_path": f.old_path,
+                            "old_sha256": f.old_sha256,
+                            "new_path": f.new_path,
+                            "new_sha256": f.new_sha256,
+                            "rows_dropped": f.rows_dropped,
+                        })
+                    })
+                })
+                .collect();
+            json!({
+                "system": "backups",
+                "method": if r.key_destroyed.is_some() && b.runs_rewritten.is_empty() { "crypto-erase" } else { "purge" },
+                "method_note": "NIST SP 800-88 purge: snapshot runs rewritten without the subject's rows and every old object version deleted, or whole runs purged",
+                "runs_rewritten": b.runs_rewritten,
+                "runs_purged": b.runs_purged,
+                "files": files,
+                "completed_at": b.done_at,
+                "status": "done",
+                "verification": b.verified,
+            })
+        }
+        _ => json!({
+            "system": "backups",
+            "status": "pending",
+            "purge_by": r.due_backups,
+            "note": "snapshot runs taken before the erasure are rewritten or purged by this date; the final certificate says which",
+        }),
+    };
+    systems.push(backups);
+    let completed = match phase {
+        Phase::Primary => primary.map(|p| p.done_at.clone()),
+        Phase::Final => r.backups.as_ref().map(|b| b.done_at.clone()),
+    };
+    let iat = completed
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map_or(0, |t| t.timestamp());
+    json!({
+        "format": FORMAT,
+        "jti": format!("{}/{}/{}", r.tenant, r.id, phase.name()),
+        "iss": issuer,
+        "aud": r.tenant,
+        "iat": iat,
+        "tool": {"name": "lethe", "version": env!("CARGO_PKG_VERSION")},
+        "phase": phase.name(),
+        "outcome": outcome,
+        "request": {
+            "id": r.id,
+            "ref": r.reference,
+            "kind": match r.scope { Scope::Subject => "subject", Scope::Tenant => "tenant" },
+            "basis": match r.scope {
+                Scope::Subject => "GDPR Art. 17 (right to erasure)",
+                Scope::Tenant => "GDPR Art. 28(3)(g) (deletion at the end of the provision of services)",
+            },
+            "immediate": r.immediate,
+            "received_at": r.received_at,
+            "due_primary": r.due_primary,
+            "due_backups": r.due_backups,
+            "completed_at": completed,
+        },
+        "subject": r.subject.as_ref().map(|h| json!({"hash": h, "kind": r.kind, "hash_algorithm": "HMAC-SHA256 under the processor's subject key, first 128 bits"})),
+        "policy": {
+            "version": r.policy_version,
+            "plan_hash": primary.map(|p| p.plan_hash.clone()),
+        },
+        "systems": systems,
+        "exceptions": kept,
+        "subprocessors": [],
+        "anchor": {
+            "audit_record": {"seq": anchor.record_seq, "hash": anchor.record_hash, "kind": anchor.record_kind},
+            "checkpoint": {
+                "seq": anchor.checkpoint.seq,
+                "record_hash": anchor.checkpoint.record_hash,
+                "at": anchor.checkpoint.at,
+                "key_id": anchor.checkpoint.key_id,
+                "signature": anchor.checkpoint.signature,
+            },
+        },
+    })
+}
+
+/// The legal basis a kept-rows reason names (a statutory exception or a legal hold).
+fn legal_basis_of(reason: &str) -> &'static str {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("hold") {
+        "GDPR Art. 17(3)(e): establishment, exercise or defence of legal claims (legal hold)"
+    } else {
+        "GDPR Art. 17(3)(b): compliance with a legal obligation (statutory retention)"
+    }
+}
+
+/// The phases of `r` that are done.
+fn done_phases(r: &Request) -> Vec<Phase> {
+    let mut out = Vec::new();
+    if matches!(r.state, State::PrimaryDone | State::Final) && r.primary.is_some() {
+        out.push(Phase::Primary);
+    }
+    if r.state == State::Final && r.backups.is_some() {
+        out.push(Phase::Final);
+    }
+    out
+}
+
+/// Issue every certificate that is due and not stored yet: each request's done phases. Needs
+/// the audit chain to be checkpointed past the phase's end record (`head` is its newest record).
+pub async fn issue_due(
+    store: &Store,
+    signer: &SigningKey,
+    issuer: &str,
+    head: u64,
+) -> crate::Result<Vec<Issued>> {
+    let mut due: Vec<(Request, Phase)> = Vec::new();
+    for r in request::list(store, None).await?.into_iter().flatten() {
+        for phase in done_phases(&r) {
+            if store.head(&key(&r.tenant, &r.id, phase)).await?.is_none() {
+                due.push((r.clone(), phase));
+            }
+        }
+    }
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    let checkpoints = checkpoints(store).await?;
+    let anchors = find_ends(store, head, &due).await?;
+    let mut out = Vec::new();
+    for ((r, phase), found) in due.into_iter().zip(anchors) {
+        let (seq, hash, kind) = match found {
+            Some((s, h)) => (s, h, "end"),
+            None => {
+                let Some((s, h)) = record_at(store, head).await? else {
+                    continue;
+                };
+                tracing::warn!(tenant = %r.tenant, request = %r.id, phase = phase.name(), "the phase's audit end record was not found (a crash between the request's update and its record); the certificate is anchored to the chain's newest record");
+                (s, h, "chain")
+            }
+        };
+        let Some(cp) = checkpoints.iter().find(|c| c.seq >= seq).cloned() else {
+            tracing::info!(tenant = %r.tenant, request = %r.id, phase = phase.name(), "no checkpoint covers the phase's end record yet; the certificate is issued after the next checkpoint");
+            continue;
+        };
+        let anchor = Anchor {
+            record_seq: seq,
+            record_hash: hash,
+            record_kind: kind,
+            checkpoint: cp,
+        };
+        let body = payload(&r, phase, &anchor, issuer);
+        let jws = signer.jws(TYP, &serde_json::to_vec(&body).expect("json"));
+        let k = key(&r.tenant, &r.id, phase);
+        crate::retention::crash_point("before a certificate is stored");
+        let written = store.put_create(&k, bytes::Bytes::from(jws)).await?;
+        if !written {
+            // Another certificate for this phase is stored: it stays (create-only), and the
+            // run says so rather than claim this one.
+            tracing::warn!(tenant = %r.tenant, request = %r.id, phase = phase.name(), "a different certificate for this phase is already stored; it is kept");
+        }
+        out.push(Issued {
+            tenant: r.tenant.clone(),
+            request: r.id.clone(),
+            phase,
+            key: k.to_string(),
+            written,
+        });
+    }
+    Ok(out)
+}
+
+/// Every checkpoint, by ascending sequence.
+async fn checkpoints(store: &Store) -> crate::Result<Vec<Checkpoint>> {
+    let mut metas = store
+        .list(&ObjPath::from(crate::audit::CHECKPOINTS))
+        .await?;
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut out = Vec::new();
+    for m in metas {
+        let bytes = store.get(&m.location).await?;
+        if let Ok(cp) = serde_json::from_slice::<Checkpoint>(&bytes) {
+            out.push(cp);
+        }
+    }
+    out.sort_by_key(|c| c.seq);
+    Ok(out)
+}
+
+/// Record `seq` and the hash of its stored bytes.
+async fn record_at(store: &Store, seq: u64) -> crate::Result<Option<(u64, String)>> {
+    let Some(bytes) = store
+        .get_opt(&ObjPath::from(crate::audit::record_key(seq)))
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some((seq, crate::audit::hash_of(&bytes))))
+}
+
+/// For each (request, phase), its phase's `end` record (sequence, hash), searched from `head`
+/// backwards.
+async fn find_ends(
+    store: &Store,
+    head: u64,
+    due: &[(Request, Phase)],
+) -> crate::Result<Vec<Option<(u64, String)>>> {
+    let mut found: Vec<Option<(u64, String)>> = vec![None; due.len()];
+    let mut seq = head;
+    while seq > 0 && found.iter().any(Option::is_none) {
+        let key = ObjPath::from(crate::audit::record_key(seq));
+        let Some(bytes) = store.get_opt(&key).await? else {
+            break; // expired below here
+        };
+        if let Ok(rec) = serde_json::from_slice::<Record>(&bytes) {
+            let e = &rec.event;
+            if e["step"] == "erasure" && e["phase"] == "end" {
+                for (i, (r, phase)) in due.iter().enumerate() {
+                    // Primary: the primary phase's end (the request primary_done, or final
+                    // when one run did both). Final: the end that made it final.
+                    let matches = match phase {
+                        Phase::Primary => {
+                            e["erasure_phase"] == "primary"
+                                && (e["state"] == "primary_done" || e["state"] == "final")
+                        }
+                        Phase::Final => e["state"] == "final",
+                    };
+                    if found[i].is_none()
+                        && matches
+                        && e["request"] == r.id.as_str()
+                        && e["tenant"] == r.tenant.as_str()
+                    {
+                        found[i] = Some((seq, crate::audit::hash_of(&bytes)));
+                    }
+                }
+            }
+        }
+        seq -= 1;
+    }
+    Ok(found)
+}
+
+/// What `lethe certificate verify` found.
+#[derive(Debug)]
+pub struct Verified {
+    pub payload: Value,
+    pub kid: String,
+    /// With store access: the anchor checked against the audit chain (`None`: offline).
+    pub anchor: Option<Result<(), String>>,
+}
+
+/// Verify a certificate's signature against `keys` (a JWKS's `keys`) and, with `store` and the
+/// audit public key, its anchor: the record exists with that hash and the checkpoint is stored
+/// and signed.
+pub async fn verify(
+    compact: &str,
+    keys: &[Value],
+    store: Option<(&Store, &[u8])>,
+) -> Result<Verified, String> {
+    let v = crate::sign::verify_jws(compact, keys)?;
+    if v.header["typ"] != TYP {
+        return Err(format!(
+            "the header's typ is {}, not {TYP}: a signed object, but not a lethe deletion certificate",
+            v.header["typ"]
+        ));
+    }
+    let payload: Value =
+        serde_json::from_slice(&v.payload).map_err(|e| format!("the payload is not JSON: {e}"))?;
+    if payload["format"] != FORMAT {
+        return Err(format!(
+            "the payload's format is {}, not {FORMAT}",
+            payload["format"]
+        ));
+    }
+    let anchor = match store {
+        None => None,
+        Some((store, public_key)) => Some(check_anchor(store, public_key, &payload).await),
+    };
+    Ok(Verified {
+        payload,
+        kid: v.kid,
+        anchor,
+    })
+}
+
+async fn check_anchor(store: &Store, public_key: &[u8], payload: &Value) -> Result<(), String> {
+    let a = &payload["anchor"];
+    let seq = a["audit_record"]["seq"]
+        .as_u64()
+        .ok_or("the payload has no anchor record")?;
+    let hash = a["audit_record"]["hash"].as_str().unwrap_or("");
+    match store
+        .get_opt(&ObjPath::from(crate::audit::record_key(seq)))
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        Some(bytes) if crate::audit::hash_of(&bytes) == hash => {}
+        Some(_) => {
+            return Err(format!(
+                "audit record {seq} differs from the one the certificate is anchored to (edited, or another chain)"
+            ));
+        }
+        // Expired records are vouched for by the checkpoint below.
+        None => {}
+    }
+    let cp: Checkpoint = serde_json::from_value(a["checkpoint"].clone())
+        .map_err(|e| format!("the anchor's checkpoint is malformed: {e}"))?;
+    cp.check_signature(public_key)
+        .map_err(|e| format!("the anchor's checkpoint: {e}"))?;
+    let stored = store
+        .get_opt(&ObjPath::from(crate::audit::checkpoint_key(cp.seq)))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("audit checkpoint {} is not in the store", cp.seq))?;
+    let stored: Checkpoint = serde_json::from_slice(&stored)
+        .map_err(|e| format!("audit checkpoint {} is unreadable: {e}", cp.seq))?;
+    if stored != cp {
+        return Err(format!(
+            "audit checkpoint {} differs from the one the certificate is anchored to",
+            cp.seq
+        ));
+    }
+    if cp.seq < seq {
+        return Err(format!("checkpoint {} does not cover record {seq}", cp.seq));
+    }
+    Ok(())
+}
