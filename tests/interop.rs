@@ -57,8 +57,9 @@ async fn pyarrow_decrypts_a_lethe_snapshot_with_the_readme_kms_client() {
     assert!(stdout.contains(&body), "{stdout}");
 }
 
-/// A controller verifies a deletion certificate with a third-party JOSE library (jwcrypto),
-/// given only the issuer's JWK Set: `tests/verify_certificate.py` is the README's snippet.
+/// A controller verifies a deletion certificate with third-party JOSE libraries — jwcrypto
+/// (Python) and jose (Node.js) — given only the issuer's JWK Set: `tests/verify_certificate.py`
+/// is the README's snippet, `tests/verify_certificate.js` the other.
 #[test]
 fn jwcrypto_verifies_a_certificate_and_refuses_a_changed_one() {
     let Ok(python) = std::env::var("LETHE_TEST_PYTHON") else {
@@ -115,7 +116,42 @@ fn jwcrypto_verifies_a_certificate_and_refuses_a_changed_one() {
             .output()
             .unwrap()
     };
+    // The second JOSE library: panva's jose on Node.js.
+    let jose = std::env::var("LETHE_TEST_JOSE").ok();
+    assert!(
+        jose.is_some() || std::env::var("LETHE_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "LETHE_REQUIRE_SERVICES=1 but LETHE_TEST_JOSE is not set"
+    );
+    if jose.is_none() {
+        common::skipped(
+            "jose (Node.js) certificate interop",
+            "set LETHE_TEST_JOSE to the directory of the jose npm package (scripts/test does)",
+        );
+    }
+    let node_script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_certificate.js");
+    let verify_node = |path: &std::path::Path| {
+        std::process::Command::new("node")
+            .args([
+                node_script,
+                path.to_str().unwrap(),
+                jwks_file.to_str().unwrap(),
+            ])
+            .env("LETHE_TEST_JOSE", jose.as_deref().unwrap_or("jose"))
+            .output()
+            .unwrap()
+    };
     for (path, bytes) in &certs {
+        if jose.is_some() {
+            let out = verify_node(path);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "jose: {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let payload: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(payload["aud"], "kopi-senja");
+        }
         let out = verify(path);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -142,5 +178,10 @@ fn jwcrypto_verifies_a_certificate_and_refuses_a_changed_one() {
         let out = verify(&bad);
         assert!(!out.status.success(), "a changed certificate verified");
         assert!(String::from_utf8_lossy(&out.stdout).contains("NOT VERIFIED"));
+        if jose.is_some() {
+            let out = verify_node(&bad);
+            assert!(!out.status.success(), "jose verified a changed certificate");
+            assert!(String::from_utf8_lossy(&out.stdout).contains("NOT VERIFIED"));
+        }
     }
 }
