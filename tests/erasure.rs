@@ -1664,6 +1664,53 @@ fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
         ]);
         assert_eq!(code, 0, "{out}\n{err}");
     }
+    // Rendered for people, in Markdown and as one self-contained HTML page; no identifier.
+    for (i, p) in certs.keys().enumerate() {
+        let f = p.to_str().unwrap();
+        let (code, md, err) = run(&d, &["certificate", "render", f]);
+        assert_eq!(code, 0, "{md}\n{err}");
+        assert!(md.starts_with("# Deletion certificate"), "{md}");
+        assert!(
+            md.contains("## Kept, and why") && md.contains("## How to verify"),
+            "{md}"
+        );
+        let html_file = d.dir.join(format!("c{i}.html"));
+        let (code, out, err) = run(
+            &d,
+            &[
+                "certificate",
+                "render",
+                f,
+                "--format",
+                "html",
+                "--out",
+                html_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        let html = std::fs::read_to_string(&html_file).unwrap();
+        assert!(html.starts_with("<!DOCTYPE html>") && html.contains("<style>"));
+        assert!(
+            !html.contains("http://") && !html.contains("https://") && !html.contains("<script")
+        );
+        for text in [&md, &html] {
+            assert!(!text.contains(&digits[digits.len() - 8..]), "{text}");
+        }
+        // It never overwrites.
+        let (code, _, err) = run(
+            &d,
+            &[
+                "certificate",
+                "render",
+                f,
+                "--format",
+                "html",
+                "--out",
+                html_file.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(code, 2, "{err}");
+    }
     // Any change fails: a flipped byte anywhere, a truncation, something else, another key.
     let (p, good) = certs.iter().next().unwrap();
     let bad = d.dir.join("bad.jws");
@@ -1679,6 +1726,9 @@ fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
         assert_eq!(code, 1, "byte {i} flipped: {out}");
         assert!(out.contains("NOT VERIFIED"), "{out}");
     }
+    let (code, out, _) = run(&d, &["certificate", "render", bad.to_str().unwrap()]);
+    assert_eq!(code, 1, "a changed certificate is not rendered: {out}");
+    assert!(out.contains("not rendered"), "{out}");
     std::fs::write(&bad, &good[..good.len() - 10]).unwrap();
     let (code, _, _) = run(&d, &["certificate", "verify", bad.to_str().unwrap()]);
     assert_eq!(code, 1);

@@ -292,6 +292,31 @@ pub(super) enum CertificateCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Render a certificate for people — what a controller files: who, what, when, how it was
+    /// verified, what was kept and why, how to check the signature. The signature is verified
+    /// first (as `verify --offline`); a certificate that does not verify is not rendered (exit 1).
+    ///
+    /// Example: lethe certificate render final.jws --format html --out final.html
+    Render {
+        /// The certificate (`.jws`).
+        file: std::path::PathBuf,
+        #[arg(long, value_enum, default_value = "md")]
+        format: RenderFormat,
+        /// A JWK Set (or one JWK) to verify with. Without it: this installation's signing key.
+        #[arg(long)]
+        jwks: Option<std::path::PathBuf>,
+        /// Write here instead of standard output (created 0644; refuses to overwrite).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(super) enum RenderFormat {
+    /// Markdown.
+    Md,
+    /// One self-contained HTML page that prints well.
+    Html,
 }
 
 pub(super) fn parse_instant(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {

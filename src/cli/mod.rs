@@ -189,6 +189,34 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             println!();
             print_job_run(&run);
             let code = finish(run)?;
+            // The certificates the erasure step signed, verified as a controller would (the
+            // signature) and as an auditor would (their anchor in the audit chain).
+            let store = Store::open(&checked.config.store)?;
+            let signer = crate::sign::SigningKey::load_or_create(
+                &crate::sign::signing_key_path(&checked.config.keyring),
+                false,
+            )?;
+            let certs = crate::erasure::certificate::verify_stored(
+                &store,
+                &[signer.public_jwk()],
+                &signer.public_key(),
+            )
+            .await?;
+            if !certs.is_empty() {
+                println!(
+                    "
+deletion certificates (signed JWS, Ed25519):"
+                );
+            }
+            for (key, v) in &certs {
+                match v {
+                    Ok(p) => println!(
+                        "  {key}: signature and audit anchor verified; outcome {}",
+                        p["outcome"].as_str().unwrap_or("?")
+                    ),
+                    Err(e) => println!("  {key}: NOT VERIFIED: {e}"),
+                }
+            }
             println!(
                 "\nencrypted snapshots are in {}; try:",
                 a.dir.join("store").display()
@@ -199,6 +227,12 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             println!("  lethe --config {c} audit verify");
             println!("  lethe --config {c} snapshot ls");
             println!("  lethe --config {c} snapshot verify");
+            if let Some((key, _)) = certs.first() {
+                println!(
+                    "  lethe --config {c} certificate render {} --format html --out /tmp/certificate.html",
+                    a.dir.join("store").join(key).display()
+                );
+            }
             println!(
                 "  lethe --config {c} snapshot restore --tenant kopi-senja --out /tmp/kopi-senja --format csv"
             );
@@ -442,6 +476,12 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
             offline,
             json,
         }) => certificate_verify(&cli.config, &file, jwks.as_deref(), offline, json).await,
+        Command::Certificate(CertificateCommand::Render {
+            file,
+            format,
+            jwks,
+            out,
+        }) => certificate_render(&cli.config, &file, format, jwks.as_deref(), out.as_deref()).await,
         Command::Snapshot(s) => {
             let config = crate::config::Config::load(&cli.config)?;
             let store = Store::open(&config.store)?;
@@ -601,44 +641,8 @@ async fn certificate_verify(
     offline: bool,
     json: bool,
 ) -> crate::Result<ExitCode> {
-    let text = std::fs::read(file).map_err(|e| {
-        crate::Error::Usage(format!(
-            "cannot read certificate {}: {e}\n  fix: pass the path of a .jws file",
-            file.display()
-        ))
-    })?;
-    let text = String::from_utf8_lossy(&text).into_owned();
-    let keys: Vec<serde_json::Value> = match jwks {
-        Some(p) => {
-            let bytes = std::fs::read(p).map_err(|e| {
-                crate::Error::Usage(format!("cannot read JWKS {}: {e}", p.display()))
-            })?;
-            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-                crate::Error::Usage(format!(
-                    "{} is not JSON: {e}\n  fix: pass the output of `lethe keys public --format jwks`",
-                    p.display()
-                ))
-            })?;
-            match v.get("keys").and_then(|k| k.as_array()) {
-                Some(k) => k.clone(),
-                None if v.get("kty").is_some() => vec![v],
-                None => {
-                    return Err(crate::Error::Usage(format!(
-                        "{} is neither a JWK Set nor a JWK\n  fix: pass the output of `lethe keys public --format jwks`",
-                        p.display()
-                    )));
-                }
-            }
-        }
-        None => {
-            let c = crate::config::Config::load(config)?;
-            let key = crate::sign::SigningKey::load_or_create(
-                &crate::sign::signing_key_path(&c.keyring),
-                false,
-            )?;
-            vec![key.public_jwk()]
-        }
-    };
+    let text = read_certificate(file)?;
+    let keys = verifying_keys(config, jwks)?;
     // With store access, the anchor too (the audit key is the key that signed).
     let store = if offline {
         None
@@ -713,4 +717,97 @@ async fn certificate_verify(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// A certificate file's text; an unreadable file is bad usage (exit 2).
+fn read_certificate(file: &std::path::Path) -> crate::Result<String> {
+    let text = std::fs::read(file).map_err(|e| {
+        crate::Error::Usage(format!(
+            "cannot read certificate {}: {e}\n  fix: pass the path of a .jws file",
+            file.display()
+        ))
+    })?;
+    Ok(String::from_utf8_lossy(&text).into_owned())
+}
+
+/// The keys certificates are verified with: `--jwks` (a JWK Set or one JWK), else this
+/// installation's signing key.
+fn verifying_keys(
+    config: &std::path::Path,
+    jwks: Option<&std::path::Path>,
+) -> crate::Result<Vec<serde_json::Value>> {
+    Ok(match jwks {
+        Some(p) => {
+            let bytes = std::fs::read(p).map_err(|e| {
+                crate::Error::Usage(format!("cannot read JWKS {}: {e}", p.display()))
+            })?;
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                crate::Error::Usage(format!(
+                    "{} is not JSON: {e}\n  fix: pass the output of `lethe keys public --format jwks`",
+                    p.display()
+                ))
+            })?;
+            match v.get("keys").and_then(|k| k.as_array()) {
+                Some(k) => k.clone(),
+                None if v.get("kty").is_some() => vec![v],
+                None => {
+                    return Err(crate::Error::Usage(format!(
+                        "{} is neither a JWK Set nor a JWK\n  fix: pass the output of `lethe keys public --format jwks`",
+                        p.display()
+                    )));
+                }
+            }
+        }
+        None => {
+            let c = crate::config::Config::load(config)?;
+            let key = crate::sign::SigningKey::load_or_create(
+                &crate::sign::signing_key_path(&c.keyring),
+                false,
+            )?;
+            vec![key.public_jwk()]
+        }
+    })
+}
+
+/// `lethe certificate render`.
+async fn certificate_render(
+    config: &std::path::Path,
+    file: &std::path::Path,
+    format: RenderFormat,
+    jwks: Option<&std::path::Path>,
+    out: Option<&std::path::Path>,
+) -> crate::Result<ExitCode> {
+    let text = read_certificate(file)?;
+    let keys = verifying_keys(config, jwks)?;
+    let v = match crate::erasure::certificate::verify(&text, &keys, None).await {
+        Ok(v) => v,
+        Err(why) => {
+            println!("NOT VERIFIED {}: {why}; not rendered", file.display());
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let name = file.display().to_string();
+    let doc = match format {
+        RenderFormat::Md => crate::erasure::render::markdown(&v.payload, &v.kid, &name),
+        RenderFormat::Html => crate::erasure::render::html(&v.payload, &v.kid, &name),
+    };
+    match out {
+        None => print!("{doc}"),
+        Some(p) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p)
+                .map_err(|e| {
+                    crate::Error::Usage(format!(
+                        "cannot create {}: {e}\n  fix: name a file that does not exist yet",
+                        p.display()
+                    ))
+                })?;
+            f.write_all(doc.as_bytes())
+                .map_err(|e| crate::Error::Failed(format!("cannot write {}: {e}", p.display())))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

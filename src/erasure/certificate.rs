@@ -464,3 +464,28 @@ async fn check_anchor(store: &Store, public_key: &[u8], payload: &Value) -> Resu
     }
     Ok(())
 }
+
+/// Every stored certificate (key, and its verification against `keys` with its anchor checked
+/// in `store`, whose audit chain `public_key` signs).
+pub async fn verify_stored(
+    store: &Store,
+    keys: &[Value],
+    public_key: &[u8],
+) -> crate::Result<Vec<(String, Result<Value, String>)>> {
+    let mut metas = store.list(&ObjPath::from(PREFIX)).await?;
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut out = Vec::new();
+    for m in metas {
+        let bytes = store.get(&m.location).await?;
+        let text = String::from_utf8_lossy(&bytes);
+        let checked = match verify(&text, keys, Some((store, public_key))).await {
+            Ok(v) => match v.anchor {
+                Some(Err(e)) => Err(format!("anchor: {e}")),
+                _ => Ok(v.payload),
+            },
+            Err(e) => Err(e),
+        };
+        out.push((m.location.to_string(), checked));
+    }
+    Ok(out)
+}

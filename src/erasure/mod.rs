@@ -12,6 +12,7 @@ pub mod export;
 pub mod identify;
 pub mod intake;
 pub mod ledger;
+pub mod render;
 pub mod request;
 pub mod resolve;
 pub mod run;
