@@ -253,10 +253,17 @@ pub async fn issue_due(
     issuer: &str,
     head: u64,
 ) -> crate::Result<Vec<Issued>> {
+    use futures::StreamExt;
+    let stored: std::collections::HashSet<String> = store
+        .list(&ObjPath::from(PREFIX))
+        .await?
+        .into_iter()
+        .map(|m| m.location.to_string())
+        .collect();
     let mut due: Vec<(Request, Phase)> = Vec::new();
     for r in request::list(store, None).await?.into_iter().flatten() {
         for phase in done_phases(&r) {
-            if store.head(&key(&r.tenant, &r.id, phase)).await?.is_none() {
+            if !stored.contains(key(&r.tenant, &r.id, phase).as_ref()) {
                 due.push((r.clone(), phase));
             }
         }
@@ -266,12 +273,14 @@ pub async fn issue_due(
     }
     let checkpoints = checkpoints(store).await?;
     let anchors = find_ends(store, head, &due).await?;
-    let mut out = Vec::new();
+    // Anchor each certificate (the end record, or the chain's newest record after a crash).
+    let head_record = record_at(store, head).await?;
+    let mut signed = Vec::new();
     for ((r, phase), found) in due.into_iter().zip(anchors) {
         let (seq, hash, kind) = match found {
             Some((s, h)) => (s, h, "end"),
             None => {
-                let Some((s, h)) = record_at(store, head).await? else {
+                let Some((s, h)) = head_record.clone() else {
                     continue;
                 };
                 tracing::warn!(tenant = %r.tenant, request = %r.id, phase = phase.name(), "the phase's audit end record was not found (a crash between the request's update and its record); the certificate is anchored to the chain's newest record");
@@ -290,24 +299,35 @@ pub async fn issue_due(
         };
         let body = payload(&r, phase, &anchor, issuer);
         let jws = signer.jws(TYP, &serde_json::to_vec(&body).expect("json"));
-        let k = key(&r.tenant, &r.id, phase);
-        crate::retention::crash_point("before a certificate is stored");
-        let written = store.put_create(&k, bytes::Bytes::from(jws)).await?;
-        if !written {
-            // Another certificate for this phase is stored: it stays (create-only), and the
-            // run says so rather than claim this one.
-            tracing::warn!(tenant = %r.tenant, request = %r.id, phase = phase.name(), "a different certificate for this phase is already stored; it is kept");
-        }
-        out.push(Issued {
-            tenant: r.tenant.clone(),
-            request: r.id.clone(),
-            phase,
-            key: k.to_string(),
-            written,
-        });
+        signed.push((r, phase, jws));
     }
-    Ok(out)
+    // Stored concurrently, each create-only.
+    let results: Vec<crate::Result<Issued>> = futures::stream::iter(signed)
+        .map(|(r, phase, jws)| async move {
+            let k = key(&r.tenant, &r.id, phase);
+            crate::retention::crash_point("before a certificate is stored");
+            let written = store.put_create(&k, bytes::Bytes::from(jws)).await?;
+            if !written {
+                // Another certificate for this phase is stored: it stays (create-only), and
+                // the run says so rather than claim this one.
+                tracing::warn!(tenant = %r.tenant, request = %r.id, phase = phase.name(), "a different certificate for this phase is already stored; it is kept");
+            }
+            Ok(Issued {
+                tenant: r.tenant.clone(),
+                request: r.id.clone(),
+                phase,
+                key: k.to_string(),
+                written,
+            })
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
+
+/// Store operations in flight at once.
+const CONCURRENCY: usize = 32;
 
 /// Every checkpoint, by ascending sequence.
 async fn checkpoints(store: &Store) -> crate::Result<Vec<Checkpoint>> {
@@ -344,37 +364,60 @@ async fn find_ends(
     head: u64,
     due: &[(Request, Phase)],
 ) -> crate::Result<Vec<Option<(u64, String)>>> {
+    use futures::StreamExt;
     let mut found: Vec<Option<(u64, String)>> = vec![None; due.len()];
-    let mut seq = head;
-    while seq > 0 && found.iter().any(Option::is_none) {
-        let key = ObjPath::from(crate::audit::record_key(seq));
-        let Some(bytes) = store.get_opt(&key).await? else {
-            break; // expired below here
-        };
-        if let Ok(rec) = serde_json::from_slice::<Record>(&bytes) {
+    let mut wanted: std::collections::HashMap<(&str, &str), Vec<usize>> = Default::default();
+    for (i, (r, _)) in due.iter().enumerate() {
+        wanted
+            .entry((r.tenant.as_str(), r.id.as_str()))
+            .or_default()
+            .push(i);
+    }
+    // Newest first, in chunks read concurrently.
+    let mut top = head;
+    'chunks: while top > 0 && found.iter().any(Option::is_none) {
+        let low = top.saturating_sub(256);
+        let seqs: Vec<u64> = ((low + 1)..=top).rev().collect();
+        top = low;
+        let read: Vec<_> = futures::stream::iter(seqs)
+            .map(|seq| async move {
+                store
+                    .get_opt(&ObjPath::from(crate::audit::record_key(seq)))
+                    .await
+                    .map(|b| (seq, b))
+            })
+            .buffered(CONCURRENCY)
+            .collect()
+            .await;
+        for r in read {
+            let (seq, Some(bytes)) = r? else {
+                break 'chunks; // expired below here
+            };
+            let Ok(rec) = serde_json::from_slice::<Record>(&bytes) else {
+                continue;
+            };
             let e = &rec.event;
-            if e["step"] == "erasure" && e["phase"] == "end" {
-                for (i, (r, phase)) in due.iter().enumerate() {
-                    // Primary: the primary phase's end (the request primary_done, or final
-                    // when one run did both). Final: the end that made it final.
-                    let matches = match phase {
-                        Phase::Primary => {
-                            e["erasure_phase"] == "primary"
-                                && (e["state"] == "primary_done" || e["state"] == "final")
-                        }
-                        Phase::Final => e["state"] == "final",
-                    };
-                    if found[i].is_none()
-                        && matches
-                        && e["request"] == r.id.as_str()
-                        && e["tenant"] == r.tenant.as_str()
-                    {
-                        found[i] = Some((seq, crate::audit::hash_of(&bytes)));
+            if e["step"] != "erasure" || e["phase"] != "end" {
+                continue;
+            }
+            let (Some(t), Some(id)) = (e["tenant"].as_str(), e["request"].as_str()) else {
+                continue;
+            };
+            for &i in wanted.get(&(t, id)).into_iter().flatten() {
+                // Primary: the primary phase's end (the request primary_done, or final when
+                // one run did both). Final: the end that made it final.
+                let matches = match due[i].1 {
+                    Phase::Primary => {
+                        e["erasure_phase"] == "primary"
+                            && (e["state"] == "primary_done" || e["state"] == "final")
                     }
+                    Phase::Final => e["state"] == "final",
+                };
+                if found[i].is_none() && matches {
+                    found[i] = Some((seq, crate::audit::hash_of(&bytes)));
                 }
             }
         }
-        seq -= 1;
     }
     Ok(found)
 }
@@ -472,20 +515,24 @@ pub async fn verify_stored(
     keys: &[Value],
     public_key: &[u8],
 ) -> crate::Result<Vec<(String, Result<Value, String>)>> {
+    use futures::StreamExt;
     let mut metas = store.list(&ObjPath::from(PREFIX)).await?;
     metas.sort_by(|a, b| a.location.cmp(&b.location));
-    let mut out = Vec::new();
-    for m in metas {
-        let bytes = store.get(&m.location).await?;
-        let text = String::from_utf8_lossy(&bytes);
-        let checked = match verify(&text, keys, Some((store, public_key))).await {
-            Ok(v) => match v.anchor {
-                Some(Err(e)) => Err(format!("anchor: {e}")),
-                _ => Ok(v.payload),
-            },
-            Err(e) => Err(e),
-        };
-        out.push((m.location.to_string(), checked));
-    }
-    Ok(out)
+    let checked: Vec<crate::Result<(String, Result<Value, String>)>> = futures::stream::iter(metas)
+        .map(|m| async move {
+            let bytes = store.get(&m.location).await?;
+            let text = String::from_utf8_lossy(&bytes);
+            let checked = match verify(&text, keys, Some((store, public_key))).await {
+                Ok(v) => match v.anchor {
+                    Some(Err(e)) => Err(format!("anchor: {e}")),
+                    _ => Ok(v.payload),
+                },
+                Err(e) => Err(e),
+            };
+            Ok((m.location.to_string(), checked))
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    checked.into_iter().collect()
 }

@@ -265,15 +265,20 @@ pub async fn list(
         Some(t) => ObjPath::from(format!("{PREFIX}/tenant={t}")),
         None => ObjPath::from(PREFIX),
     };
+    use futures::StreamExt;
     let mut metas = store.list(&prefix).await?;
     metas.sort_by(|a, b| a.location.cmp(&b.location));
+    metas.retain(|m| m.location.as_ref().ends_with(".json"));
+    // Read concurrently, keep the order.
+    let read: Vec<_> = futures::stream::iter(metas)
+        .map(|m| async move { store.get(&m.location).await.map(|b| (m, b)) })
+        .buffered(32)
+        .collect()
+        .await;
     let mut out = Vec::new();
-    for m in metas {
-        if !m.location.as_ref().ends_with(".json") {
-            continue;
-        }
+    for r in read {
+        let (m, bytes) = r?;
         let key = m.location.to_string();
-        let bytes = store.get(&m.location).await?;
         out.push(match serde_json::from_slice::<Request>(&bytes) {
             Ok(r) if r.format == FORMAT && r.key() == m.location => Ok(r),
             Ok(r) if r.format != FORMAT => Err((key, format!("unknown format {:?}", r.format))),
