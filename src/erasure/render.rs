@@ -40,7 +40,7 @@ fn document(p: &Value, kid: &str, file: &str) -> Vec<Block> {
                 p["iat"]
                     .as_i64()
                     .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-                    .map_or("—".into(), |t| crate::util::rfc3339(t)),
+                    .map_or("—".into(), crate::util::rfc3339),
             ),
             (
                 "Tool".into(),
