@@ -203,6 +203,15 @@ fn an_immediate_request_nothing_has_executed_is_overdue() {
     let (code, out, err) = run(&d, &["requests", "ls"]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(out.contains("1 overdue"), "{out}");
+    // And an ERROR log line naming the request and the phase.
+    let line = err
+        .lines()
+        .find(|l| l.contains("erasure request overdue"))
+        .unwrap_or_else(|| panic!("no overdue log line: {err}"));
+    assert!(
+        line.contains("ERROR") && line.contains("primary") && line.contains(&t),
+        "{line}"
+    );
     // Another tenant's listing does not show it, and is not overdue.
     let (code, out, _) = run(&d, &["requests", "ls", "--tenant", "someone-else"]);
     assert_eq!(code, 0, "{out}");

@@ -409,6 +409,13 @@ deletion certificates (signed JWS, Ed25519):"
                 Vec::new()
             };
             let now = chrono::Utc::now();
+            // An ERROR line per overdue request and phase, for whoever watches the logs (ids
+            // and phases only, never an identifier).
+            for r in listed.iter().flatten() {
+                if let Some(phase) = r.overdue(now) {
+                    tracing::error!(tenant = %r.tenant, request = %r.id, phase, due = if phase == "primary" { r.due_primary.as_str() } else { r.due_backups.as_str() }, "erasure request overdue");
+                }
+            }
             let overdue = print_requests(&listed, now, json);
             Ok(if overdue > 0 || listed.iter().any(|r| r.is_err()) {
                 ExitCode::from(1)
