@@ -1761,6 +1761,14 @@ fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
     ]);
     assert_eq!(code, 1);
     assert!(out.contains("unknown kid"), "{out}");
+    // `requests ls` names them.
+    let (_, out, _) = run(&d, &["requests", "ls", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        listed[0]["certificates"].as_array().unwrap().len(),
+        2,
+        "{out}"
+    );
     // A second run issues nothing new and changes nothing.
     let (code, out, err) = run(&d, &["run", "erasure"]);
     assert_eq!(code, 0, "{out}\n{err}");

@@ -402,11 +402,22 @@ deletion certificates (signed JWS, Ed25519):"
                 crate::erasure::check_names(t, None)?;
             }
             let config = crate::config::Config::load(&cli.config)?;
-            let listed = if Store::exists(&config.store) {
+            let (listed, certificates) = if Store::exists(&config.store) {
                 let store = Store::open(&config.store)?;
-                crate::erasure::request::list(&store, tenant.as_deref()).await?
+                let certs: std::collections::BTreeSet<String> = store
+                    .list(&object_store::path::Path::from(
+                        crate::erasure::certificate::PREFIX,
+                    ))
+                    .await?
+                    .into_iter()
+                    .map(|m| m.location.to_string())
+                    .collect();
+                (
+                    crate::erasure::request::list(&store, tenant.as_deref()).await?,
+                    certs,
+                )
             } else {
-                Vec::new()
+                (Vec::new(), Default::default())
             };
             let now = chrono::Utc::now();
             // An ERROR line per overdue request and phase, for whoever watches the logs (ids
@@ -416,7 +427,7 @@ deletion certificates (signed JWS, Ed25519):"
                     tracing::error!(tenant = %r.tenant, request = %r.id, phase, due = if phase == "primary" { r.due_primary.as_str() } else { r.due_backups.as_str() }, "erasure request overdue");
                 }
             }
-            let overdue = print_requests(&listed, now, json);
+            let overdue = print_requests(&listed, &certificates, now, json);
             Ok(if overdue > 0 || listed.iter().any(|r| r.is_err()) {
                 ExitCode::from(1)
             } else {

@@ -278,9 +278,19 @@ pub(super) fn print_request_received(r: &crate::erasure::request::Request) {
 /// Print requests; returns how many are overdue at `now`.
 pub(super) fn print_requests(
     listed: &[crate::erasure::request::Listed],
+    certificates: &std::collections::BTreeSet<String>,
     now: chrono::DateTime<chrono::Utc>,
     json: bool,
 ) -> usize {
+    // The certificates stored for a request, by phase.
+    let certs = |r: &crate::erasure::request::Request| -> Vec<String> {
+        use crate::erasure::certificate::{Phase, key};
+        [Phase::Primary, Phase::Final]
+            .into_iter()
+            .map(|p| key(&r.tenant, &r.id, p).to_string())
+            .filter(|k| certificates.contains(k))
+            .collect()
+    };
     let overdue = listed
         .iter()
         .filter(|r| r.as_ref().is_ok_and(|r| r.overdue(now).is_some()))
@@ -295,6 +305,7 @@ pub(super) fn print_requests(
                     "immediate": r.immediate, "received_at": r.received_at,
                     "due_primary": r.due_primary, "due_backups": r.due_backups,
                     "overdue": r.overdue(now),
+                    "certificates": certs(r),
                 }),
                 Err((key, why)) => serde_json::json!({"key": key, "error": why}),
             })
@@ -306,22 +317,34 @@ pub(super) fn print_requests(
         return overdue;
     }
     println!(
-        "{:<16} {:<30} {:<8} {:<12} {:<13} {:<21} {:<21} overdue",
-        "tenant", "request", "scope", "kind", "state", "due primary", "due backups"
+        "{:<16} {:<30} {:<8} {:<12} {:<13} {:<21} {:<21} {:<8} certificates",
+        "tenant", "request", "scope", "kind", "state", "due primary", "due backups", "overdue"
     );
     for l in listed {
         match l {
-            Ok(r) => println!(
-                "{:<16} {:<30} {:<8} {:<12} {:<13} {:<21} {:<21} {}",
-                r.tenant,
-                r.id,
-                r.scope.name(),
-                r.kind.as_deref().unwrap_or("-"),
-                r.state.name(),
-                r.due_primary,
-                r.due_backups,
-                r.overdue(now).unwrap_or("-")
-            ),
+            Ok(r) => {
+                let phases: Vec<String> = certs(r)
+                    .iter()
+                    .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".jws"))
+                    .map(String::from)
+                    .collect();
+                println!(
+                    "{:<16} {:<30} {:<8} {:<12} {:<13} {:<21} {:<21} {:<8} {}",
+                    r.tenant,
+                    r.id,
+                    r.scope.name(),
+                    r.kind.as_deref().unwrap_or("-"),
+                    r.state.name(),
+                    r.due_primary,
+                    r.due_backups,
+                    r.overdue(now).unwrap_or("-"),
+                    if phases.is_empty() {
+                        "-".to_string()
+                    } else {
+                        phases.join(",")
+                    }
+                )
+            }
             Err((key, why)) => println!("UNREADABLE {key}: {why}"),
         }
     }
