@@ -98,6 +98,15 @@ impl SigningKey {
     pub fn load_or_create(path: &Path, create: bool) -> Result<SigningKey, SignError> {
         match std::fs::read(path) {
             Ok(bytes) => Self::parse(path, &bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && next_path(path).exists() => {
+                // A rotation stopped between retiring the old key and installing the new one:
+                // finish it.
+                std::fs::rename(next_path(path), path).map_err(|source| SignError::Write {
+                    path: path.into(),
+                    source,
+                })?;
+                Self::load_or_create(path, create)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !create {
                     return Err(SignError::Missing { path: path.into() });
@@ -294,6 +303,201 @@ pub fn verify_jws(compact: &str, keys: &[serde_json::Value]) -> Result<VerifiedJ
     })
 }
 
+/// File of the retired signing keys' public halves, beside the signing key.
+pub const KEY_HISTORY_FILE: &str = "signing-keys.json";
+const KEY_HISTORY_FORMAT: &str = "lethe-signing-keys/1";
+
+fn next_path(path: &Path) -> PathBuf {
+    path.with_extension("next.pk8")
+}
+
+/// A signing key that was replaced by `lethe keys rotate`: its public half and when it signed.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RetiredKey {
+    /// RFC 7638 thumbprint (the `kid` of its JWS and JWK).
+    pub kid: String,
+    /// `ed25519:…` (the `key_id` of the checkpoints it signed).
+    pub key_id: String,
+    /// base64url of the raw public key.
+    pub x: String,
+    /// When it became the signing key (`None`: before lethe kept a history).
+    pub valid_from: Option<String>,
+    /// When it was retired.
+    pub valid_until: String,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct KeyHistory {
+    format: String,
+    /// When the current key became the signing key (`None`: it was the first).
+    current_since: Option<String>,
+    retired: Vec<RetiredKey>,
+}
+
+fn history_path(signing_key: &Path) -> PathBuf {
+    signing_key.with_file_name(KEY_HISTORY_FILE)
+}
+
+fn read_history(signing_key: &Path) -> Result<KeyHistory, SignError> {
+    let p = history_path(signing_key);
+    match std::fs::read(&p) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| SignError::Garbled {
+            path: p,
+            message: format!("not a signing-key history: {e}"),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(KeyHistory::default()),
+        Err(source) => Err(SignError::Read { path: p, source }),
+    }
+}
+
+/// Every public key that has signed for this installation: the current one and the retired ones.
+#[derive(Debug, Clone)]
+pub struct PublicKeys {
+    current: [u8; 32],
+    current_since: Option<String>,
+    retired: Vec<RetiredKey>,
+}
+
+impl PublicKeys {
+    /// Only `key` (no history).
+    pub fn only(key: &[u8; 32]) -> PublicKeys {
+        PublicKeys {
+            current: *key,
+            current_since: None,
+            retired: Vec::new(),
+        }
+    }
+
+    /// Every Ed25519 key of a JWK list (the first as the current one); `None` when it has none.
+    pub fn from_jwks(keys: &[serde_json::Value]) -> Option<PublicKeys> {
+        let raw: Vec<Vec<u8>> = keys
+            .iter()
+            .filter(|k| k["kty"] == "OKP" && k["crv"] == "Ed25519")
+            .filter_map(|k| B64URL.decode(k["x"].as_str()?).ok())
+            .filter(|x| x.len() == 32)
+            .collect();
+        let (first, rest) = raw.split_first()?;
+        Some(PublicKeys {
+            current: first.as_slice().try_into().ok()?,
+            current_since: None,
+            retired: rest
+                .iter()
+                .map(|x| RetiredKey {
+                    kid: jwk_thumbprint(x),
+                    key_id: key_id_of(x),
+                    x: B64URL.encode(x),
+                    valid_from: None,
+                    valid_until: String::new(),
+                })
+                .collect(),
+        })
+    }
+
+    /// The signing key's public half and the retired keys recorded beside it.
+    pub fn of(signer: &SigningKey) -> Result<PublicKeys, SignError> {
+        let h = read_history(signer.path())?;
+        Ok(PublicKeys {
+            current: signer.public_key(),
+            current_since: h.current_since,
+            retired: h.retired,
+        })
+    }
+
+    /// The public key whose checkpoint key id is `key_id`.
+    pub fn by_key_id(&self, key_id: &str) -> Option<Vec<u8>> {
+        if key_id_of(&self.current) == key_id {
+            return Some(self.current.to_vec());
+        }
+        self.retired
+            .iter()
+            .find(|k| k.key_id == key_id)
+            .and_then(|k| B64URL.decode(&k.x).ok())
+    }
+
+    /// A JWK Set of every key, the current first; the validity of each under
+    /// `lethe_validity` (JOSE libraries ignore the extra member).
+    pub fn jwks(&self) -> serde_json::Value {
+        let mut keys = vec![public_jwk(&self.current)];
+        let mut validity = vec![serde_json::json!({
+            "kid": jwk_thumbprint(&self.current),
+            "valid_from": self.current_since,
+            "valid_until": null,
+        })];
+        for k in self.retired.iter().rev() {
+            if let Ok(x) = B64URL.decode(&k.x) {
+                keys.push(public_jwk(&x));
+                validity.push(serde_json::json!({
+                    "kid": k.kid, "valid_from": k.valid_from, "valid_until": k.valid_until,
+                }));
+            }
+        }
+        serde_json::json!({"keys": keys, "lethe_validity": validity})
+    }
+
+    /// Every key as a JWK.
+    pub fn jwk_list(&self) -> Vec<serde_json::Value> {
+        self.jwks()["keys"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// Replace the signing key at `path` with a new one (`lethe keys rotate`). The old key's public
+/// half goes into the history beside it (so checkpoints and certificates it signed keep
+/// verifying); its private key is moved to `signing-ed25519.retired-<kid>.pk8` for the operator
+/// to destroy. Steps, each safe to stop after: new key written as `….next.pk8`; history
+/// written; old key moved aside; new key moved in (a stop before that is finished by the next
+/// load). Returns (old, new).
+pub fn rotate(
+    path: &Path,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(SigningKey, SigningKey), SignError> {
+    let old = SigningKey::load_or_create(path, false)?;
+    let next = next_path(path);
+    let _ = std::fs::remove_file(&next); // an unused key from a stopped rotation
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| SignError::Rng)?;
+    write_new_private(&next, pkcs8.as_ref())?;
+    let mut h = read_history(path)?;
+    let at = crate::util::rfc3339(now);
+    if !h.retired.iter().any(|k| k.key_id == old.key_id()) {
+        h.retired.push(RetiredKey {
+            kid: old.thumbprint(),
+            key_id: old.key_id(),
+            x: B64URL.encode(old.public_key()),
+            valid_from: h.current_since.clone(),
+            valid_until: at.clone(),
+        });
+    }
+    h.format = KEY_HISTORY_FORMAT.into();
+    h.current_since = Some(at);
+    let hp = history_path(path);
+    let tmp = hp.with_extension("json.tmp");
+    let werr = |source| SignError::Write {
+        path: hp.clone(),
+        source,
+    };
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&h).expect("json")).map_err(werr)?;
+    std::fs::rename(&tmp, &hp).map_err(werr)?;
+    let retired = path.with_file_name(format!(
+        "signing-ed25519.retired-{}.pk8",
+        &old.thumbprint()[..16]
+    ));
+    std::fs::rename(path, &retired).map_err(|source| SignError::Write {
+        path: retired.clone(),
+        source,
+    })?;
+    std::fs::rename(&next, path).map_err(|source| SignError::Write {
+        path: path.into(),
+        source,
+    })?;
+    let new = SigningKey::load_or_create(path, false)?;
+    Ok((
+        SigningKey {
+            pair: old.pair,
+            path: retired,
+        },
+        new,
+    ))
+}
+
 /// Whether `sig` is a valid Ed25519 signature of `msg` by `public_key` (32 raw bytes).
 pub fn verify(public_key: &[u8], msg: &[u8], sig: &[u8]) -> bool {
     UnparsedPublicKey::new(&ED25519, public_key)
@@ -440,6 +644,31 @@ mod tests {
         let x = B64URL.decode(jwk["x"].as_str().unwrap()).unwrap();
         assert_eq!(x, key.public_key());
         assert!(!format!("{key:?}").contains(jwk["x"].as_str().unwrap()));
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_public_key_and_a_stopped_one_is_finished_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(SIGNING_KEY_FILE);
+        let first = SigningKey::load_or_create(&path, true).unwrap();
+        let t = chrono::DateTime::parse_from_rfc3339("2026-11-01T00:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        let (old, new) = rotate(&path, t).unwrap();
+        assert_eq!(old.public_key(), first.public_key());
+        assert_ne!(new.public_key(), first.public_key());
+        let keys = PublicKeys::of(&new).unwrap();
+        assert_eq!(keys.by_key_id(&first.key_id()).unwrap(), first.public_key());
+        assert_eq!(keys.by_key_id(&new.key_id()).unwrap(), new.public_key());
+        assert_eq!(keys.jwk_list().len(), 2);
+        // Stopped after the old key was moved aside, before the new one was moved in.
+        let third = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        std::fs::rename(&path, dir.path().join("moved.pk8")).unwrap();
+        write_new_private(&next_path(&path), third.as_ref()).unwrap();
+        let loaded = SigningKey::load_or_create(&path, false).unwrap();
+        let want = Ed25519KeyPair::from_pkcs8(third.as_ref()).unwrap();
+        assert_eq!(loaded.public_key().as_slice(), want.public_key().as_ref());
+        assert!(!next_path(&path).exists());
     }
 
     /// RFC 8037 appendix A: the example key's thumbprint (A.3) and its signature (A.4).

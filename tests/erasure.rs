@@ -1812,3 +1812,131 @@ fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
     let (code, out, err) = run(&d, &["audit", "verify"]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+#[test]
+fn a_rotated_signing_key_keeps_old_certificates_and_checkpoints_verifying() {
+    let d = demo(2, 60);
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let phones: Vec<String> = c
+        .prepare("SELECT c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 2")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let erase_now = |phone: &str| {
+        let (code, out, err) = run(
+            &d,
+            &[
+                "erase",
+                "subject",
+                "--tenant",
+                "kopi-senja",
+                "--kind",
+                "phone",
+                "--id",
+                phone,
+                "--immediate",
+            ],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        let (code, out, err) = run(&d, &["run", "erasure"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+    };
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    erase_now(&phones[0]);
+    let old_certs = cert_files(&d);
+    assert_eq!(old_certs.len(), 2);
+    let kid_of = |jws: &[u8]| {
+        use base64::Engine;
+        let h = std::str::from_utf8(jws).unwrap().split('.').next().unwrap();
+        let h: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(h)
+                .unwrap(),
+        )
+        .unwrap();
+        h["kid"].as_str().unwrap().to_string()
+    };
+    let old_kid = kid_of(old_certs.values().next().unwrap());
+
+    let (code, out, err) = run(&d, &["keys", "rotate"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("rotated") && out.contains(&old_kid), "{out}");
+    let retired: Vec<_> = std::fs::read_dir(d.dir.join("keys"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("retired"))
+        .collect();
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&retired[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // The chain, and the certificates the old key signed, still verify.
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    for p in old_certs.keys() {
+        let (code, out, err) = run(&d, &["certificate", "verify", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert!(out.contains("anchor verified"), "{out}");
+    }
+    // Only the new key: the old certificates name a key it does not know.
+    let (_, jwk, _) = run(&d, &["keys", "public", "--format", "jwk"]);
+    let only_new = d.dir.join("new.jwk");
+    std::fs::write(&only_new, &jwk).unwrap();
+    let p = old_certs.keys().next().unwrap();
+    let (code, out, _) = lethe(&[
+        "certificate",
+        "verify",
+        p.to_str().unwrap(),
+        "--jwks",
+        only_new.to_str().unwrap(),
+        "--offline",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("unknown kid"), "{out}");
+    // New work is signed by the new key, and every key is published with its validity.
+    erase_now(&phones[1]);
+    let all = cert_files(&d);
+    assert_eq!(all.len(), 4);
+    let new_kids: std::collections::BTreeSet<String> = all
+        .iter()
+        .filter(|(p, _)| !old_certs.contains_key(*p))
+        .map(|(_, b)| kid_of(b))
+        .collect();
+    let new_jwk: serde_json::Value = serde_json::from_str(&jwk).unwrap();
+    assert_eq!(
+        new_kids.into_iter().collect::<Vec<_>>(),
+        [new_jwk["kid"].as_str().unwrap()]
+    );
+    let (_, jwks, _) = run(&d, &["keys", "public", "--format", "jwks"]);
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    let kids: Vec<&str> = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap())
+        .collect();
+    assert_eq!(kids, [new_jwk["kid"].as_str().unwrap(), old_kid.as_str()]);
+    assert!(
+        jwks["lethe_validity"][1]["valid_until"].is_string(),
+        "{jwks}"
+    );
+    for p in all.keys() {
+        let (code, out, err) = run(&d, &["certificate", "verify", p.to_str().unwrap()]);
+        assert_eq!(code, 0, "{}: {out}\n{err}", p.display());
+    }
+    // A second rotation: three keys, and the chain still verifies.
+    let (code, out, err) = run(&d, &["keys", "rotate"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "snapshot"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (_, jwks, _) = run(&d, &["keys", "public", "--format", "jwks"]);
+    let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 3);
+}

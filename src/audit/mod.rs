@@ -109,6 +109,9 @@ pub enum AuditError {
     Lease(#[from] crate::lease::LeaseError),
     #[error("the audit log is full: seq {seq} would not fit 12 digits")]
     Exhausted { seq: u64 },
+    /// The signing-key history beside the signing key is unreadable.
+    #[error(transparent)]
+    Sign(#[from] crate::sign::SignError),
     #[error("audit time {at} plus {span} is out of range")]
     TimeRange { at: String, span: Span },
 }
@@ -118,6 +121,7 @@ impl AuditError {
     /// failed job or a found violation (exit code 1).
     pub fn is_configuration(&self) -> bool {
         matches!(self, AuditError::Store(e) if e.is_configuration())
+            || matches!(self, AuditError::Sign(e) if e.is_configuration())
     }
 }
 
@@ -204,6 +208,18 @@ impl Checkpoint {
         };
         cp.signature = B64.encode(signer.sign(&cp.signed_bytes()));
         cp
+    }
+
+    /// `Err(why)` unless signed by one of `keys` (the audit key, or a retired one whose
+    /// checkpoints keep verifying after `lethe keys rotate`).
+    pub fn check_signature_by(&self, keys: &crate::sign::PublicKeys) -> Result<(), String> {
+        match keys.by_key_id(&self.key_id) {
+            Some(pk) => self.check_signature(&pk),
+            None => Err(format!(
+                "signed by key {}, which is neither the audit key nor one it replaced",
+                self.key_id
+            )),
+        }
     }
 
     /// `Err(why)` unless signed by `public_key`.
@@ -679,7 +695,7 @@ impl AuditLog {
         now: DateTime<Utc>,
         keep: Span,
     ) -> Result<ExpireOutcome, AuditError> {
-        let public = self.signer.public_key();
+        let public = crate::sign::PublicKeys::of(&self.signer)?;
         let (records, _) = list_seqs(&self.store, RECORDS).await?;
         let (checkpoints, _) = list_seqs(&self.store, CHECKPOINTS).await?;
 
@@ -736,7 +752,7 @@ impl AuditLog {
             if cp.seq != seq {
                 return Err(tampered(format!("holds seq {}", cp.seq)));
             }
-            cp.check_signature(&public).map_err(tampered)?;
+            cp.check_signature_by(&public).map_err(tampered)?;
             if &cp.record_hash != hash {
                 return Err(AuditError::Tampered {
                     key: record_key(seq),
@@ -912,7 +928,8 @@ async fn find_head(store: &Store, signer: &SigningKey) -> Result<Option<RecordRe
                     key: key.clone(),
                     problem: format!("unparsable: {e}"),
                 })?;
-            cp.check_signature(&signer.public_key())
+            let keys = crate::sign::PublicKeys::of(signer)?;
+            cp.check_signature_by(&keys)
                 .map_err(|problem| AuditError::Corrupt {
                     key: key.clone(),
                     problem,
@@ -1034,14 +1051,15 @@ struct Loaded {
 /// Verify the audit chain and its checkpoints against `public_key` (32 raw Ed25519 bytes).
 /// Violations are findings in the report; `Err` only when the store cannot be read.
 pub async fn verify(store: &Store, public_key: &[u8]) -> Result<AuditReport, AuditError> {
-    verify_anchored(store, public_key, &[]).await
+    let pk: [u8; 32] = public_key.try_into().unwrap_or([0; 32]);
+    verify_anchored(store, &crate::sign::PublicKeys::only(&pk), &[]).await
 }
 
 /// [`verify`], and also against `anchors` kept outside the log: a log that is shorter than an
 /// anchor, or empty while one exists, was truncated.
 pub async fn verify_anchored(
     store: &Store,
-    public_key: &[u8],
+    keys: &crate::sign::PublicKeys,
     anchors: &[Anchor],
 ) -> Result<AuditReport, AuditError> {
     let mut findings = Vec::new();
@@ -1095,7 +1113,7 @@ pub async fn verify_anchored(
             ));
             continue;
         }
-        if let Err(why) = cp.check_signature(public_key) {
+        if let Err(why) = cp.check_signature_by(keys) {
             findings.push(finding(key.clone(), FindingKind::BadCheckpoint, why));
             continue;
         }
@@ -1214,7 +1232,7 @@ pub async fn verify_anchored(
                 .await?
                 .and_then(|b| serde_json::from_slice::<ExpiryMarker>(&b).ok());
             let interrupted = marker.filter(|m| {
-                m.is_valid(public_key)
+                keys.by_key_id(&m.key_id).is_some_and(|pk| m.is_valid(&pk))
                     && m.from_seq <= first.seq
                     && first.seq <= m.through_seq
                     && valid.contains_key(&m.through_seq)

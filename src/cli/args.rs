@@ -251,11 +251,15 @@ pub(super) enum AuditCommand {
 
 #[derive(Subcommand)]
 pub(super) enum KeysCommand {
-    /// Print the Ed25519 public key (checkpoints, certificates).
+    /// Print the Ed25519 public key (checkpoints, certificates); `--format jwks` lists every key
+    /// that ever signed, with its validity period.
     Public {
         #[arg(long, value_enum, default_value = "jwk")]
         format: KeyFormat,
     },
+    /// Replace the signing key with a new one. The old key's public half is kept beside it, so
+    /// audit checkpoints and certificates it signed keep verifying; publish the new JWKS.
+    Rotate,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

@@ -196,12 +196,9 @@ async fn run(cli: Cli) -> crate::Result<ExitCode> {
                 &crate::sign::signing_key_path(&checked.config.keyring),
                 false,
             )?;
-            let certs = crate::erasure::certificate::verify_stored(
-                &store,
-                &[signer.public_jwk()],
-                &signer.public_key(),
-            )
-            .await?;
+            let keys = crate::sign::PublicKeys::of(&signer)?;
+            let certs =
+                crate::erasure::certificate::verify_stored(&store, &keys.jwk_list(), &keys).await?;
             if !certs.is_empty() {
                 println!(
                     "
@@ -442,7 +439,8 @@ deletion certificates (signed JWS, Ed25519):"
                 false,
             )?;
             let anchors = audit_anchors(&config, &store).await?;
-            let r = crate::audit::verify_anchored(&store, &key.public_key(), &anchors).await?;
+            let keys = crate::sign::PublicKeys::of(&key)?;
+            let r = crate::audit::verify_anchored(&store, &keys, &anchors).await?;
             if json {
                 println!(
                     "{}",
@@ -468,6 +466,21 @@ deletion certificates (signed JWS, Ed25519):"
                 ExitCode::from(1)
             })
         }
+        Command::Keys(KeysCommand::Rotate) => {
+            let config = crate::config::Config::load(&cli.config)?;
+            let path = crate::sign::signing_key_path(&config.keyring);
+            let (old, new) = crate::sign::rotate(&path, chrono::Utc::now())?;
+            println!(
+                "signing key rotated: new key {} signs from now on; key {} is retired (its checkpoints and certificates keep verifying: `lethe keys public --format jwks` lists both)",
+                new.thumbprint(),
+                old.thumbprint()
+            );
+            println!(
+                "the retired private key was moved to {}: back it up or destroy it (nothing needs it to verify)",
+                old.path().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Keys(KeysCommand::Public { format }) => {
             let config = crate::config::Config::load(&cli.config)?;
             let key = crate::sign::SigningKey::load_or_create(
@@ -481,7 +494,7 @@ deletion certificates (signed JWS, Ed25519):"
                 ),
                 KeyFormat::Jwks => println!(
                     "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({"keys": [key.public_jwk()]}))
+                    serde_json::to_string_pretty(&crate::sign::PublicKeys::of(&key)?.jwks())
                         .expect("jwks")
                 ),
                 KeyFormat::Hex => println!("{}", crate::util::hex(&key.public_key())),
@@ -671,17 +684,8 @@ async fn certificate_verify(
             Err(e) => return Err(e.into()),
         }
     };
-    let public = |kid: &str| {
-        keys.iter()
-            .find(|k| k["kid"] == kid)
-            .and_then(|k| k["x"].as_str())
-            .and_then(|x| {
-                use base64::Engine;
-                base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(x)
-                    .ok()
-            })
-    };
+    // The anchor's checkpoint may be signed by any of the keys (a rotation in between).
+    let audit_keys = crate::sign::PublicKeys::from_jwks(&keys);
     // Signature first (offline); then the anchor with the key that signed.
     let v = match crate::erasure::certificate::verify(&text, &keys, None).await {
         Ok(v) => v,
@@ -691,9 +695,9 @@ async fn certificate_verify(
             return Ok(ExitCode::from(1));
         }
     };
-    let anchor = match (&store, public(&v.kid)) {
-        (Some(s), Some(pk)) => Some(
-            crate::erasure::certificate::verify(&text, &keys, Some((s, &pk)))
+    let anchor = match (&store, &audit_keys) {
+        (Some(s), Some(ak)) => Some(
+            crate::erasure::certificate::verify(&text, &keys, Some((s, ak)))
                 .await
                 .map(|v| v.anchor.expect("store given"))
                 .and_then(|a| a),
@@ -782,7 +786,7 @@ fn verifying_keys(
                 &crate::sign::signing_key_path(&c.keyring),
                 false,
             )?;
-            vec![key.public_jwk()]
+            crate::sign::PublicKeys::of(&key)?.jwk_list()
         }
     })
 }

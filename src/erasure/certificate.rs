@@ -437,7 +437,7 @@ pub struct Verified {
 pub async fn verify(
     compact: &str,
     keys: &[Value],
-    store: Option<(&Store, &[u8])>,
+    store: Option<(&Store, &crate::sign::PublicKeys)>,
 ) -> Result<Verified, String> {
     let v = crate::sign::verify_jws(compact, keys)?;
     if v.header["typ"] != TYP {
@@ -456,7 +456,7 @@ pub async fn verify(
     }
     let anchor = match store {
         None => None,
-        Some((store, public_key)) => Some(check_anchor(store, public_key, &payload).await),
+        Some((store, keys)) => Some(check_anchor(store, keys, &payload).await),
     };
     Ok(Verified {
         payload,
@@ -465,7 +465,11 @@ pub async fn verify(
     })
 }
 
-async fn check_anchor(store: &Store, public_key: &[u8], payload: &Value) -> Result<(), String> {
+async fn check_anchor(
+    store: &Store,
+    keys: &crate::sign::PublicKeys,
+    payload: &Value,
+) -> Result<(), String> {
     let a = &payload["anchor"];
     let seq = a["audit_record"]["seq"]
         .as_u64()
@@ -487,7 +491,7 @@ async fn check_anchor(store: &Store, public_key: &[u8], payload: &Value) -> Resu
     }
     let cp: Checkpoint = serde_json::from_value(a["checkpoint"].clone())
         .map_err(|e| format!("the anchor's checkpoint is malformed: {e}"))?;
-    cp.check_signature(public_key)
+    cp.check_signature_by(keys)
         .map_err(|e| format!("the anchor's checkpoint: {e}"))?;
     let stored = store
         .get_opt(&ObjPath::from(crate::audit::checkpoint_key(cp.seq)))
@@ -513,7 +517,7 @@ async fn check_anchor(store: &Store, public_key: &[u8], payload: &Value) -> Resu
 pub async fn verify_stored(
     store: &Store,
     keys: &[Value],
-    public_key: &[u8],
+    audit_keys: &crate::sign::PublicKeys,
 ) -> crate::Result<Vec<(String, Result<Value, String>)>> {
     use futures::StreamExt;
     let mut metas = store.list(&ObjPath::from(PREFIX)).await?;
@@ -522,7 +526,7 @@ pub async fn verify_stored(
         .map(|m| async move {
             let bytes = store.get(&m.location).await?;
             let text = String::from_utf8_lossy(&bytes);
-            let checked = match verify(&text, keys, Some((store, public_key))).await {
+            let checked = match verify(&text, keys, Some((store, audit_keys))).await {
                 Ok(v) => match v.anchor {
                     Some(Err(e)) => Err(format!("anchor: {e}")),
                     _ => Ok(v.payload),
