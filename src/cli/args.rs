@@ -72,10 +72,12 @@ pub(super) enum Command {
     /// The audit log: verify the hash chain and the signed checkpoints.
     #[command(subcommand)]
     Audit(AuditCommand),
-    /// Keys: the public key that verifies audit checkpoints (and certificates).
+    /// Keys: the public signing keys that verify audit checkpoints and deletion certificates
+    /// (one JWK, or a JWK Set of every key ever used); rotate the signing key.
     #[command(subcommand)]
     Keys(KeysCommand),
-    /// Deletion certificates: verify one (signature, and with store access its audit anchor).
+    /// Deletion certificates: verify one (signature, and with store access its audit anchor), or
+    /// render it as Markdown or HTML for the controller's files.
     #[command(subcommand)]
     Certificate(CertificateCommand),
     /// Snapshot runs in the store: list, verify, restore.
