@@ -124,7 +124,7 @@ fn main() {
         let checked = lethe::erasure::certificate::verify_stored(
             &store,
             &[signer.public_jwk()],
-            &signer.public_key(),
+            &lethe::sign::PublicKeys::only(&signer.public_key()),
         )
         .await
         .unwrap();

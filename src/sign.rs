@@ -52,6 +52,10 @@ pub enum SignError {
     },
     #[error("the system random number generator failed")]
     Rng,
+    #[error(
+        "another `lethe keys rotate` is running ({path} exists)\n  fix: wait for it; if none is running (a rotation was killed), remove {path} and rotate again"
+    )]
+    Busy { path: PathBuf },
 }
 
 impl SignError {
@@ -450,9 +454,13 @@ pub fn rotate(
     path: &Path,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(SigningKey, SigningKey), SignError> {
+    // One rotation at a time: two at once could move each other's keys aside.
+    let lock = path.with_extension("rotate.lock");
+    let _held = RotationLock::take(&lock)?;
     let old = SigningKey::load_or_create(path, false)?;
     let next = next_path(path);
-    let _ = std::fs::remove_file(&next); // an unused key from a stopped rotation
+    // With the current key in place, a `.next` key is one a stopped rotation never installed.
+    let _ = std::fs::remove_file(&next);
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).map_err(|_| SignError::Rng)?;
     write_new_private(&next, pkcs8.as_ref())?;
     let mut h = read_history(path)?;
@@ -496,6 +504,34 @@ pub fn rotate(
         },
         new,
     ))
+}
+
+/// The file that marks a rotation in progress; removed when the rotation returns.
+struct RotationLock(PathBuf);
+
+impl RotationLock {
+    fn take(path: &Path) -> Result<RotationLock, SignError> {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(_) => Ok(RotationLock(path.into())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(SignError::Busy { path: path.into() })
+            }
+            Err(source) => Err(SignError::Write {
+                path: path.into(),
+                source,
+            }),
+        }
+    }
+}
+
+impl Drop for RotationLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Whether `sig` is a valid Ed25519 signature of `msg` by `public_key` (32 raw bytes).
@@ -661,6 +697,16 @@ mod tests {
         assert_eq!(keys.by_key_id(&first.key_id()).unwrap(), first.public_key());
         assert_eq!(keys.by_key_id(&new.key_id()).unwrap(), new.public_key());
         assert_eq!(keys.jwk_list().len(), 2);
+        // A rotation in progress (its lock held) refuses a second one, and changes nothing.
+        let lock = RotationLock::take(&path.with_extension("rotate.lock")).unwrap();
+        assert!(matches!(rotate(&path, t), Err(SignError::Busy { .. })));
+        assert_eq!(
+            SigningKey::load_or_create(&path, false)
+                .unwrap()
+                .public_key(),
+            new.public_key()
+        );
+        drop(lock);
         // Stopped after the old key was moved aside, before the new one was moved in.
         let third = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         std::fs::rename(&path, dir.path().join("moved.pk8")).unwrap();

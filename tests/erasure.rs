@@ -1193,6 +1193,20 @@ fn runs_of(d: &common::Demo, t: &str) -> Vec<String> {
         .collect()
 }
 
+/// The phones of the first `n` kopi-senja customers who have messages.
+fn chatting_customers(d: &common::Demo, n: usize) -> Vec<String> {
+    let c = rusqlite::Connection::open(d.db()).unwrap();
+    let phones: Vec<String> = c
+        .prepare("SELECT c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT ?1")
+        .unwrap()
+        .query_map([n as i64], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(phones.len(), n, "the demo has {n} customers with messages");
+    phones
+}
+
 #[test]
 fn a_pinned_backup_is_rewritten_without_the_person_through_every_crash_point() {
     let d = demo(2, 60);
@@ -1274,14 +1288,10 @@ fn a_pinned_backup_is_rewritten_without_the_person_through_every_crash_point() {
 #[test]
 fn an_immediate_request_rewrites_every_backup_in_the_same_run() {
     let d = demo(2, 60);
-    let c = rusqlite::Connection::open(d.db()).unwrap();
-    let (t, phone): (String, String) = c
-        .query_row(
-            "SELECT c.tenant_id, c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (t, phone) = (
+        "kopi-senja".to_string(),
+        chatting_customers(&d, 1).remove(0),
+    );
     for _ in 0..2 {
         let (code, out, err) = run(&d, &["run", "snapshot"]);
         assert_eq!(code, 0, "{out}\n{err}");
@@ -1502,14 +1512,10 @@ fn crashed_copy(
 #[test]
 fn runs_that_never_committed_hold_the_person_until_they_are_purged() {
     let d = demo(2, 60);
-    let c = rusqlite::Connection::open(d.db()).unwrap();
-    let (t, phone): (String, String) = c
-        .query_row(
-            "SELECT c.tenant_id, c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
+    let (t, phone) = (
+        "kopi-senja".to_string(),
+        chatting_customers(&d, 1).remove(0),
+    );
     let (code, out, err) = run(&d, &["run", "snapshot"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let committed = runs_of(&d, &t)[0].clone();
@@ -1584,15 +1590,8 @@ fn payload_of(jws: &[u8]) -> serde_json::Value {
 #[test]
 fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
     let d = demo(2, 60);
-    let c = rusqlite::Connection::open(d.db()).unwrap();
-    let phones: Vec<(String, String)> = c
-        .prepare("SELECT c.tenant_id, c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 2")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let (t, phone) = phones[0].clone();
+    let phones = chatting_customers(&d, 2);
+    let (t, phone) = ("kopi-senja".to_string(), phones[0].clone());
     let (code, out, err) = run(&d, &["run", "snapshot"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let (code, out, err) = run(
@@ -1775,7 +1774,7 @@ fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
     assert_eq!(cert_files(&d), certs);
     // Killed at every crash point of another immediate erasure (including between signing a
     // certificate and storing it): the re-runs leave exactly one certificate per phase.
-    let (t2, phone2) = phones[1].clone();
+    let (t2, phone2) = (t.clone(), phones[1].clone());
     let (code, out, err) = run(
         &d,
         &[
@@ -1816,14 +1815,7 @@ fn certificates_are_signed_once_per_phase_verify_and_fail_on_any_change() {
 #[test]
 fn a_rotated_signing_key_keeps_old_certificates_and_checkpoints_verifying() {
     let d = demo(2, 60);
-    let c = rusqlite::Connection::open(d.db()).unwrap();
-    let phones: Vec<String> = c
-        .prepare("SELECT c.phone FROM customers c WHERE c.tenant_id = 'kopi-senja' AND EXISTS (SELECT 1 FROM messages m WHERE m.customer_phone = c.phone) ORDER BY c.id LIMIT 2")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let phones = chatting_customers(&d, 2);
     let erase_now = |phone: &str| {
         let (code, out, err) = run(
             &d,

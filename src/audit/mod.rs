@@ -360,7 +360,7 @@ pub async fn object_lock_writer(
 }
 
 /// Objects under `dir` by seq, and the keys that are not `<12 digits>.json`.
-async fn list_seqs(
+pub(crate) async fn list_seqs(
     store: &Store,
     dir: &str,
 ) -> Result<(BTreeMap<u64, String>, Vec<String>), StoreError> {

@@ -686,8 +686,9 @@ async fn certificate_verify(
     };
     // The anchor's checkpoint may be signed by any of the keys (a rotation in between).
     let audit_keys = crate::sign::PublicKeys::from_jwks(&keys);
-    // Signature first (offline); then the anchor with the key that signed.
-    let v = match crate::erasure::certificate::verify(&text, &keys, None).await {
+    // The signature, then (with the store) the anchor.
+    let with_store = store.as_ref().zip(audit_keys.as_ref());
+    let v = match crate::erasure::certificate::verify(&text, &keys, with_store).await {
         Ok(v) => v,
         Err(why) => {
             tracing::error!(file = %file.display(), "certificate does not verify");
@@ -695,15 +696,7 @@ async fn certificate_verify(
             return Ok(ExitCode::from(1));
         }
     };
-    let anchor = match (&store, &audit_keys) {
-        (Some(s), Some(ak)) => Some(
-            crate::erasure::certificate::verify(&text, &keys, Some((s, ak)))
-                .await
-                .map(|v| v.anchor.expect("store given"))
-                .and_then(|a| a),
-        ),
-        _ => None,
-    };
+    let anchor = v.anchor.clone();
     if json {
         println!(
             "{}",

@@ -271,10 +271,15 @@ pub async fn issue_due(
     if due.is_empty() {
         return Ok(Vec::new());
     }
-    let checkpoints = checkpoints(store).await?;
+    // Checkpoints by sequence (read only those an anchor needs).
+    let (checkpoint_keys, _) = crate::audit::list_seqs(store, crate::audit::CHECKPOINTS).await?;
+    let mut checkpoints: BTreeMap<u64, Checkpoint> = BTreeMap::new();
     let anchors = find_ends(store, head, &due).await?;
     // Anchor each certificate (the end record, or the chain's newest record after a crash).
-    let head_record = record_at(store, head).await?;
+    let head_record = match anchors.iter().any(Option::is_none) {
+        true => record_at(store, head).await?,
+        false => None,
+    };
     let mut signed = Vec::new();
     for ((r, phase), found) in due.into_iter().zip(anchors) {
         let (seq, hash, kind) = match found {
@@ -287,10 +292,20 @@ pub async fn issue_due(
                 (s, h, "chain")
             }
         };
-        let Some(cp) = checkpoints.iter().find(|c| c.seq >= seq).cloned() else {
+        let Some((&cp_seq, cp_key)) = checkpoint_keys.range(seq..).next() else {
             tracing::info!(tenant = %r.tenant, request = %r.id, phase = phase.name(), "no checkpoint covers the phase's end record yet; the certificate is issued after the next checkpoint");
             continue;
         };
+        if !checkpoints.contains_key(&cp_seq) {
+            let bytes = store.get(&ObjPath::from(cp_key.as_str())).await?;
+            let cp: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
+                crate::Error::Failed(format!(
+                    "audit checkpoint {cp_key} is unreadable ({e}); run `lethe audit verify`"
+                ))
+            })?;
+            checkpoints.insert(cp_seq, cp);
+        }
+        let cp = checkpoints[&cp_seq].clone();
         let anchor = Anchor {
             record_seq: seq,
             record_hash: hash,
@@ -328,23 +343,6 @@ pub async fn issue_due(
 
 /// Store operations in flight at once.
 const CONCURRENCY: usize = 32;
-
-/// Every checkpoint, by ascending sequence.
-async fn checkpoints(store: &Store) -> crate::Result<Vec<Checkpoint>> {
-    let mut metas = store
-        .list(&ObjPath::from(crate::audit::CHECKPOINTS))
-        .await?;
-    metas.sort_by(|a, b| a.location.cmp(&b.location));
-    let mut out = Vec::new();
-    for m in metas {
-        let bytes = store.get(&m.location).await?;
-        if let Ok(cp) = serde_json::from_slice::<Checkpoint>(&bytes) {
-            out.push(cp);
-        }
-    }
-    out.sort_by_key(|c| c.seq);
-    Ok(out)
-}
 
 /// Record `seq` and the hash of its stored bytes.
 async fn record_at(store: &Store, seq: u64) -> crate::Result<Option<(u64, String)>> {

@@ -208,16 +208,8 @@ impl ScrubCache {
 }
 
 impl Scrub<'_> {
-    /// `batch` of `table` without the rows of erased people, and how many were dropped.
-    pub fn filter(
-        &self,
-        table: &str,
-        batch: arrow::record_batch::RecordBatch,
-    ) -> Result<(arrow::record_batch::RecordBatch, u64), arrow::error::ArrowError> {
-        self.filter_cached(table, batch, &mut ScrubCache::default())
-    }
-
-    /// [`Scrub::filter`], remembering verdicts in `cache` (one cache per table's file).
+    /// `batch` of `table` without the rows of erased people, and how many were dropped;
+    /// verdicts are remembered in `cache` (one cache per file of the table).
     pub fn filter_cached(
         &self,
         table: &str,

@@ -736,6 +736,29 @@ struct RequestEnd<'a> {
     state: &'static str,
 }
 
+/// No rows: what a backups phase's end records of the database.
+static NO_ROWS: BTreeMap<String, u64> = BTreeMap::new();
+
+impl<'a> RequestEnd<'a> {
+    /// The end of a person's backups phase (the database was done by the primary phase).
+    fn backups(plan_hash: &'a str, p: &'a RequestPlan, verified: &'a str, state: State) -> Self {
+        RequestEnd {
+            step: "erasure",
+            phase: "end",
+            plan_hash,
+            tenant: &p.tenant,
+            request: &p.request,
+            erasure_phase: "backups",
+            rows: &NO_ROWS,
+            blobs_deleted: 0,
+            blobs_already_absent: 0,
+            kept: &[],
+            verified,
+            state: state.name(),
+        }
+    }
+}
+
 /// `lethe run erasure`: take the lease, plan, check the plan against `expect_hash` (which also
 /// confirms requests the brake stopped), execute each request's primary phase, audit,
 /// checkpoint, release.
@@ -1181,20 +1204,7 @@ async fn backups_phase(
             request::update(env.store, s3, &r).await?;
             crate::erasure::intake::settle(env.db, &r.id, r.state.name())?;
             env.audit
-                .record(&RequestEnd {
-                    step: "erasure",
-                    phase: "end",
-                    plan_hash,
-                    tenant: &p.tenant,
-                    request: &p.request,
-                    erasure_phase: "backups",
-                    rows: &BTreeMap::new(),
-                    blobs_deleted: 0,
-                    blobs_already_absent: 0,
-                    kept: &[],
-                    verified: &b.verified,
-                    state: r.state.name(),
-                })
+                .record(&RequestEnd::backups(plan_hash, p, &b.verified, r.state))
                 .await?;
             return Ok(RequestOutcome {
                 tenant: p.tenant.clone(),
@@ -1373,24 +1383,12 @@ async fn backups_phase(
         request::update(env.store, s3, &r).await?;
         crate::erasure::intake::settle(env.db, &r.id, r.state.name())?;
     }
+    let verified = format!(
+        "{} run(s) rewritten; {left} run(s) taken before the erasure left to rewrite or purge",
+        rewritten.len()
+    );
     env.audit
-        .record(&RequestEnd {
-            step: "erasure",
-            phase: "end",
-            plan_hash,
-            tenant: &p.tenant,
-            request: &p.request,
-            erasure_phase: "backups",
-            rows: &BTreeMap::new(),
-            blobs_deleted: 0,
-            blobs_already_absent: 0,
-            kept: &[],
-            verified: &format!(
-                "{} run(s) rewritten; {left} run(s) taken before the erasure left to rewrite or purge",
-                rewritten.len()
-            ),
-            state: r.state.name(),
-        })
+        .record(&RequestEnd::backups(plan_hash, p, &verified, r.state))
         .await?;
     Ok(RequestOutcome {
         tenant: p.tenant.clone(),

@@ -656,6 +656,8 @@ async fn restore_files(
             message: e.to_string(),
         };
         let mut rows = 0u64;
+        // One cache per file: each distinct identifier is hashed once.
+        let mut cache = crate::erasure::ledger::ScrubCache::default();
         match format {
             RestoreFormat::Parquet => {
                 let props = WriterProperties::builder()
@@ -664,7 +666,7 @@ async fn restore_files(
                 let mut w = ArrowWriter::try_new(file, schema, Some(props)).map_err(|e| dec(&e))?;
                 for b in reader {
                     let (b, d) = scrub
-                        .filter(&f.table, b.map_err(|e| dec(&e))?)
+                        .filter_cached(&f.table, b.map_err(|e| dec(&e))?, &mut cache)
                         .map_err(|e| dec(&e))?;
                     dropped += d;
                     rows += b.num_rows() as u64;
@@ -678,7 +680,7 @@ async fn restore_files(
                     .build(std::io::BufWriter::new(file));
                 for b in reader {
                     let (b, d) = scrub
-                        .filter(&f.table, b.map_err(|e| dec(&e))?)
+                        .filter_cached(&f.table, b.map_err(|e| dec(&e))?, &mut cache)
                         .map_err(|e| dec(&e))?;
                     dropped += d;
                     rows += b.num_rows() as u64;

@@ -579,10 +579,13 @@ async fn scan(
         .unwrap_or_default();
     let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ids);
     let reader = builder.with_projection(mask).build().map_err(|e| dec(&e))?;
-    let mut dropped = 0;
+    let (mut dropped, mut cache) = (0, crate::erasure::ledger::ScrubCache::default());
     for b in reader {
         let b = b.map_err(|e| dec(&e))?;
-        dropped += scrub.filter(&f.table, b).map_err(|e| dec(&e))?.1;
+        dropped += scrub
+            .filter_cached(&f.table, b, &mut cache)
+            .map_err(|e| dec(&e))?
+            .1;
     }
     Ok((tmp, dropped))
 }
