@@ -68,6 +68,7 @@ fn main() {
                     verified: "no run left".into(),
                 }),
                 rewritten: vec![],
+                notices: vec![],
             };
             store
                 .put(&r.key(), bytes::Bytes::from(serde_json::to_vec(&r).unwrap()))
@@ -108,7 +109,7 @@ fn main() {
         // The setup's writes reach the disk before the clock starts.
         std::process::Command::new("sync").status().unwrap();
         let t = Instant::now();
-        let issued = lethe::erasure::certificate::issue_due(&store, &signer, "bench", seq)
+        let issued = lethe::erasure::certificate::issue_due(&store, &signer, "bench", seq, chrono::Utc::now())
             .await
             .unwrap();
         let s = t.elapsed().as_secs_f64();

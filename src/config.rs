@@ -72,6 +72,72 @@ pub struct ConfigFile {
     /// Deletion certificates: who signs them.
     #[serde(default)]
     pub certificates: CertificatesSection,
+    /// Sub-processors told of each subject erasure (GDPR Art. 19; `[[subprocessors]]`).
+    #[serde(default)]
+    pub subprocessors: Vec<SubprocessorSection>,
+}
+
+/// One `[[subprocessors]]` entry.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct SubprocessorSection {
+    pub name: String,
+    /// Where the signed erasure notice is POSTed.
+    pub erase_url: String,
+    /// The environment variable holding the auth header's value (e.g. `Bearer …`).
+    #[serde(default)]
+    pub auth_env: Option<String>,
+    #[serde(default = "default_auth_header")]
+    pub auth_header: String,
+    /// Send the identifier the sub-processor needs to find the person (only over https).
+    #[serde(default)]
+    pub send_identifier: bool,
+    /// An unanswered notice is overdue this long after the request was received (default: the
+    /// request's primary due date).
+    #[serde(default)]
+    pub deadline: Option<String>,
+    /// Per attempt.
+    #[serde(default = "default_notice_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Attempts per run (with exponential backoff between them); later runs try again.
+    #[serde(default = "default_notice_attempts")]
+    pub attempts: u32,
+    /// Only these tenants' requests (default: every tenant's).
+    #[serde(default)]
+    pub tenants: Option<Vec<String>>,
+}
+
+fn default_auth_header() -> String {
+    "Authorization".into()
+}
+fn default_notice_timeout_ms() -> u64 {
+    10_000
+}
+fn default_notice_attempts() -> u32 {
+    4
+}
+
+/// A validated sub-processor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Subprocessor {
+    pub name: String,
+    pub erase_url: url::Url,
+    pub auth_env: Option<String>,
+    pub auth_header: String,
+    pub send_identifier: bool,
+    pub deadline: Option<crate::span::Span>,
+    pub timeout: std::time::Duration,
+    pub attempts: u32,
+    pub tenants: Option<Vec<String>>,
+}
+
+impl Subprocessor {
+    /// Does it get notices of `tenant`'s requests?
+    pub fn serves(&self, tenant: &str) -> bool {
+        self.tenants
+            .as_ref()
+            .is_none_or(|t| t.iter().any(|x| x == tenant))
+    }
 }
 
 /// `[certificates]`.
@@ -81,14 +147,30 @@ pub struct CertificatesSection {
     /// The processor named as the certificates' issuer (`iss`), e.g. your company's name.
     #[serde(default = "default_issuer")]
     pub issuer: String,
+    /// How long a due row may wait for the next retention run before a retention attestation
+    /// counts it as a broken promise (`lethe attest`): the schedule's period, e.g. `"1d"`.
+    #[serde(default = "default_attestation_grace")]
+    pub attestation_grace: String,
 }
 
 impl Default for CertificatesSection {
     fn default() -> Self {
         CertificatesSection {
             issuer: default_issuer(),
+            attestation_grace: default_attestation_grace(),
         }
     }
+}
+
+impl CertificatesSection {
+    /// `attestation_grace`, validated when the configuration was loaded.
+    pub fn grace(&self) -> crate::span::Span {
+        crate::span::Span::parse(&self.attestation_grace).unwrap_or(crate::span::Span::Days(1))
+    }
+}
+
+fn default_attestation_grace() -> String {
+    "1d".into()
 }
 
 fn default_issuer() -> String {
@@ -422,6 +504,7 @@ pub struct Config {
     pub audit: AuditSettings,
     pub retention: RetentionSection,
     pub certificates: CertificatesSection,
+    pub subprocessors: Vec<Subprocessor>,
 }
 
 impl Config {
@@ -637,6 +720,83 @@ impl Config {
             .audit
             .validate()
             .map_err(|(key, message, fix)| invalid(key, message, fix))?;
+        let mut subprocessors: Vec<Subprocessor> = Vec::new();
+        for (i, sp) in f.subprocessors.iter().enumerate() {
+            let key = |k: &str| format!("subprocessors[{i}].{k}");
+            if !crate::util::is_safe_ident(&sp.name)
+                || subprocessors.iter().any(|x| x.name == sp.name)
+            {
+                return Err(invalid(
+                    &key("name"),
+                    format!(
+                        "{:?} is not a unique name of letters, digits, - and _",
+                        sp.name
+                    ),
+                    "give each sub-processor its own short name, e.g. \"voicebot\"",
+                ));
+            }
+            let erase_url = url::Url::parse(&sp.erase_url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+                .ok_or_else(|| {
+                    invalid(
+                        &key("erase_url"),
+                        format!("{:?} is not an http(s) URL", sp.erase_url),
+                        "write the sub-processor's erasure endpoint, e.g. \"https://api.example.com/gdpr/erase\"",
+                    )
+                })?;
+            if sp.send_identifier && erase_url.scheme() != "https" {
+                return Err(invalid(
+                    &key("send_identifier"),
+                    format!(
+                        "{} is not https: the identifier is sent only over TLS",
+                        sp.erase_url
+                    ),
+                    "use the https endpoint, or send_identifier = false (the notice then names the person by keyed hash only)",
+                ));
+            }
+            if !erase_url.username().is_empty() || erase_url.password().is_some() {
+                return Err(invalid(
+                    &key("erase_url"),
+                    "holds credentials".into(),
+                    "put the credential in an environment variable and name it in auth_env",
+                ));
+            }
+            let deadline = match &sp.deadline {
+                None => None,
+                Some(d) => Some(crate::span::Span::parse(d).map_err(|m| {
+                    invalid(&key("deadline"), m, "write a duration such as \"7d\"")
+                })?),
+            };
+            if sp.timeout_ms == 0 || sp.attempts == 0 || sp.attempts > 20 {
+                return Err(invalid(
+                    &key("attempts"),
+                    format!(
+                        "timeout_ms = {} and attempts = {} must be > 0 (attempts at most 20)",
+                        sp.timeout_ms, sp.attempts
+                    ),
+                    "remove the keys to use the defaults (10000 ms, 4 attempts)",
+                ));
+            }
+            subprocessors.push(Subprocessor {
+                name: sp.name.clone(),
+                erase_url,
+                auth_env: sp.auth_env.clone(),
+                auth_header: sp.auth_header.clone(),
+                send_identifier: sp.send_identifier,
+                deadline,
+                timeout: std::time::Duration::from_millis(sp.timeout_ms),
+                attempts: sp.attempts,
+                tenants: sp.tenants.clone(),
+            });
+        }
+        if let Err(m) = crate::span::Span::parse(&f.certificates.attestation_grace) {
+            return Err(invalid(
+                "certificates.attestation_grace",
+                m,
+                "write the period of the retention job's schedule, e.g. \"1d\" for a nightly run",
+            ));
+        }
 
         Ok(Config {
             path: path.to_path_buf(),
@@ -652,6 +812,7 @@ impl Config {
             audit,
             retention: f.retention,
             certificates: f.certificates,
+            subprocessors,
         })
     }
 }

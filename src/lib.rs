@@ -19,11 +19,13 @@
 //! - [`demo`]: the embedded demo (synthetic tenants in SQLite, a local store);
 //! - [`pipeline`]: the one module that orders the stages;
 //! - [`primary`]: the one deleter of the primary database (batched DELETE/UPDATE, blob outbox);
-//! - [`blobs`]: the one deleter of the blob store.
+//! - [`blobs`]: the one deleter of the blob store;
+//! - [`attest`]: signed retention attestations (`lethe attest`), from audit records and a measurement.
 //!
 //! Invariant held everywhere: personal data (cell values) never reaches a log line, an error
 //! message or an object in plaintext. Errors name tables, columns, files and keys, never values.
 
+pub mod attest;
 pub mod audit;
 pub mod blobs;
 pub mod check;

@@ -683,6 +683,22 @@ async fn retention_locked(
             verified: outcome.verified(),
         })
         .await?;
+    // What the run left, measured right after it: the evidence `lethe attest` rests on.
+    match crate::retention::measure::measure(c, &mut db, store, None, now, None).await {
+        Ok(m) => {
+            audit
+                .record(&crate::audit::event::Measure {
+                    step: "measure",
+                    phase: "retention",
+                    plan_hash: &plan.hash,
+                    measurement: &m,
+                })
+                .await?;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not measure what retention left; attestations of this period rest on earlier measurements")
+        }
+    }
     close_audit(c, &mut audit, clock).await?;
     tracing::info!(
         plan = %plan.hash,

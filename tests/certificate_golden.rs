@@ -64,6 +64,7 @@ fn subject(state: State) -> Request {
         key_destroyed: None,
         backups: None,
         rewritten: Vec::new(),
+        notices: Vec::new(),
     }
 }
 

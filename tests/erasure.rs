@@ -1932,3 +1932,210 @@ fn a_rotated_signing_key_keeps_old_certificates_and_checkpoints_verifying() {
     let jwks: serde_json::Value = serde_json::from_str(&jwks).unwrap();
     assert_eq!(jwks["keys"].as_array().unwrap().len(), 3);
 }
+
+/// A sub-processor's erasure endpoint on loopback: `/ok` answers 200, `/refuse` 403, `/flaky`
+/// 503 the first time and 200 after, `/slow` only after 2 s. Every request is logged as
+/// (path, Idempotency-Key, body).
+fn subprocessor_server() -> (
+    u16,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>,
+) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let shared = log.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let log = shared.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                let (head, body_start) = loop {
+                    let n = s.read(&mut tmp).unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break (String::from_utf8_lossy(&buf[..i]).into_owned(), i + 4);
+                    }
+                };
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                let len: usize = header("content-length").parse().unwrap_or(0);
+                while buf.len() < body_start + len {
+                    let n = s.read(&mut tmp).unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                }
+                let body = String::from_utf8_lossy(&buf[body_start..]).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                let seen = {
+                    let mut l = log.lock().unwrap();
+                    let seen = l
+                        .iter()
+                        .filter(|e: &&(String, String, String)| e.0 == path)
+                        .count();
+                    l.push((path.clone(), header("idempotency-key"), body));
+                    seen
+                };
+                let status = match path.as_str() {
+                    "/ok" => 200,
+                    "/refuse" => 403,
+                    "/flaky" if seen == 0 => 503,
+                    "/flaky" => 200,
+                    _ => {
+                        std::thread::sleep(std::time::Duration::from_secs(2));
+                        200
+                    }
+                };
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} Answer\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+            });
+        }
+    });
+    (port, log)
+}
+
+#[test]
+fn sub_processors_get_a_signed_notice_and_the_certificate_lists_each_answer() {
+    let d = demo(2, 60);
+    let (port, server_log) = subprocessor_server();
+    let mut text = std::fs::read_to_string(&d.config).unwrap();
+    for name in ["ok", "flaky", "slow", "refuse"] {
+        text.push_str(&format!(
+            "\n[[subprocessors]]\nname = \"{name}\"\nerase_url = \"http://127.0.0.1:{port}/{name}\"\ntimeout_ms = 500\nattempts = 2\n"
+        ));
+    }
+    std::fs::write(&d.config, &text).unwrap();
+    let phone = chatting_customers(&d, 1)[0].clone();
+    let (code, out, err) = run(
+        &d,
+        &[
+            "erase",
+            "subject",
+            "--tenant",
+            "kopi-senja",
+            "--kind",
+            "phone",
+            "--id",
+            &phone,
+            "--immediate",
+        ],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // What the sub-processors received: signed notices, the same one on a retry, no identifier
+    // (the endpoints are plain http).
+    let log = server_log.lock().unwrap().clone();
+    let count = |p: &str| log.iter().filter(|e| e.0 == p).count();
+    assert_eq!(
+        (
+            count("/ok"),
+            count("/flaky"),
+            count("/slow"),
+            count("/refuse")
+        ),
+        (1, 2, 2, 1),
+        "{log:?}"
+    );
+    let flaky: Vec<&(String, String, String)> = log.iter().filter(|e| e.0 == "/flaky").collect();
+    assert_eq!(
+        flaky[0].1, flaky[1].1,
+        "a retry carries the same Idempotency-Key"
+    );
+    assert_eq!(flaky[0].2, flaky[1].2, "a retry is the same notice");
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    let jwks = d.dir.join("issuer.jwks");
+    let (code, out, _) = run(&d, &["keys", "public", "--format", "jwks"]);
+    assert_eq!(code, 0);
+    std::fs::write(&jwks, &out).unwrap();
+    for (path, _, body) in &log {
+        let p = payload_of(body.as_bytes());
+        assert_eq!(p["format"], "lethe-erasure-notice/1", "{path}");
+        assert!(p["subject"]["hash"].as_str().unwrap().starts_with("hmac:"));
+        assert!(
+            p.get("identifier").is_none(),
+            "no identifier over http: {p}"
+        );
+        assert!(!body.contains(&digits[digits.len() - 8..]));
+        assert!(!p.to_string().contains(&digits[digits.len() - 8..]), "{p}");
+    }
+
+    // Each answer in the certificate; a refusal and a silence make it "with exceptions".
+    let certs = cert_files(&d);
+    let primary = certs
+        .iter()
+        .find(|(p, _)| p.ends_with("primary.jws"))
+        .expect("the primary certificate waits only for answers or due dates");
+    let p = payload_of(primary.1);
+    let subs: std::collections::BTreeMap<String, serde_json::Value> = p["subprocessors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s.clone()))
+        .collect();
+    assert_eq!(subs["ok"]["status"], "accepted");
+    assert_eq!(subs["ok"]["attempts"], 1);
+    assert_eq!(subs["flaky"]["status"], "accepted");
+    assert_eq!(subs["flaky"]["attempts"], 2);
+    assert_eq!(subs["slow"]["status"], "unanswered");
+    assert_eq!(subs["refuse"]["status"], "refused");
+    assert_eq!(subs["refuse"]["http_status"], 403);
+    assert_eq!(p["outcome"], "erased_with_exceptions");
+    let (code, out, err) = run(&d, &["certificate", "verify", primary.0.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // The silent one is overdue (an immediate request is due at once): exit 1, named.
+    let (code, out, err) = run(&d, &["requests", "ls"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("notice:slow"), "{out}");
+    assert!(
+        err.contains("unanswered past its due date") && err.contains("slow"),
+        "{err}"
+    );
+    assert!(!err.contains(&digits[digits.len() - 8..]));
+
+    // Answered notices are not sent again; the unanswered one is, in the next run.
+    let (code, out, err) = run(&d, &["run", "erasure"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let again = server_log.lock().unwrap().clone();
+    let count = |p: &str| again.iter().filter(|e| e.0 == p).count();
+    assert_eq!(
+        (
+            count("/ok"),
+            count("/flaky"),
+            count("/slow"),
+            count("/refuse")
+        ),
+        (1, 2, 4, 1),
+        "{again:?}"
+    );
+
+    // Bad input: an identifier over plain http is refused by the configuration.
+    let mut bad = text.clone();
+    bad.push_str(&format!(
+        "\n[[subprocessors]]\nname = \"leaky\"\nerase_url = \"http://127.0.0.1:{port}/ok\"\nsend_identifier = true\n"
+    ));
+    std::fs::write(&d.config, &bad).unwrap();
+    let (code, out, err) = run(&d, &["check"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        err.contains("subprocessors[4].send_identifier") && err.contains("https"),
+        "{err}"
+    );
+}

@@ -882,3 +882,207 @@ fn assert_same_files(
         .collect();
     assert!(diff.is_empty(), "{what}: files differ: {diff:?}");
 }
+
+/// The payload of a compact JWS (not verified: the test verifies with `lethe` separately).
+fn jws_payload(jws: &str) -> serde_json::Value {
+    use base64::Engine;
+    let p = jws.trim().split('.').nth(1).unwrap();
+    serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(p)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+#[test]
+fn an_attestation_measures_what_survived_and_a_row_past_its_rule_is_a_violation() {
+    let d = demo(2, 60);
+    no_brake(&d);
+    let cfg = d.config.to_str().unwrap();
+    let db = d.db();
+    let (code, out, err) = lethe(&["--config", cfg, "run", "retention"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let tenant: String = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row(
+            "SELECT tenant_id FROM attendance_checkins GROUP BY tenant_id ORDER BY tenant_id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let month = Utc::now().format("%Y-%m").to_string();
+    let attest = |out: &Path| {
+        lethe(&[
+            "--config",
+            cfg,
+            "attest",
+            "--tenant",
+            &tenant,
+            "--period",
+            &month,
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+
+    // Right after retention: every promise kept, measured live (the month is not over).
+    let first = d.dir.join("attest-1.jws");
+    let (code, out, err) = attest(&first);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(err.contains("outcome kept"), "{err}");
+    let jws = std::fs::read_to_string(&first).unwrap();
+    let p = jws_payload(&jws);
+    assert_eq!(p["format"], "lethe-attestation/1");
+    assert_eq!(p["period"]["complete"], false);
+    assert_eq!(p["measurement"]["kind"], "live");
+    assert!(p["retention_runs"].as_u64().unwrap() >= 1, "{p}");
+    let cats = p["categories"].as_array().unwrap();
+    let selfies = cats
+        .iter()
+        .find(|c| c["category"] == "selfie_photos")
+        .unwrap();
+    assert_eq!(selfies["status"], "kept", "{selfies}");
+    assert_eq!(selfies["measured"]["rows_past_rule"], 0);
+    let oldest = selfies["measured"]["oldest_surviving_anchor"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        oldest > ts(Utc::now() - TimeDelta::days(91)),
+        "nothing older than the rule survives: {oldest}"
+    );
+    // The deletions of the month come from the audit records.
+    let deleted: u64 = cats
+        .iter()
+        .map(|c| c["rows_deleted"].as_u64().unwrap())
+        .sum();
+    assert!(deleted > 0, "{p}");
+    // Verifies like a certificate (signature and anchor), and names no person.
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg,
+        "certificate",
+        "verify",
+        first.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("retention attestation") && out.contains("anchor verified"),
+        "{out}"
+    );
+    let found = common::found_in(p.to_string().as_bytes(), &common::personal_needles(&db));
+    assert!(
+        found.is_empty(),
+        "identifiers in the attestation: {found:?}"
+    );
+    // A copy is kept in the store.
+    let kept: Vec<PathBuf> = common::files(&d.store())
+        .into_keys()
+        .filter(|k| {
+            k.to_string_lossy()
+                .contains(&format!("attestations/tenant={tenant}/{month}/"))
+        })
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+
+    // Retention stops; a selfie 200 days old appears (a restore, an import, a bug).
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let cols: Vec<String> = c
+        .prepare("SELECT name FROM pragma_table_info('attendance_checkins')")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    let old = ts(Utc::now() - TimeDelta::days(200));
+    let select: Vec<String> = cols
+        .iter()
+        .map(|c| match c.as_str() {
+            "id" => "(SELECT max(id) + 1 FROM attendance_checkins)".to_string(),
+            "checked_in_at" => format!("'{old}'"),
+            "selfie_key" => "NULL".to_string(),
+            other => format!("\"{other}\""),
+        })
+        .collect();
+    c.execute(
+        &format!(
+            "INSERT INTO attendance_checkins ({}) SELECT {} FROM attendance_checkins WHERE tenant_id = '{tenant}' LIMIT 1",
+            cols.iter().map(|c| format!("\"{c}\"")).collect::<Vec<_>>().join(", "),
+            select.join(", ")
+        ),
+        [],
+    )
+    .unwrap();
+    drop(c);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = d.dir.join("attest-2.jws");
+    let (code, out, err) = attest(&second);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("VIOLATION")
+            && err.contains("attendance_checkins")
+            && err.contains("selfie_photos"),
+        "{err}"
+    );
+    let p = jws_payload(&std::fs::read_to_string(&second).unwrap());
+    assert_eq!(p["outcome"], "violations");
+    let selfies = p["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["category"] == "selfie_photos")
+        .unwrap()
+        .clone();
+    assert_eq!(selfies["status"], "violation", "{selfies}");
+    assert_eq!(selfies["measured"]["rows_past_rule"], 1);
+    assert_eq!(selfies["measured"]["oldest_surviving_anchor"], old.as_str());
+    // The violation is signed too: it verifies.
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg,
+        "certificate",
+        "verify",
+        second.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // A month that ended without a retention run in it has nothing to show: exit 1.
+    let last = (Utc::now() - TimeDelta::days(40))
+        .format("%Y-%m")
+        .to_string();
+    let (code, out, err) = lethe(&[
+        "--config", cfg, "attest", "--tenant", &tenant, "--period", &last,
+    ]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("unmeasured"), "{err}");
+
+    // Bad input: exit 2, nothing stored.
+    let next = (Utc::now() + TimeDelta::days(40))
+        .format("%Y-%m")
+        .to_string();
+    for (args, says) in [
+        (
+            vec!["--tenant", tenant.as_str(), "--period", "2026-13"],
+            "YYYY-MM",
+        ),
+        (
+            vec!["--tenant", tenant.as_str(), "--period", "November"],
+            "YYYY-MM",
+        ),
+        (
+            vec!["--tenant", tenant.as_str(), "--period", next.as_str()],
+            "has not begun",
+        ),
+        (
+            vec!["--tenant", "../etc", "--period", month.as_str()],
+            "not a tenant id",
+        ),
+    ] {
+        let mut all = vec!["--config", cfg, "attest"];
+        all.extend(args);
+        let (code, out, err) = lethe(&all);
+        assert_eq!(code, 2, "{all:?}: {out}\n{err}");
+        assert!(err.contains(says), "{all:?}: {err}");
+    }
+}

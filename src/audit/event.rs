@@ -60,3 +60,13 @@ pub struct RetentionEnd<'a> {
     pub keys_shredded: usize,
     pub verified: bool,
 }
+
+/// After a retention run: what it left, per tenant and category (oldest surviving anchor, rows
+/// past their rule) — the measurement `lethe attest` signs.
+#[derive(Serialize)]
+pub struct Measure<'a> {
+    pub step: &'static str,
+    pub phase: &'static str,
+    pub plan_hash: &'a str,
+    pub measurement: &'a crate::retention::measure::Measurement,
+}

@@ -80,6 +80,23 @@ pub(super) enum Command {
     /// render it as Markdown or HTML for the controller's files.
     #[command(subcommand)]
     Certificate(CertificateCommand),
+    /// A signed retention attestation for one tenant and month: per category the rule, the rows
+    /// deleted (from the audit records of the month) and the oldest surviving anchor measured at
+    /// the month's end (recorded by the last retention run in it); snapshot runs purged, keys
+    /// destroyed, erasures finished, what legal holds kept. A month that has not ended is
+    /// attested up to now and measured now, from the live database and store (rows due for
+    /// less than `[certificates] attestation_grace` are waiting for the next run, not broken
+    /// promises).
+    ///
+    /// Writes the JWS (same format and key as deletion certificates; check it with `lethe
+    /// certificate verify`) to standard output or --out, keeps a copy in the store under
+    /// attestations/tenant=<t>/<month>/, and prints a summary on standard error.
+    ///
+    /// Exit 0 every promise kept; 1 a violation (named), or no measurement covers the month
+    /// (retention did not run in it); 2 bad usage.
+    ///
+    /// Example: lethe attest --tenant acme --period 2026-11 --out acme-2026-11.jws
+    Attest(AttestArgs),
     /// Snapshot runs in the store: list, verify, restore.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -413,4 +430,20 @@ pub(super) fn parse_target(s: &str) -> Result<Target, String> {
         )),
         None => Ok(Target::Job(s.to_string())),
     }
+}
+
+#[derive(clap::Args)]
+pub(super) struct AttestArgs {
+    /// The tenant.
+    #[arg(long)]
+    pub tenant: String,
+    /// The month, UTC: YYYY-MM.
+    #[arg(long)]
+    pub period: String,
+    /// Write the JWS here instead of standard output (refuses to overwrite).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Print the payload as JSON on standard output (after the JWS, or alone with --out).
+    #[arg(long)]
+    pub json: bool,
 }

@@ -214,6 +214,38 @@ deletion certificates (signed JWS, Ed25519):"
                     Err(e) => println!("  {key}: NOT VERIFIED: {e}"),
                 }
             }
+            // A retention attestation of this month for one tenant: what retention enforced,
+            // measured now.
+            let month = chrono::Utc::now().format("%Y-%m").to_string();
+            let period = crate::attest::Period::parse(&month).map_err(crate::Error::Usage)?;
+            let at = crate::attest::attest(
+                &checked,
+                &store,
+                &signer,
+                "kopi-senja",
+                period,
+                chrono::Utc::now(),
+            )
+            .await?;
+            println!(
+                "\nretention attestation for kopi-senja, {month} up to now (signed JWS, {}): outcome {}",
+                at.key, at.outcome
+            );
+            for c in at.payload["categories"].as_array().into_iter().flatten() {
+                println!(
+                    "  {:<20} {:<22} deleted {:>5}  oldest surviving {:<20} {}",
+                    c["table"].as_str().unwrap_or("?"),
+                    c["category"].as_str().unwrap_or("?"),
+                    c["rows_deleted"].as_u64().unwrap_or(0),
+                    c["measured"]["oldest_surviving_anchor"]
+                        .as_str()
+                        .unwrap_or("-"),
+                    c["status"].as_str().unwrap_or("?"),
+                );
+            }
+            for v in &at.violations {
+                println!("  VIOLATION: {v}");
+            }
             println!(
                 "\nencrypted snapshots are in {}; try:",
                 a.dir.join("store").display()
@@ -230,6 +262,7 @@ deletion certificates (signed JWS, Ed25519):"
                     a.dir.join("store").join(key).display()
                 );
             }
+            println!("  lethe --config {c} attest --tenant kopi-senja --period {month}");
             println!(
                 "  lethe --config {c} snapshot restore --tenant kopi-senja --out /tmp/kopi-senja --format csv"
             );
@@ -423,6 +456,9 @@ deletion certificates (signed JWS, Ed25519):"
                 if let Some(phase) = r.overdue(now) {
                     tracing::error!(tenant = %r.tenant, request = %r.id, phase, due = if phase == "primary" { r.due_primary.as_str() } else { r.due_backups.as_str() }, "erasure request overdue");
                 }
+                for n in r.notices.iter().filter(|n| n.overdue(now)) {
+                    tracing::error!(tenant = %r.tenant, request = %r.id, phase = "notice", subprocessor = %n.subprocessor, due = %n.due, attempts = n.attempts, "erasure notice to a sub-processor unanswered past its due date");
+                }
             }
             let overdue = print_requests(&listed, &certificates, now, json);
             Ok(if overdue > 0 || listed.iter().any(|r| r.is_err()) {
@@ -513,6 +549,7 @@ deletion certificates (signed JWS, Ed25519):"
             jwks,
             out,
         }) => certificate_render(&cli.config, &file, format, jwks.as_deref(), out.as_deref()).await,
+        Command::Attest(a) => attest(&cli.config, a).await,
         Command::Snapshot(s) => {
             let config = crate::config::Config::load(&cli.config)?;
             let store = Store::open(&config.store)?;
@@ -710,14 +747,24 @@ async fn certificate_verify(
         );
     } else {
         let p = &v.payload;
-        println!(
-            "signature verified: {} certificate of request {} (tenant {}), outcome {}, signed by key {}",
-            p["phase"].as_str().unwrap_or("?"),
-            p["request"]["id"].as_str().unwrap_or("?"),
-            p["aud"].as_str().unwrap_or("?"),
-            p["outcome"].as_str().unwrap_or("?"),
-            v.kid
-        );
+        if p["format"] == crate::attest::FORMAT {
+            println!(
+                "signature verified: retention attestation of tenant {} for {}, outcome {}, signed by key {}",
+                p["tenant"].as_str().unwrap_or("?"),
+                p["period"]["month"].as_str().unwrap_or("?"),
+                p["outcome"].as_str().unwrap_or("?"),
+                v.kid
+            );
+        } else {
+            println!(
+                "signature verified: {} certificate of request {} (tenant {}), outcome {}, signed by key {}",
+                p["phase"].as_str().unwrap_or("?"),
+                p["request"]["id"].as_str().unwrap_or("?"),
+                p["aud"].as_str().unwrap_or("?"),
+                p["outcome"].as_str().unwrap_or("?"),
+                v.kid
+            );
+        }
         match &anchor {
             None => println!("anchor not checked (offline)"),
             Some(Ok(())) => println!(
@@ -808,21 +855,79 @@ async fn certificate_render(
     };
     match out {
         None => print!("{doc}"),
-        Some(p) => {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(p)
-                .map_err(|e| {
-                    crate::Error::Usage(format!(
-                        "cannot create {}: {e}\n  fix: name a file that does not exist yet",
-                        p.display()
-                    ))
-                })?;
-            f.write_all(doc.as_bytes())
-                .map_err(|e| crate::Error::Failed(format!("cannot write {}: {e}", p.display())))?;
-        }
+        Some(p) => write_new(p, doc.as_bytes())?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Write `bytes` to a file that must not exist yet (0644).
+fn write_new(p: &std::path::Path, bytes: &[u8]) -> crate::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(p)
+        .map_err(|e| {
+            crate::Error::Usage(format!(
+                "cannot create {}: {e}\n  fix: name a file that does not exist yet",
+                p.display()
+            ))
+        })?;
+    f.write_all(bytes)
+        .map_err(|e| crate::Error::Failed(format!("cannot write {}: {e}", p.display())))
+}
+
+/// `lethe attest`.
+async fn attest(config: &std::path::Path, a: AttestArgs) -> crate::Result<ExitCode> {
+    let period = crate::attest::Period::parse(&a.period).map_err(crate::Error::Usage)?;
+    if !crate::util::is_safe_ident(&a.tenant) {
+        return Err(crate::Error::Usage(format!(
+            "--tenant {:?} is not a tenant id (letters, digits, - and _, at most 64)",
+            a.tenant
+        )));
+    }
+    let c = crate::check::check(config)?;
+    let store = Store::open(&c.config.store)?;
+    let signer = crate::sign::SigningKey::load_or_create(
+        &crate::sign::signing_key_path(&c.config.keyring),
+        false,
+    )?;
+    let now = crate::clock::as_of(&crate::clock::SystemClock, None)?;
+    let at = crate::attest::attest(&c, &store, &signer, &a.tenant, period, now).await?;
+    match &a.out {
+        Some(p) => write_new(p, format!("{}\n", at.jws).as_bytes())?,
+        None => println!("{}", at.jws),
+    }
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&at.payload).expect("json")
+        );
+    }
+    let p = &at.payload;
+    eprintln!(
+        "retention attestation for tenant {} ({} {}): outcome {}; stored as {}",
+        a.tenant,
+        period.label(),
+        if p["period"]["complete"] == true {
+            "complete"
+        } else {
+            "up to now"
+        },
+        at.outcome,
+        at.key
+    );
+    for v in &at.violations {
+        eprintln!("  VIOLATION: {v}");
+    }
+    if at.outcome == "unmeasured" {
+        eprintln!(
+            "  no measurement covers the month: retention did not run in it (or its runs recorded none)"
+        );
+    }
+    if at.outcome != "kept" {
+        tracing::error!(tenant = %a.tenant, period = %period.label(), outcome = at.outcome, violations = at.violations.len(), "retention attestation: promises not shown kept");
+        return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }

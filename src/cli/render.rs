@@ -293,7 +293,10 @@ pub(super) fn print_requests(
     };
     let overdue = listed
         .iter()
-        .filter(|r| r.as_ref().is_ok_and(|r| r.overdue(now).is_some()))
+        .filter(|r| {
+            r.as_ref()
+                .is_ok_and(|r| r.overdue(now).is_some() || !r.overdue_notices(now).is_empty())
+        })
         .count();
     if json {
         let v: Vec<serde_json::Value> = listed
@@ -305,6 +308,11 @@ pub(super) fn print_requests(
                     "immediate": r.immediate, "received_at": r.received_at,
                     "due_primary": r.due_primary, "due_backups": r.due_backups,
                     "overdue": r.overdue(now),
+                    "overdue_notices": r.overdue_notices(now),
+                    "notices": r.notices.iter().map(|n| serde_json::json!({
+                        "subprocessor": n.subprocessor, "status": n.outcome(now), "due": n.due,
+                        "attempts": n.attempts, "http_status": n.http_status, "last_error": n.last_error,
+                    })).collect::<Vec<_>>(),
                     "certificates": certs(r),
                 }),
                 Err((key, why)) => serde_json::json!({"key": key, "error": why}),
@@ -337,7 +345,16 @@ pub(super) fn print_requests(
                     r.state.name(),
                     r.due_primary,
                     r.due_backups,
-                    r.overdue(now).unwrap_or("-"),
+                    {
+                        let mut o: Vec<String> =
+                            r.overdue(now).map(String::from).into_iter().collect();
+                        o.extend(r.overdue_notices(now).iter().map(|n| format!("notice:{n}")));
+                        if o.is_empty() {
+                            "-".to_string()
+                        } else {
+                            o.join(",")
+                        }
+                    },
                     if phases.is_empty() {
                         "-".to_string()
                     } else {

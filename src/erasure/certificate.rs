@@ -95,7 +95,33 @@ pub fn payload(r: &Request, phase: Phase, anchor: &Anchor, issuer: &str) -> Valu
     let rows: BTreeMap<String, u64> = primary.map(|p| p.rows.clone()).unwrap_or_default();
     let erased_rows: u64 = rows.values().sum();
     let kept_rows: u64 = primary.map_or(0, |p| p.kept.iter().map(|k| k.rows).sum());
-    let outcome = if kept_rows == 0 {
+    // Sub-processors: answered, or unanswered past their due date (certificates wait for that).
+    let subprocessors: Vec<Value> = r
+        .notices
+        .iter()
+        .map(|n| {
+            json!({
+                "name": n.subprocessor,
+                "status": match n.status {
+                    request::NoticeStatus::Accepted => "accepted",
+                    request::NoticeStatus::Refused => "refused",
+                    request::NoticeStatus::Pending => "unanswered",
+                },
+                "http_status": n.http_status,
+                "attempts": n.attempts,
+                "first_sent_at": n.first_sent_at,
+                "answered_at": n.answered_at,
+                "due": n.due,
+                "identifier_sent": n.identifier_sent,
+                "notice": "a signed erasure notice (JWS, typ lethe-erasure-notice+jwt) naming the subject by keyed hash",
+            })
+        })
+        .collect();
+    let notices_failed = r
+        .notices
+        .iter()
+        .any(|n| n.status != request::NoticeStatus::Accepted);
+    let outcome = if kept_rows == 0 && !notices_failed {
         "erased"
     } else if erased_rows == 0 && primary.is_none_or(|p| p.blobs_deleted == 0) {
         "not_erased"
@@ -209,7 +235,7 @@ pub fn payload(r: &Request, phase: Phase, anchor: &Anchor, issuer: &str) -> Valu
         },
         "systems": systems,
         "exceptions": kept,
-        "subprocessors": [],
+        "subprocessors": subprocessors,
         "anchor": {
             "audit_record": {"seq": anchor.record_seq, "hash": anchor.record_hash, "kind": anchor.record_kind},
             "checkpoint": {
@@ -233,9 +259,14 @@ fn legal_basis_of(reason: &str) -> &'static str {
     }
 }
 
-/// The phases of `r` that are done.
-fn done_phases(r: &Request) -> Vec<Phase> {
+/// The phases of `r` that are done (at `now`: the primary phase also waits for every
+/// sub-processor's answer, or its due date).
+fn done_phases(r: &Request, now: chrono::DateTime<chrono::Utc>) -> Vec<Phase> {
     let mut out = Vec::new();
+    let notices_settled = r.notices.iter().all(|n| n.answered() || n.overdue(now));
+    if !notices_settled {
+        return out;
+    }
     if matches!(r.state, State::PrimaryDone | State::Final) && r.primary.is_some() {
         out.push(Phase::Primary);
     }
@@ -252,6 +283,7 @@ pub async fn issue_due(
     signer: &SigningKey,
     issuer: &str,
     head: u64,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> crate::Result<Vec<Issued>> {
     use futures::StreamExt;
     let stored: std::collections::HashSet<String> = store
@@ -262,7 +294,7 @@ pub async fn issue_due(
         .collect();
     let mut due: Vec<(Request, Phase)> = Vec::new();
     for r in request::list(store, None).await?.into_iter().flatten() {
-        for phase in done_phases(&r) {
+        for phase in done_phases(&r, now) {
             if !stored.contains(key(&r.tenant, &r.id, phase).as_ref()) {
                 due.push((r.clone(), phase));
             }
@@ -438,17 +470,23 @@ pub async fn verify(
     store: Option<(&Store, &crate::sign::PublicKeys)>,
 ) -> Result<Verified, String> {
     let v = crate::sign::verify_jws(compact, keys)?;
-    if v.header["typ"] != TYP {
-        return Err(format!(
-            "the header's typ is {}, not {TYP}: a signed object, but not a lethe deletion certificate",
-            v.header["typ"]
-        ));
-    }
+    // Deletion certificates and retention attestations share the format, key and anchor.
+    let format = match v.header["typ"].as_str() {
+        Some(TYP) => FORMAT,
+        Some(crate::attest::TYP) => crate::attest::FORMAT,
+        _ => {
+            return Err(format!(
+                "the header's typ is {}, not {TYP} or {}: a signed object, but not a lethe certificate or attestation",
+                v.header["typ"],
+                crate::attest::TYP
+            ));
+        }
+    };
     let payload: Value =
         serde_json::from_slice(&v.payload).map_err(|e| format!("the payload is not JSON: {e}"))?;
-    if payload["format"] != FORMAT {
+    if payload["format"] != format {
         return Err(format!(
-            "the payload's format is {}, not {FORMAT}",
+            "the payload's format is {}, not {format}",
             payload["format"]
         ));
     }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod identify;
 pub mod intake;
 pub mod ledger;
+pub mod notice;
 pub mod render;
 pub mod request;
 pub mod resolve;
@@ -244,6 +245,7 @@ fn received(
         key_destroyed: None,
         backups: None,
         rewritten: Vec::new(),
+        notices: Vec::new(),
     })
 }
 

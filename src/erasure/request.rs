@@ -111,6 +111,65 @@ pub struct Request {
     /// Snapshot runs the backups phase has rewritten (or checked and found clean) so far.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub rewritten: Vec<crate::snapshot::rewrite::Rewritten>,
+    /// Erasure notices to sub-processors (`[[subprocessors]]`) and their answers.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub notices: Vec<Notice>,
+}
+
+/// One erasure notice to a sub-processor: what was sent, what came back. No identifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Notice {
+    pub subprocessor: String,
+    /// `pending` (no answer yet), `accepted` (2xx), `refused` (4xx).
+    pub status: NoticeStatus,
+    /// Answer due by (RFC 3339): unanswered after it, the notice is overdue.
+    pub due: String,
+    pub attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub first_sent_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_attempt_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub answered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub http_status: Option<u16>,
+    /// Why the last attempt got no answer (a timeout, a 5xx, a refused connection).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub last_error: Option<String>,
+    /// Whether the identifier went with the notice (only over https, only where configured).
+    #[serde(default)]
+    pub identifier_sent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoticeStatus {
+    Pending,
+    Accepted,
+    Refused,
+}
+
+impl Notice {
+    /// Answered (either way): nothing more to send.
+    pub fn answered(&self) -> bool {
+        self.status != NoticeStatus::Pending
+    }
+
+    /// Unanswered past its due date.
+    pub fn overdue(&self, now: DateTime<Utc>) -> bool {
+        !self.answered()
+            && DateTime::parse_from_rfc3339(&self.due).is_ok_and(|t| t.with_timezone(&Utc) < now)
+    }
+
+    /// What a certificate says of it: `accepted`, `refused`, `unanswered` (past due), `pending`.
+    pub fn outcome(&self, now: DateTime<Utc>) -> &'static str {
+        match self.status {
+            NoticeStatus::Accepted => "accepted",
+            NoticeStatus::Refused => "refused",
+            NoticeStatus::Pending if self.overdue(now) => "unanswered",
+            NoticeStatus::Pending => "pending",
+        }
+    }
 }
 
 /// The tenant's data key, destroyed: every copy of its snapshots is unreadable from then on.
@@ -173,6 +232,15 @@ impl Request {
             State::Received | State::PrimaryDone if past(&self.due_backups) => Some("backups"),
             _ => None,
         }
+    }
+
+    /// Sub-processors whose notice is unanswered past its due date.
+    pub fn overdue_notices(&self, now: DateTime<Utc>) -> Vec<&str> {
+        self.notices
+            .iter()
+            .filter(|n| n.overdue(now))
+            .map(|n| n.subprocessor.as_str())
+            .collect()
     }
 }
 
@@ -374,6 +442,7 @@ mod tests {
             key_destroyed: None,
             backups: None,
             rewritten: Vec::new(),
+            notices: Vec::new(),
         };
         assert_eq!(r.overdue(t("2026-01-30T00:00:00Z")), None);
         assert_eq!(r.overdue(t("2026-02-01T00:00:00Z")), Some("primary"));

@@ -815,6 +815,37 @@ async fn run_locked(
     } else {
         keyring
     };
+    // Sub-processors first: a notice may carry the identifier, which the primary phase removes.
+    if !cfg.subprocessors.is_empty() {
+        let signer = crate::sign::SigningKey::load_or_create(
+            &crate::sign::signing_key_path(&cfg.keyring),
+            true,
+        )?;
+        let s3 = crate::snapshot::purge::s3_admin_for(&cfg.store).await?;
+        let opener = |r: &Request| -> Option<String> {
+            let k = keyring.as_ref()?.data_key(&r.tenant).ok()?;
+            request::open(&k, &r.id, r.identifier.as_ref()?)
+        };
+        let sent = crate::erasure::notice::send_due(
+            store,
+            s3.as_ref(),
+            &cfg.subprocessors,
+            &cfg.certificates.issuer,
+            &signer,
+            &opener,
+            clock,
+        )
+        .await?;
+        if !sent.updated.is_empty() {
+            *touched = true;
+            tracing::info!(
+                accepted = sent.accepted,
+                refused = sent.refused,
+                pending = sent.pending,
+                "erasure notices to sub-processors"
+            );
+        }
+    }
     let plan = plan(c, &mut db, store, keyring.as_ref(), clock.now()).await?;
     let confirmed = match expect_hash.map(crate::pipeline::normalize_plan_hash) {
         Some(h) if h != plan.hash => {
@@ -931,6 +962,7 @@ async fn run_locked(
             &signer,
             &cfg.certificates.issuer,
             cp.seq,
+            clock.now(),
         )
         .await?;
     }

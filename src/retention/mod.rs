@@ -15,6 +15,7 @@
 
 pub mod db;
 pub mod execute;
+pub mod measure;
 pub mod plan;
 
 use std::collections::BTreeMap;

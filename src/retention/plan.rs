@@ -352,11 +352,11 @@ pub fn terminated(policy: &Policy, t: &TenantInfo, now: DateTime<Utc>) -> bool {
 }
 
 /// The anchor a category measures from on `table`.
-fn anchor_of<'a>(policy_anchor: Option<&'a str>, table: &'a Table) -> Option<&'a str> {
+pub(crate) fn anchor_of<'a>(policy_anchor: Option<&'a str>, table: &'a Table) -> Option<&'a str> {
     policy_anchor.or(table.config.time_column.as_deref())
 }
 
-fn change_of(a: &Action) -> Change {
+pub(crate) fn change_of(a: &Action) -> Change {
     match a {
         Action::Delete => Change::Delete,
         Action::Anonymize { columns, hash } => Change::Anonymize {
@@ -429,15 +429,9 @@ pub fn selections(
                 let Some(cat) = policy.categories.get(cname) else {
                     continue;
                 };
-                // A statutory exception is never shortened by a tenant override.
-                let retain = policy
-                    .overrides
-                    .get(&t.id)
-                    .and_then(|o| o.get(cname))
-                    .copied()
-                    .filter(|r| cat.exception.is_none() || *r == Retain::Forever)
-                    .unwrap_or(cat.retain);
-                let Retain::For(span) = retain else { continue };
+                let Retain::For(span) = retain_of(policy, &t.id, cname, cat) else {
+                    continue;
+                };
                 let Some(anchor) = anchor_of(cat.anchor.as_deref(), table) else {
                     continue;
                 };
@@ -464,6 +458,23 @@ pub fn selections(
     }
     out.sort();
     out
+}
+
+/// How long `tenant` keeps `category` (`cat`): the tenant's override, except that a statutory
+/// exception is never shortened by one.
+pub(crate) fn retain_of(
+    policy: &Policy,
+    tenant: &str,
+    category: &str,
+    cat: &crate::policy::Category,
+) -> Retain {
+    policy
+        .overrides
+        .get(tenant)
+        .and_then(|o| o.get(category))
+        .copied()
+        .filter(|r| cat.exception.is_none() || *r == Retain::Forever)
+        .unwrap_or(cat.retain)
 }
 
 /// An instant as written in plans and SQL: RFC 3339, with microseconds only when needed.
@@ -738,7 +749,7 @@ pub fn plan(
     Ok(plan)
 }
 
-fn plan_backups(
+pub(crate) fn plan_backups(
     inv: &Inventory,
     policy: &Policy,
     holds: &[&LegalHold],
