@@ -2036,8 +2036,16 @@ fn sub_processors_get_a_signed_notice_and_the_certificate_lists_each_answer() {
         ],
     );
     assert_eq!(code, 0, "{out}\n{err}");
-    let (code, out, err) = run(&d, &["run", "erasure"]);
+    let (code, out, err) = common::lethe_env(
+        &["--config", cfg(&d), "run", "erasure"],
+        &[("LETHE_LOG", "info".to_string())],
+    );
     assert_eq!(code, 0, "{out}\n{err}");
+    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
+    assert!(
+        err.contains("erasure notice") && !err.contains(&digits[digits.len() - 8..]),
+        "the notices are logged, without the identifier: {err}"
+    );
 
     // What the sub-processors received: signed notices, the same one on a retry, no identifier
     // (the endpoints are plain http).
@@ -2059,7 +2067,6 @@ fn sub_processors_get_a_signed_notice_and_the_certificate_lists_each_answer() {
         "a retry carries the same Idempotency-Key"
     );
     assert_eq!(flaky[0].2, flaky[1].2, "a retry is the same notice");
-    let digits: String = phone.chars().filter(char::is_ascii_digit).collect();
     let jwks = d.dir.join("issuer.jwks");
     let (code, out, _) = run(&d, &["keys", "public", "--format", "jwks"]);
     assert_eq!(code, 0);

@@ -107,8 +107,24 @@ fn jwcrypto_verifies_a_certificate_and_refuses_a_changed_one() {
     assert_eq!(code, 0, "{err}");
     let jwks_file = d.dir.join("issuer.jwks");
     std::fs::write(&jwks_file, jwks).unwrap();
-    let certs = common::files(&d.store().join("certificates"));
+    let mut certs = common::files(&d.store().join("certificates"));
     assert_eq!(certs.len(), 2);
+    // A retention attestation is the same kind of document: the same libraries verify it.
+    let attestation = d.dir.join("attestation.jws");
+    let month = chrono::Utc::now().format("%Y-%m").to_string();
+    let (code, out, err) = common::lethe(&[
+        "--config",
+        cfg,
+        "attest",
+        "--tenant",
+        "kopi-senja",
+        "--period",
+        &month,
+        "--out",
+        attestation.to_str().unwrap(),
+    ]);
+    assert!(code == 0 || code == 1, "{out}\n{err}");
+    certs.insert(attestation.clone(), std::fs::read(&attestation).unwrap());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/verify_certificate.py");
     let verify = |path: &std::path::Path| {
         std::process::Command::new(&python)
@@ -161,12 +177,16 @@ fn jwcrypto_verifies_a_certificate_and_refuses_a_changed_one() {
         );
         let payload: serde_json::Value = serde_json::from_str(&stdout).unwrap();
         assert_eq!(payload["aud"], "kopi-senja");
-        assert!(
-            payload["subject"]["hash"]
-                .as_str()
-                .unwrap()
-                .starts_with("hmac:")
-        );
+        if *path == attestation {
+            assert_eq!(payload["format"], "lethe-attestation/1");
+        } else {
+            assert!(
+                payload["subject"]["hash"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("hmac:")
+            );
+        }
         // One changed character of the payload: jwcrypto refuses it too.
         let s = String::from_utf8(bytes.clone()).unwrap();
         let dot = s.find('.').unwrap();

@@ -976,6 +976,26 @@ fn an_attestation_measures_what_survived_and_a_row_past_its_rule_is_a_violation(
         found.is_empty(),
         "identifiers in the attestation: {found:?}"
     );
+    // Rendered for people, like a certificate.
+    let html = d.dir.join("attest-1.html");
+    let (code, out, err) = lethe(&[
+        "--config",
+        cfg,
+        "certificate",
+        "render",
+        first.to_str().unwrap(),
+        "--format",
+        "html",
+        "--out",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(
+        page.contains("Retention attestation") && page.contains("attendance_checkins"),
+        "{page}"
+    );
+    assert!(common::found_in(page.as_bytes(), &common::personal_needles(&db)).is_empty());
     // A copy is kept in the store.
     let kept: Vec<PathBuf> = common::files(&d.store())
         .into_keys()

@@ -22,8 +22,175 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// The document of a verified retention attestation `p`.
+fn attestation(p: &Value, kid: &str, file: &str) -> Vec<Block> {
+    let period = &p["period"];
+    let mut out = vec![
+        Block::Heading(
+            1,
+            format!(
+                "Retention attestation — {} for {}",
+                s(&p["tenant"]),
+                s(&period["month"])
+            ),
+        ),
+        Block::Pairs(vec![
+            (
+                "Outcome".into(),
+                match p["outcome"].as_str() {
+                    Some("kept") => "kept: nothing outlived its retention rule".into(),
+                    Some("violations") => {
+                        "violations: data outlived its retention rule (listed below)".into()
+                    }
+                    Some("unmeasured") => {
+                        "unmeasured: no measurement covers the period (retention did not run in it)"
+                            .into()
+                    }
+                    _ => s(&p["outcome"]),
+                },
+            ),
+            ("Issued by (processor)".into(), s(&p["iss"])),
+            ("Controller (tenant)".into(), s(&p["aud"])),
+            (
+                "Period".into(),
+                format!(
+                    "{} to {} ({})",
+                    s(&period["from"]),
+                    s(&period["to"]),
+                    s(&period["note"])
+                ),
+            ),
+            (
+                "Policy".into(),
+                format!(
+                    "version {} ({})",
+                    s(&p["policy"]["version"]),
+                    s(&p["policy"]["hash"])
+                ),
+            ),
+            (
+                "Retention runs in the period".into(),
+                s(&p["retention_runs"]),
+            ),
+            (
+                "Measured".into(),
+                format!(
+                    "{} at {} (grace {})",
+                    s(&p["measurement"]["kind"]),
+                    s(&p["measurement"]["at"]),
+                    s(&p["measurement"]["grace"])
+                ),
+            ),
+        ]),
+    ];
+    let violations = p["violations"].as_array().cloned().unwrap_or_default();
+    if !violations.is_empty() {
+        out.push(Block::Heading(2, "Violations".into()));
+        for v in violations {
+            out.push(Block::Para(s(&v)));
+        }
+    }
+    out.push(Block::Heading(2, "Per category".into()));
+    out.push(Block::Table(
+        [
+            "Table",
+            "Category",
+            "Rule",
+            "Deleted",
+            "Anonymized",
+            "Oldest surviving",
+            "Past rule",
+            "Held",
+            "Status",
+        ]
+        .map(String::from)
+        .to_vec(),
+        p["categories"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let m = &c["measured"];
+                vec![
+                    s(&c["table"]),
+                    s(&c["category"]),
+                    s(&c["rule"]),
+                    s(&c["rows_deleted"]),
+                    s(&c["rows_anonymized"]),
+                    s(&m["oldest_surviving_anchor"]),
+                    s(&m["rows_past_rule"]),
+                    match &m["hold"] {
+                        Value::String(h) => format!("{} ({h})", s(&m["rows_held"])),
+                        _ => s(&m["rows_held"]),
+                    },
+                    s(&c["status"]),
+                ]
+            })
+            .collect(),
+    ));
+    let b = &p["backups"];
+    out.push(Block::Heading(2, "Backups".into()));
+    out.push(Block::Pairs(vec![
+        ("Rule".into(), s(&b["measured"]["rule"])),
+        (
+            "Snapshot runs purged in the period".into(),
+            s(&b["runs_purged"]),
+        ),
+        (
+            "Committed runs kept".into(),
+            s(&b["measured"]["committed_runs"]),
+        ),
+        ("Oldest kept run".into(), s(&b["measured"]["oldest_run"])),
+        ("Runs past the rule".into(), s(&b["measured"]["past_rule"])),
+        ("Status".into(), s(&b["status"])),
+    ]));
+    out.extend(evidence(p, kid, file));
+    out
+}
+
+/// The evidence and how to verify: the same for certificates and attestations.
+fn evidence(p: &Value, kid: &str, file: &str) -> Vec<Block> {
+    let a = &p["anchor"];
+    vec![
+        Block::Heading(2, "Evidence".into()),
+        Block::Pairs(vec![
+            (
+                "Audit record".into(),
+                format!(
+                    "#{} ({})",
+                    s(&a["audit_record"]["seq"]),
+                    s(&a["audit_record"]["hash"])
+                ),
+            ),
+            (
+                "Signed audit checkpoint".into(),
+                format!(
+                    "#{} at {} by {}",
+                    s(&a["checkpoint"]["seq"]),
+                    s(&a["checkpoint"]["at"]),
+                    s(&a["checkpoint"]["key_id"])
+                ),
+            ),
+            (
+                "Signature".into(),
+                format!("Ed25519 (JWS, alg EdDSA), verified with key {kid}"),
+            ),
+        ]),
+        Block::Heading(2, "How to verify this document".into()),
+        Block::Para(
+            "The file is a JWS (RFC 7515) signed with Ed25519 (RFC 8037). Anyone can check it offline with any JOSE library and the processor's public keys, for example:".into(),
+        ),
+        Block::Code(format!(
+            "lethe keys public --format jwks > issuer.jwks      # on the processor's side, once\nlethe certificate verify {file} --jwks issuer.jwks --offline"
+        )),
+    ]
+}
+
 /// The document of a verified certificate `p`, signed by key `kid`.
 fn document(p: &Value, kid: &str, file: &str) -> Vec<Block> {
+    if p["format"] == crate::attest::FORMAT {
+        return attestation(p, kid, file);
+    }
     let r = &p["request"];
     let mut out = vec![
         Block::Heading(
@@ -181,38 +348,7 @@ fn document(p: &Value, kid: &str, file: &str) -> Vec<Block> {
                 .collect(),
         ));
     }
-    out.push(Block::Heading(2, "Evidence".into()));
-    let a = &p["anchor"];
-    out.push(Block::Pairs(vec![
-        (
-            "Audit record".into(),
-            format!(
-                "#{} ({})",
-                s(&a["audit_record"]["seq"]),
-                s(&a["audit_record"]["hash"])
-            ),
-        ),
-        (
-            "Signed audit checkpoint".into(),
-            format!(
-                "#{} at {} by {}",
-                s(&a["checkpoint"]["seq"]),
-                s(&a["checkpoint"]["at"]),
-                s(&a["checkpoint"]["key_id"])
-            ),
-        ),
-        (
-            "Certificate signature".into(),
-            format!("Ed25519 (JWS, alg EdDSA), verified with key {kid}"),
-        ),
-    ]));
-    out.push(Block::Heading(2, "How to verify this certificate".into()));
-    out.push(Block::Para(
-        "The certificate file is a JWS (RFC 7515) signed with Ed25519 (RFC 8037). Anyone can check it offline with any JOSE library and the processor's public keys, for example:".into(),
-    ));
-    out.push(Block::Code(format!(
-        "lethe keys public --format jwks > issuer.jwks      # on the processor's side, once\nlethe certificate verify {file} --jwks issuer.jwks --offline"
-    )));
+    out.extend(evidence(p, kid, file));
     out
 }
 
@@ -293,7 +429,12 @@ pre{background:#f6f6f6;padding:.6em;white-space:pre-wrap;word-break:break-all}\
 /// The certificate as one self-contained HTML page.
 pub fn html(p: &Value, kid: &str, file: &str) -> String {
     let mut out = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Deletion certificate {}</title><style>{CSS}</style></head><body>\n",
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} {}</title><style>{CSS}</style></head><body>\n",
+        if p["format"] == crate::attest::FORMAT {
+            "Retention attestation"
+        } else {
+            "Deletion certificate"
+        },
         esc(&s(&p["jti"]))
     );
     for b in document(p, kid, file) {
