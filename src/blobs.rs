@@ -24,9 +24,83 @@ pub struct BlobPass {
     pub absent: u64,
     /// Still referenced by a row (shared blobs): left in place, entry dropped.
     pub kept_referenced: u64,
-    /// Could not be deleted (Object Lock, store errors, bad keys): left in the outbox and
-    /// retried on every run; the run is not verified while any is left.
+    /// Could not be deleted in this pass (Object Lock, store errors, bad keys): left in the
+    /// outbox and retried by the next run.
     pub failed: u64,
+    /// Entries left in the outbox after the pass, counted: the run is not verified while any
+    /// is left.
+    pub left_pending: u64,
+}
+
+/// How far one run goes with a failing blob store. An outage must cost a run minutes, not
+/// hours: each blob already gets the store client's retries, so a blob that failed is not tried
+/// again in the same run (it stays in the outbox for the next one); `breaker` failures in a row
+/// stop blob deletions for the run (the store is down); so does the phase's `deadline`. Rows,
+/// outbox and audit stay consistent whatever stops it: a blob leaves the outbox only once it
+/// is verified gone.
+#[derive(Debug)]
+pub struct BlobBudget {
+    /// Outbox entries that failed in this run.
+    failed: std::collections::HashSet<i64>,
+    consecutive: u32,
+    started: Option<std::time::Instant>,
+    deadline: std::time::Duration,
+    breaker: u32,
+    /// Why blob deletions stopped for this run (`None`: they did not).
+    pub stopped: Option<String>,
+}
+
+impl BlobBudget {
+    pub fn new(cfg: &crate::config::RetentionSection) -> BlobBudget {
+        BlobBudget {
+            failed: Default::default(),
+            consecutive: 0,
+            started: None,
+            deadline: std::time::Duration::from_secs(cfg.blob_deadline_seconds),
+            breaker: cfg.blob_breaker,
+            stopped: None,
+        }
+    }
+
+    /// May another blob be tried? Starts the phase's clock on first use.
+    pub fn go(&mut self) -> bool {
+        let started = *self.started.get_or_insert_with(std::time::Instant::now);
+        if self.stopped.is_none() && started.elapsed() > self.deadline {
+            self.stopped = Some(format!(
+                "blob deletions reached this run's deadline (retention.blob_deadline_seconds = {})",
+                self.deadline.as_secs()
+            ));
+            tracing::error!(
+                reason = self.stopped.as_deref().unwrap_or(""),
+                "blob deletions stopped for this run"
+            );
+        }
+        self.stopped.is_none()
+    }
+
+    /// Was outbox entry `id` tried and failed already in this run?
+    pub fn failed_before(&self, id: i64) -> bool {
+        self.failed.contains(&id)
+    }
+
+    pub fn succeeded(&mut self) {
+        self.consecutive = 0;
+    }
+
+    pub fn failed(&mut self, id: i64, why: &str) {
+        self.failed.insert(id);
+        self.consecutive += 1;
+        if self.consecutive >= self.breaker && self.stopped.is_none() {
+            self.stopped = Some(format!(
+                "{} blob deletions failed in a row (the last: {why}): the blob store looks unavailable (retention.blob_breaker = {})",
+                self.consecutive, self.breaker
+            ));
+            tracing::error!(
+                reason = self.stopped.as_deref().unwrap_or(""),
+                "blob deletions stopped for this run"
+            );
+        }
+    }
 }
 
 /// The blob store and, on a versioned S3 bucket, what purges every version of a key.
@@ -51,7 +125,8 @@ struct PassEnd<'a> {
     deleted: u64,
     already_absent: u64,
     kept_still_referenced: u64,
-    failed_left_pending: u64,
+    failed: u64,
+    left_pending: u64,
     verified: &'static str,
 }
 
@@ -91,7 +166,8 @@ impl<'a> BlobDeleter<'a> {
             deleted: pass.deleted,
             already_absent: pass.absent,
             kept_still_referenced: pass.kept_referenced,
-            failed_left_pending: pass.failed,
+            failed: pass.failed,
+            left_pending: pass.left_pending,
             verified: "each deleted blob existed before its delete and HEAD returned not-found after it; already_absent were not in the store before lethe came",
         };
         audit.record(&end).await?;

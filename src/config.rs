@@ -330,6 +330,14 @@ pub struct RetentionSection {
     /// confirmation (default 10000000).
     #[serde(default = "default_max_rows")]
     pub max_rows: u64,
+    /// Blob deletions: the most time one run spends on them (default 600 s); what is left
+    /// stays in the outbox for the next run.
+    #[serde(default = "default_blob_deadline")]
+    pub blob_deadline_seconds: u64,
+    /// Blob deletions: this many failures in a row stop them for the run (default 5): the blob
+    /// store is down, and every further attempt would only wait out its retries.
+    #[serde(default = "default_blob_breaker")]
+    pub blob_breaker: u32,
 }
 
 impl Default for RetentionSection {
@@ -341,8 +349,16 @@ impl Default for RetentionSection {
             max_share: default_max_share(),
             brake_min_rows: default_min_rows(),
             max_rows: default_max_rows(),
+            blob_deadline_seconds: default_blob_deadline(),
+            blob_breaker: default_blob_breaker(),
         }
     }
+}
+fn default_blob_deadline() -> u64 {
+    600
+}
+fn default_blob_breaker() -> u32 {
+    5
 }
 fn default_retention_batch() -> u64 {
     10_000
@@ -698,13 +714,15 @@ impl Config {
 
         let r = &f.retention;
         if r.batch_rows == 0
+            || r.blob_deadline_seconds == 0
+            || r.blob_breaker == 0
             || r.max_rows == 0
             || r.lock_timeout_ms == 0
             || r.statement_timeout_ms == 0
         {
             return Err(invalid(
                 "retention",
-                "batch_rows, max_rows, lock_timeout_ms and statement_timeout_ms must be > 0".into(),
+                "batch_rows, max_rows, lock_timeout_ms, statement_timeout_ms, blob_deadline_seconds and blob_breaker must be > 0".into(),
                 "remove the key to use the default",
             ));
         }

@@ -118,6 +118,28 @@ fn gen_key(name: &str, generation: u64) -> ObjPath {
 /// The highest generation number of `name` (readable or not) and the newest readable record
 /// (`None`: never taken). An unreadable generation (damaged, or planted) never blocks: the next
 /// one is written after the highest number, and the holder is judged by the newest readable.
+/// The live holder of lease `name` at `now`, if any (not released, not expired, and — on
+/// this host — its process still exists).
+pub async fn live_holder(
+    store: &Store,
+    name: &str,
+    now: DateTime<Utc>,
+) -> Result<Option<LeaseRecord>, StoreError> {
+    Ok(newest(store, name)
+        .await?
+        .map(|(_, r)| r)
+        .filter(|r| r.live(now)))
+}
+
+impl LeaseRecord {
+    /// When it was acquired.
+    pub fn acquired(&self) -> Option<DateTime<Utc>> {
+        DateTime::parse_from_rfc3339(&self.acquired_at)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+}
+
 async fn newest(store: &Store, name: &str) -> Result<Option<(u64, LeaseRecord)>, StoreError> {
     let mut gens: Vec<u64> = store
         .list(&ObjPath::from(format!("{LOCKS}/{name}")))

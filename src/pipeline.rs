@@ -69,6 +69,47 @@ pub async fn snapshot_all(
     }
     let store = Store::create(&cfg.store)?;
     refuse_new_keys(cfg, &store).await?;
+    // One snapshot run at a time: what another left half-uploaded is then abandoned for sure.
+    let lease = crate::lease::Lease::acquire(
+        &store,
+        crate::snapshot::uploads::SNAPSHOT_LEASE,
+        "lethe run snapshot",
+    )
+    .await
+    .map_err(crate::audit::AuditError::from)?;
+    let result = snapshot_locked(c, only, clock, &store, tenants, bad).await;
+    if let Err(e) = lease.release().await {
+        tracing::warn!(error = %e, "could not release the snapshot lease; it expires by itself");
+    }
+    result
+}
+
+async fn snapshot_locked(
+    c: &Checked,
+    only: &[String],
+    clock: &Arc<dyn Clock>,
+    store: &Store,
+    mut tenants: Vec<crate::source::Tenant>,
+    bad: Vec<crate::source::BadTenant>,
+) -> crate::Result<SnapshotRun> {
+    let cfg = &c.config;
+    let store = store.clone();
+    match crate::snapshot::uploads::abort(
+        &cfg.store,
+        &store,
+        crate::snapshot::uploads::Whose::AllAbandoned,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            aborted = n,
+            "a crashed snapshot left incomplete uploads; they are aborted"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list or abort incomplete uploads; the next run tries again")
+        }
+    }
     // An offboarded tenant is never snapshotted again (its key is destroyed; a new backup
     // would need a new key and keep what the controller asked to erase).
     let offboarded: Vec<(String, String)> = crate::erasure::request::list(&store, None)
@@ -349,14 +390,23 @@ pub async fn run_steps(
                 Err(e) => Err(e),
                 Ok(now) => run_retention(c, &opts.clock, now, opts.plan_hash.as_deref())
                     .await
-                    .map(|r| {
+                    .and_then(|r| {
                         let o = &r.outcome;
                         rec.counts.insert("rows", o.rows());
                         rec.counts.insert("blobs_deleted", o.blobs_deleted);
                         rec.counts.insert("blobs_already_absent", o.blobs_absent);
+                        rec.counts.insert("blobs_left_pending", o.blobs_pending);
                         rec.counts.insert("backup_runs_purged", o.runs.len() as u64);
                         rec.counts.insert("keys_shredded", o.shredded.len() as u64);
+                        // What was done is reported (kept in `run.retention`) even when the
+                        // run did not verify.
+                        let verdict = if o.verified() {
+                            Ok(())
+                        } else {
+                            Err(unverified(&r))
+                        };
                         run.retention = Some(r);
+                        verdict
                     }),
             },
             Step::Erasure => {
@@ -668,6 +718,7 @@ async fn retention_locked(
         subject_key,
         batch_rows: cfg.retention.batch_rows,
         now,
+        blob_budget: crate::blobs::BlobBudget::new(&cfg.retention),
     };
     let outcome = execute::execute(&mut env, &plan).await?;
     audit
@@ -680,9 +731,28 @@ async fn retention_locked(
             blobs_already_absent: outcome.blobs_absent,
             runs_purged: outcome.runs.len(),
             keys_shredded: outcome.shredded.len(),
+            blobs_left_pending: outcome.blobs_pending,
+            blobs_stopped: outcome.blobs_stopped.as_deref(),
             verified: outcome.verified(),
         })
         .await?;
+    // Half-uploaded snapshot files a crashed run left (no live snapshot run owns them).
+    match crate::snapshot::uploads::abort(
+        &cfg.store,
+        store,
+        crate::snapshot::uploads::Whose::NotLive,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            aborted = n,
+            "a crashed snapshot left incomplete uploads; they are aborted"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not list or abort incomplete uploads; the next run tries again")
+        }
+    }
     // What the run left, measured right after it: the evidence `lethe attest` rests on.
     match crate::retention::measure::measure(c, &mut db, store, None, now, None).await {
         Ok(m) => {
@@ -705,20 +775,37 @@ async fn retention_locked(
         rows = outcome.rows(),
         blobs = outcome.blobs_deleted,
         blobs_already_absent = outcome.blobs_absent,
-        blobs_left_pending = outcome.blobs_failed,
+        blobs_failed = outcome.blobs_failed,
+        blobs_left_pending = outcome.blobs_pending,
         runs_purged = outcome.runs.len(),
         keys_shredded = outcome.shredded.len(),
         seconds = started.elapsed().as_secs_f64(),
         verified = outcome.verified(),
         "retention done"
     );
-    if !outcome.verified() {
-        return Err(crate::Error::Failed(format!(
-            "retention ran but verification found rows or objects left (see the audit log's end records, plan {})",
-            plan.hash
-        )));
-    }
     Ok(RetentionRun { plan, outcome })
+}
+
+/// The error of a retention run that did not verify (its report is printed first).
+pub fn unverified(run: &RetentionRun) -> crate::Error {
+    let (plan, outcome) = (&run.plan, &run.outcome);
+    let rows_left: u64 = outcome.units.iter().map(|u| u.remaining).sum();
+    let runs_left = outcome.runs.iter().filter(|r| !r.verified).count();
+    if rows_left == 0 && runs_left == 0 {
+        return crate::Error::Failed(format!(
+            "retention deleted every due row, but {} blob deletions are pending in the outbox ({}); the next run retries them (plan {})",
+            outcome.blobs_pending,
+            outcome
+                .blobs_stopped
+                .as_deref()
+                .unwrap_or("the blob store refused or failed them; see the WARN lines"),
+            plan.hash
+        ));
+    }
+    crate::Error::Failed(format!(
+        "retention ran but verification found {rows_left} due rows, {runs_left} snapshot runs and {} blobs left (see the audit log's end records, plan {})",
+        outcome.blobs_pending, plan.hash
+    ))
 }
 
 /// Release the destructive lease. A run refused before it changed anything leaves no trace, not

@@ -254,6 +254,10 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
     if pending == 0 {
         return Ok(pass);
     }
+    if !env.blob_budget.go() {
+        pass.left_pending = pending;
+        return Ok(pass);
+    }
     let Some(blobs) = env.blobs else {
         return Err(crate::Error::Usage(format!(
             "{pending} blob deletions are pending in {} but lethe.toml has no [blobs] store; add it (url of the photo/recording store)",
@@ -278,17 +282,27 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
                 done.push(*id);
                 continue;
             }
+            // Failed already in this run: the next run tries it again.
+            if env.blob_budget.failed_before(*id) {
+                continue;
+            }
+            if !env.blob_budget.go() {
+                break;
+            }
             match blobs.delete(env.dm, tenant, key).await {
                 Ok(Gone::Deleted) => {
                     pass.deleted += 1;
                     done.push(*id);
+                    env.blob_budget.succeeded();
                 }
                 Ok(Gone::Absent) => {
                     pass.absent += 1;
                     done.push(*id);
+                    env.blob_budget.succeeded();
                 }
                 Err(why) => {
                     pass.failed += 1;
+                    env.blob_budget.failed(*id, &why);
                     tracing::warn!(outbox_id = id, tenant = %tenant, problem = %why, "blob not deleted; it stays pending and is retried next run");
                 }
             }
@@ -296,7 +310,12 @@ pub async fn drain_outbox(env: &mut Env<'_>, plan_hash: &str) -> crate::Result<B
         }
         db::outbox_done(env.db, &done)?;
         crash_point("after an outbox batch");
+        if env.blob_budget.stopped.is_some() {
+            break;
+        }
     }
+    // What is left, measured (not the failures summed over passes).
+    pass.left_pending = db::pending_blobs(env.db)?;
     blobs.end(env.audit, plan_hash, &pass).await?;
     Ok(pass)
 }

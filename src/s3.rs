@@ -103,7 +103,10 @@ impl S3Admin {
             loader = loader.region(aws_config::Region::new(r.clone()));
         }
         let shared = loader.load().await;
-        let mut b = aws_sdk_s3::config::Builder::from(&shared);
+        // As many attempts as object_store makes (its default: 10 retries): a burst of 5xx
+        // must not fail a purge that the object reads around it survive.
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::standard().with_max_attempts(10));
         if let Some(e) = &spec.endpoint {
             b = b.endpoint_url(e);
         }
@@ -141,6 +144,69 @@ impl S3Admin {
         } else {
             format!("{}/{}", self.prefix, key)
         }
+    }
+
+    /// Incomplete multipart uploads under `prefix` (relative to the store prefix): key
+    /// (relative), upload id, initiation time.
+    pub async fn multipart_uploads(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<(String, String, Option<chrono::DateTime<chrono::Utc>>)>, StoreError> {
+        let full = self.full(prefix);
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker): (Option<String>, Option<String>) = (None, None);
+        loop {
+            let r = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| err("ListMultipartUploads", &full, sdk_err(e)))?;
+            for u in r.uploads() {
+                let (Some(k), Some(id)) = (u.key(), u.upload_id()) else {
+                    continue;
+                };
+                let rel = if self.prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    k.strip_prefix(&format!("{}/", self.prefix))
+                        .unwrap_or(k)
+                        .to_string()
+                };
+                let at = u
+                    .initiated()
+                    .and_then(|t| chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos()));
+                out.push((rel, id.to_string(), at));
+            }
+            if r.is_truncated() == Some(true) {
+                key_marker = r.next_key_marker().map(String::from);
+                id_marker = r.next_upload_id_marker().map(String::from);
+                if key_marker.is_none() {
+                    break;
+                }
+            } else {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Abort one multipart upload (its parts are deleted by the store).
+    pub async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), StoreError> {
+        let full = self.full(key);
+        self.client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&full)
+            .upload_id(upload_id)
+            .send()
+            .await
+            .map_err(|e| err("AbortMultipartUpload", &full, sdk_err(e)))?;
+        Ok(())
     }
 
     pub async fn versioning(&self) -> Result<Versioning, StoreError> {

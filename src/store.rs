@@ -561,6 +561,7 @@ impl Store {
 
     /// A writer that uploads `key` in parts of `part` bytes (multipart on cloud stores).
     pub fn multipart_writer(&self, key: &ObjPath, part: usize) -> BufWriter {
+        crate::snapshot::uploads::began(key.as_ref());
         BufWriter::with_capacity(self.inner.clone(), key.clone(), part)
     }
 

@@ -58,6 +58,11 @@ pub struct RetentionEnd<'a> {
     pub blobs_already_absent: u64,
     pub runs_purged: usize,
     pub keys_shredded: usize,
+    /// Blob deletions left in the outbox at the end, counted.
+    pub blobs_left_pending: u64,
+    /// Why blob deletions stopped early (the breaker, the deadline).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blobs_stopped: Option<&'a str>,
     pub verified: bool,
 }
 

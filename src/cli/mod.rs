@@ -46,17 +46,71 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(&cli);
+    // SIGTERM and Ctrl-C are taken by one thread (blocked everywhere else, before any other
+    // thread exists): a run stopped that way aborts the uploads it began before it exits.
+    let stop = termination_signal();
+    let uploads_of =
+        matches!(cli.command, Command::Run(_) | Command::Demo(_)).then(|| cli.config.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
-    match rt.block_on(run(cli)) {
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            Ok(sig) = stop => {
+                let name = if sig == libc::SIGTERM { "SIGTERM" } else { "SIGINT" };
+                tracing::warn!(signal = name, "stopped by a signal; aborting this run's incomplete uploads");
+                if let Some(config) = uploads_of
+                    && let Ok(c) = crate::config::Config::load(&config)
+                    && let Ok(store) = Store::open(&c.store)
+                {
+                    match crate::snapshot::uploads::abort(
+                        &c.store,
+                        &store,
+                        crate::snapshot::uploads::Whose::Mine,
+                    )
+                    .await
+                    {
+                        Ok(n) => eprintln!("stopped by {name}: {n} incomplete upload(s) of this run aborted; run again to finish the work"),
+                        Err(e) => eprintln!("stopped by {name}: could not abort this run's incomplete uploads ({e}); the next snapshot or retention run does"),
+                    }
+                } else {
+                    eprintln!("stopped by {name}");
+                }
+                Ok(ExitCode::from(128 + sig as u8))
+            }
+        }
+    });
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Block SIGTERM and SIGINT in this (the only) thread — every thread started later inherits
+/// the mask — and wait for them on a thread of their own.
+fn termination_signal() -> tokio::sync::oneshot::Receiver<i32> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // SAFETY: plain libc calls on a zeroed, then initialized, sigset_t; no other thread exists
+    // yet, so the mask applies to every thread of the process.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        std::thread::spawn(move || {
+            let mut sig = 0;
+            if libc::sigwait(&set, &mut sig) == 0 {
+                let _ = tx.send(sig);
+            }
+        });
+    }
+    rx
 }
 
 /// The audit log's anchors kept outside it: the file beside the keyring, and the audit head
@@ -593,7 +647,38 @@ deletion certificates (signed JWS, Ed25519):"
                 }
                 SnapshotCommand::Verify { tenants } => {
                     let keyring = Keyring::open(&config.keyring, &config.master_key, false)?;
-                    let r = read::verify(&store, &keyring, &tenants).await?;
+                    let mut r = read::verify(&store, &keyring, &tenants).await?;
+                    // Incomplete multipart uploads no live snapshot run owns: leftovers of a
+                    // crash (S3), aborted by the next snapshot or retention run.
+                    if let Some((_, list)) =
+                        crate::snapshot::uploads::incomplete(&config.store).await?
+                    {
+                        let live = crate::lease::live_holder(
+                            &store,
+                            crate::snapshot::uploads::SNAPSHOT_LEASE,
+                            chrono::Utc::now(),
+                        )
+                        .await?;
+                        for u in list {
+                            if live.is_some() {
+                                println!(
+                                    "note: incomplete upload {} (a snapshot run is live; it may be its own)",
+                                    u.key
+                                );
+                                continue;
+                            }
+                            r.findings.push(crate::snapshot::read::Finding {
+                                tenant: String::new(),
+                                run_id: String::new(),
+                                key: u.key,
+                                message: format!(
+                                    "incomplete multipart upload {} begun {} and never finished (a crashed snapshot); the next snapshot or retention run aborts it",
+                                    u.upload_id,
+                                    u.initiated.map_or("?".into(), crate::util::rfc3339)
+                                ),
+                            });
+                        }
+                    }
                     for f in &r.findings {
                         println!("FAIL {}: {}", f.key, f.message);
                     }

@@ -215,8 +215,28 @@ pub(super) fn print_retention(run: &crate::pipeline::RetentionRun) {
         "{:<20} {:<20} {:<10} {:>10}  verified",
         "category", "table", "action", "rows"
     );
+    let mut left: BTreeMap<(&str, &str, &str), u64> = BTreeMap::new();
+    for u in &o.units {
+        *left
+            .entry((u.category.as_str(), u.table.as_str(), u.action))
+            .or_default() += u.remaining;
+    }
     for ((cat, table, action), rows) in &by {
-        println!("{cat:<20} {table:<20} {action:<10} {rows:>10}  re-query: 0 left");
+        let l = left.get(&(*cat, *table, *action)).copied().unwrap_or(0);
+        println!(
+            "{cat:<20} {table:<20} {action:<10} {rows:>10}  re-query: {l} left{}",
+            if l > 0 { " NOT VERIFIED" } else { "" }
+        );
+    }
+    if o.blobs_pending > 0 {
+        println!(
+            "blobs left pending in the outbox: {}{} — retried by the next run",
+            o.blobs_pending,
+            o.blobs_stopped
+                .as_deref()
+                .map(|w| format!(" ({w})"))
+                .unwrap_or_default()
+        );
     }
     println!(
         "blobs deleted: {} (each existed; HEAD now: not found){}; backup runs purged: {}; keys shredded: {}",

@@ -895,6 +895,9 @@ async fn run_locked(
         };
         let now = clock.now();
         let subject_key = keyring.subject_key();
+        // One blob budget for the whole run: a blob store that is down stops blob deletions
+        // for every request alike.
+        let mut blob_budget = Some(crate::blobs::BlobBudget::new(&cfg.retention));
         for p in todo {
             let hashes: Vec<String> = p
                 .found
@@ -914,6 +917,7 @@ async fn run_locked(
                 subject_key,
                 batch_rows: cfg.retention.batch_rows,
                 now,
+                blob_budget: blob_budget.take().expect("returned after each request"),
             };
             let done = match p.scope {
                 Scope::Subject if p.phase == "backups" => {
@@ -945,6 +949,7 @@ async fn run_locked(
                 }
                 Scope::Tenant => offboard(&mut env, &plan.hash, p, s3.as_ref(), now).await?,
             };
+            blob_budget = Some(env.blob_budget);
             run.done.push(done);
         }
         crate::pipeline::close_audit(c, &mut audit, clock).await?;

@@ -40,8 +40,13 @@ pub struct Outcome {
     pub blobs_deleted: u64,
     /// Blobs the outbox listed that were not in the blob store to begin with: not deletions.
     pub blobs_absent: u64,
-    /// Blobs left pending in the outbox (Object Lock, store errors); retried next run.
+    /// Blob deletions that failed in this run (each blob counted once).
     pub blobs_failed: u64,
+    /// Blobs left pending in the outbox at the end of the run, counted (Object Lock, store
+    /// errors); retried next run.
+    pub blobs_pending: u64,
+    /// Why blob deletions stopped early in this run (the breaker, the deadline).
+    pub blobs_stopped: Option<String>,
     pub runs: Vec<RunPurge>,
     /// Runs kept because they were pinned between planning and execution.
     pub runs_skipped: Vec<String>,
@@ -55,7 +60,7 @@ impl Outcome {
     pub fn verified(&self) -> bool {
         self.units.iter().all(|u| u.remaining == 0)
             && self.runs.iter().all(|r| r.verified)
-            && self.blobs_failed == 0
+            && self.blobs_pending == 0
     }
 }
 
@@ -75,6 +80,8 @@ pub struct Env<'a> {
     pub subject_key: [u8; 32],
     pub batch_rows: u64,
     pub now: DateTime<Utc>,
+    /// How far this run goes with a failing blob store.
+    pub blob_budget: crate::blobs::BlobBudget,
 }
 
 /// Execute `plan`. Rows first (per table and selection, across tenants), then their blobs,
@@ -108,6 +115,11 @@ pub async fn execute(env: &mut Env<'_>, plan: &RetentionPlan) -> crate::Result<O
             out.blobs_failed += b.failed;
         }
     }
+
+    // The outcome is what is left, measured at the end (a blob that failed in one pass and
+    // went in a later one is not pending).
+    out.blobs_pending = db::pending_blobs(env.db)?;
+    out.blobs_stopped = env.blob_budget.stopped.clone();
 
     for r in &plan.backups {
         match purge_run_recorded(

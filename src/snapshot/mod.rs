@@ -19,6 +19,7 @@ pub mod purge;
 pub mod read;
 pub mod refilter;
 pub mod rewrite;
+pub mod uploads;
 pub mod write;
 
 #[doc(hidden)]

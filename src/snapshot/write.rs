@@ -317,6 +317,7 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
     }
 
     let mut out = Vec::with_capacity(n);
+    let mut commits = Vec::new();
     for (t, job) in jobs.into_iter().enumerate() {
         if let Some(message) = errors[t].take() {
             out.push((
@@ -360,37 +361,52 @@ pub async fn snapshot_run(store: &Store, spec: RunSpec, jobs: Vec<TenantJob>) ->
             checksum: String::new(),
             mac: String::new(),
         };
-        // The subject index, sealed, before the manifest that lists it.
+        // The subject index, sealed; stored before the manifest that lists it.
+        let mut index = None;
         if let Some(ix) = indexes
             .get_mut(t)
             .filter(|ix| spec.tagger.is_some() && !ix.incomplete)
         {
             let sealed = ix.seal(&job.key, &job.run_id);
             let path = crate::snapshot::index::index_path(&job.tenant, &job.run_id, 0);
-            let entry = crate::snapshot::index::IndexRef {
+            manifest.subject_index = Some(crate::snapshot::index::IndexRef {
                 path: path.clone(),
                 bytes: sealed.len() as u64,
                 sha256: hex(digest::digest(&digest::SHA256, &sealed).as_ref()),
                 entries: ix.entries.len() as u64,
-            };
-            if let Err(e) = store.put(&ObjPath::from(path), Bytes::from(sealed)).await {
-                out.push((job.tenant, Err(SnapshotError::from(e))));
-                continue;
-            }
-            manifest.subject_index = Some(entry);
+            });
+            index = Some((path, sealed));
         }
         let body = manifest.to_bytes(&job.key);
-        let r = store
-            .put(&manifest_key(&job.tenant, &job.run_id), Bytes::from(body))
-            .await;
-        out.push((
-            job.tenant,
-            r.map(|()| (manifest, started.elapsed().as_secs_f64()))
-                .map_err(SnapshotError::from),
-        ));
+        commits.push((job.tenant, job.run_id, manifest, index, body));
     }
+    // Tenants commit concurrently (index, then manifest): a slow or retried request delays
+    // only its own tenant's commit.
+    let committed: Vec<TenantResult> = futures::stream::iter(commits)
+        .map(|(tenant, run_id, manifest, index, body)| async move {
+            if let Some((path, sealed)) = index
+                && let Err(e) = store.put(&ObjPath::from(path), Bytes::from(sealed)).await
+            {
+                return (tenant, Err(SnapshotError::from(e)));
+            }
+            let r = store
+                .put(&manifest_key(&tenant, &run_id), Bytes::from(body))
+                .await;
+            (
+                tenant,
+                r.map(|()| (manifest, started.elapsed().as_secs_f64()))
+                    .map_err(SnapshotError::from),
+            )
+        })
+        .buffered(COMMIT_CONCURRENCY)
+        .collect()
+        .await;
+    out.extend(committed);
     out
 }
+
+/// Tenants whose run commits at once.
+const COMMIT_CONCURRENCY: usize = 16;
 
 fn unbounded_stream<T: Send + 'static>(
     mut rx: mpsc::UnboundedReceiver<T>,

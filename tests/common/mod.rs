@@ -5,6 +5,7 @@ pub mod azurite;
 pub mod gcs;
 pub mod moto;
 pub mod pg;
+pub mod proxy;
 pub mod server;
 
 use std::collections::HashSet;
