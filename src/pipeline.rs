@@ -78,7 +78,13 @@ pub async fn snapshot_all(
     .await
     .map_err(crate::audit::AuditError::from)?;
     let result = snapshot_locked(c, only, clock, &store, tenants, bad).await;
-    if let Err(e) = lease.release().await {
+    // A run refused before it uploaded anything (a wrong key, an offboarded tenant named)
+    // leaves no trace, not even its lease.
+    let released = match &result {
+        Ok(_) => lease.release().await,
+        Err(_) => lease.release_untouched().await,
+    };
+    if let Err(e) = released {
         tracing::warn!(error = %e, "could not release the snapshot lease; it expires by itself");
     }
     result

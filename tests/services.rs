@@ -83,10 +83,11 @@ fn snapshot_to_s3_verifies_restores_and_leaks_nothing() {
         let s3 = moto.client("lethe-test");
         let objects: Vec<_> = s3.list(None).try_collect().await.unwrap();
         assert!(objects.len() >= 48, "{} objects", objects.len());
+        // Snapshot files, and the snapshot lease's generations (one snapshot run at a time).
         assert!(objects.iter().all(|o| {
-            o.location
-                .as_ref()
-                .starts_with("prod/backups/snapshots/tenant=")
+            let k = o.location.as_ref();
+            k.starts_with("prod/backups/snapshots/tenant=")
+                || k.starts_with("prod/backups/locks/snapshot/")
         }));
         for o in objects {
             let bytes = s3.get(&o.location).await.unwrap().bytes().await.unwrap();
@@ -967,7 +968,10 @@ fn snapshot_to_azure_blob_verifies_and_restores() {
     assert!(under("other/snapshots") >= 48, "{n} objects");
     assert_eq!(
         n,
-        under("prod/backups/snapshots") + under("other/snapshots")
+        under("prod/backups/snapshots")
+            + under("other/snapshots")
+            + under("prod/backups/locks/snapshot")
+            + under("other/locks/snapshot")
     );
 }
 

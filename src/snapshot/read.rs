@@ -235,6 +235,18 @@ pub async fn verify(
     keyring: &Keyring,
     only: &[String],
 ) -> Result<VerifyReport, crate::Error> {
+    verify_with(store, keyring, only, VERIFY_CONCURRENCY).await
+}
+
+/// [`verify`], checking `concurrency` files at a time (1: one after another, as before files
+/// were checked concurrently; the benchmark compares both).
+#[doc(hidden)]
+pub async fn verify_with(
+    store: &Store,
+    keyring: &Keyring,
+    only: &[String],
+    concurrency: usize,
+) -> Result<VerifyReport, crate::Error> {
     let mut report = VerifyReport::default();
     let all = tenants(store).await?;
     unknown_tenants(only, &all)?;
@@ -338,7 +350,7 @@ pub async fn verify(
             let checks: Vec<Result<FileCheck, SnapshotError>> =
                 futures::stream::iter(manifest.files.iter())
                     .map(|f| check_file(store, f, key))
-                    .buffered(VERIFY_CONCURRENCY)
+                    .buffered(concurrency.max(1))
                     .collect()
                     .await;
             for (f, c) in manifest.files.iter().zip(checks) {
