@@ -238,8 +238,8 @@ pub async fn verify(
     verify_with(store, keyring, only, VERIFY_CONCURRENCY).await
 }
 
-/// [`verify`], checking `concurrency` files at a time (1: one after another, as before files
-/// were checked concurrently; the benchmark compares both).
+/// [`verify`], checking `concurrency` files of a run at a time and a few tenants at once (1:
+/// everything one after another, as before; the benchmark compares both).
 #[doc(hidden)]
 pub async fn verify_with(
     store: &Store,
@@ -251,116 +251,144 @@ pub async fn verify_with(
     let all = tenants(store).await?;
     unknown_tenants(only, &all)?;
     let list: Vec<String> = if only.is_empty() { all } else { only.to_vec() };
-    for tenant in list {
-        let key = keyring.data_key(&tenant);
-        for run in runs(store, &tenant).await? {
-            report.runs += 1;
-            let finding = |key: String, message: String| Finding {
-                tenant: tenant.clone(),
-                run_id: run.run_id.clone(),
-                key,
-                message,
-            };
-            let mkey = manifest_key(&tenant, &run.run_id).to_string();
-            let manifest = match run.manifest {
-                None => {
-                    report.findings.push(finding(run_prefix(&tenant, &run.run_id).to_string(),
-                        "uncommitted run: no _manifest.json (a snapshot stopped before it committed); readers ignore it".into()));
-                    continue;
-                }
-                Some(Err(m)) => {
-                    report
-                        .findings
-                        .push(finding(mkey, format!("manifest unreadable: {m}")));
-                    continue;
-                }
-                Some(Ok(m)) => m,
-            };
-            let key = match &key {
-                Ok(k) if k.key_id == manifest.key_id => match manifest.authenticate(k) {
-                    Ok(()) => Some(k),
-                    Err(why) => {
-                        report.findings.push(finding(mkey.clone(), why));
-                        None
-                    }
-                },
-                Ok(k) => {
-                    report.findings.push(finding(
-                        mkey.clone(),
-                        format!(
-                            "manifest names data key {}, the keyring holds {}",
-                            manifest.key_id, k.key_id
-                        ),
-                    ));
+    // Tenants checked concurrently too (a few at a time), each with its files `concurrency`
+    // at a time; their reports merged in tenant order.
+    let parts: Vec<Result<VerifyReport, crate::Error>> = futures::stream::iter(list)
+        .map(|tenant| verify_tenant(store, keyring, tenant, concurrency))
+        .buffered(if concurrency <= 1 { 1 } else { TENANTS_AT_ONCE })
+        .collect()
+        .await;
+    for p in parts {
+        let p = p?;
+        report.runs += p.runs;
+        report.files += p.files;
+        report.rows += p.rows;
+        report.bytes += p.bytes;
+        report.crypto_erased += p.crypto_erased;
+        report.findings.extend(p.findings);
+    }
+    Ok(report)
+}
+
+/// Tenants `snapshot verify` checks at once.
+const TENANTS_AT_ONCE: usize = 4;
+
+/// Verify every run of one tenant.
+async fn verify_tenant(
+    store: &Store,
+    keyring: &Keyring,
+    tenant: String,
+    concurrency: usize,
+) -> Result<VerifyReport, crate::Error> {
+    let mut report = VerifyReport::default();
+    let key = keyring.data_key(&tenant);
+    for run in runs(store, &tenant).await? {
+        report.runs += 1;
+        let finding = |key: String, message: String| Finding {
+            tenant: tenant.clone(),
+            run_id: run.run_id.clone(),
+            key,
+            message,
+        };
+        let mkey = manifest_key(&tenant, &run.run_id).to_string();
+        let manifest = match run.manifest {
+            None => {
+                report.findings.push(finding(run_prefix(&tenant, &run.run_id).to_string(),
+                    "uncommitted run: no _manifest.json (a snapshot stopped before it committed); readers ignore it".into()));
+                continue;
+            }
+            Some(Err(m)) => {
+                report
+                    .findings
+                    .push(finding(mkey, format!("manifest unreadable: {m}")));
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let key = match &key {
+            Ok(k) if k.key_id == manifest.key_id => match manifest.authenticate(k) {
+                Ok(()) => Some(k),
+                Err(why) => {
+                    report.findings.push(finding(mkey.clone(), why));
                     None
                 }
-                Err(_) if keyring.was_shredded(&manifest.key_id) => {
-                    report.crypto_erased += 1;
-                    None
-                }
-                Err(e) => {
-                    report.findings.push(finding(
-                        mkey.clone(),
-                        format!(
-                            "no usable data key: {}",
-                            e.to_string().lines().next().unwrap_or_default()
-                        ),
-                    ));
-                    None
-                }
-            };
-            // Objects present in the run but not listed: readers ignore them, but nobody should have put them there
-            // — except the files of a rewrite in progress, which its marker names.
-            let listed: std::collections::HashSet<&str> =
-                manifest.files.iter().map(|f| f.path.as_str()).collect();
-            let rewriting = crate::snapshot::rewrite::marker(store, &tenant, &run.run_id).await?;
-            let in_rewrite = |k: &str| {
-                k == crate::snapshot::rewrite::marker_key(&tenant, &run.run_id).as_ref()
-                    || rewriting
-                        .as_ref()
-                        .is_some_and(|m| m.old.iter().chain(&m.new).any(|p| p == k))
-            };
-            let index = manifest.subject_index.as_ref().map(|i| i.path.as_str());
-            if let Some(ix) = &manifest.subject_index {
-                match download(store, &ObjPath::from(ix.path.as_str())).await {
-                    Ok((_, bytes, sha)) if bytes == ix.bytes && sha == ix.sha256 => {}
-                    Ok((_, bytes, sha)) => report.findings.push(finding(
-                        ix.path.clone(),
-                        format!("subject index checksum mismatch: {bytes} bytes with sha256 {sha}, manifest says {} bytes with sha256 {}", ix.bytes, ix.sha256),
-                    )),
-                    Err(SnapshotError::Store(e)) if e.is_not_found() => report.findings.push(
-                        finding(ix.path.clone(), "missing: the manifest lists this subject index but it is not in the store".into()),
+            },
+            Ok(k) => {
+                report.findings.push(finding(
+                    mkey.clone(),
+                    format!(
+                        "manifest names data key {}, the keyring holds {}",
+                        manifest.key_id, k.key_id
                     ),
-                    Err(e) => return Err(e.into()),
-                }
+                ));
+                None
             }
-            for obj in store.list(&run_prefix(&tenant, &run.run_id)).await? {
-                let k = obj.location.to_string();
-                if !k.ends_with(MANIFEST)
-                    && !listed.contains(k.as_str())
-                    && Some(k.as_str()) != index
-                    && !in_rewrite(&k)
-                {
-                    report
-                        .findings
-                        .push(finding(k, "file not listed in the manifest".into()));
-                }
+            Err(_) if keyring.was_shredded(&manifest.key_id) => {
+                report.crypto_erased += 1;
+                None
             }
-            // Files checked concurrently: each is a download, a checksum and a footer read.
-            let checks: Vec<Result<FileCheck, SnapshotError>> =
-                futures::stream::iter(manifest.files.iter())
-                    .map(|f| check_file(store, f, key))
-                    .buffered(concurrency.max(1))
-                    .collect()
-                    .await;
-            for (f, c) in manifest.files.iter().zip(checks) {
-                let c = c?;
-                report.files += 1;
-                report.bytes += c.bytes;
-                report.rows += c.rows;
-                if let Some(m) = c.finding {
-                    report.findings.push(finding(f.path.clone(), m));
-                }
+            Err(e) => {
+                report.findings.push(finding(
+                    mkey.clone(),
+                    format!(
+                        "no usable data key: {}",
+                        e.to_string().lines().next().unwrap_or_default()
+                    ),
+                ));
+                None
+            }
+        };
+        // Objects present in the run but not listed: readers ignore them, but nobody should have put them there
+        // — except the files of a rewrite in progress, which its marker names.
+        let listed: std::collections::HashSet<&str> =
+            manifest.files.iter().map(|f| f.path.as_str()).collect();
+        let rewriting = crate::snapshot::rewrite::marker(store, &tenant, &run.run_id).await?;
+        let in_rewrite = |k: &str| {
+            k == crate::snapshot::rewrite::marker_key(&tenant, &run.run_id).as_ref()
+                || rewriting
+                    .as_ref()
+                    .is_some_and(|m| m.old.iter().chain(&m.new).any(|p| p == k))
+        };
+        let index = manifest.subject_index.as_ref().map(|i| i.path.as_str());
+        if let Some(ix) = &manifest.subject_index {
+            match download(store, &ObjPath::from(ix.path.as_str())).await {
+                Ok((_, bytes, sha)) if bytes == ix.bytes && sha == ix.sha256 => {}
+                Ok((_, bytes, sha)) => report.findings.push(finding(
+                    ix.path.clone(),
+                    format!("subject index checksum mismatch: {bytes} bytes with sha256 {sha}, manifest says {} bytes with sha256 {}", ix.bytes, ix.sha256),
+                )),
+                Err(SnapshotError::Store(e)) if e.is_not_found() => report.findings.push(
+                    finding(ix.path.clone(), "missing: the manifest lists this subject index but it is not in the store".into()),
+                ),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for obj in store.list(&run_prefix(&tenant, &run.run_id)).await? {
+            let k = obj.location.to_string();
+            if !k.ends_with(MANIFEST)
+                && !listed.contains(k.as_str())
+                && Some(k.as_str()) != index
+                && !in_rewrite(&k)
+            {
+                report
+                    .findings
+                    .push(finding(k, "file not listed in the manifest".into()));
+            }
+        }
+        // Files checked concurrently: each is a download, a checksum and a footer read.
+        let checks: Vec<Result<FileCheck, SnapshotError>> =
+            futures::stream::iter(manifest.files.iter())
+                .map(|f| check_file(store, f, key))
+                .buffered(concurrency.max(1))
+                .collect()
+                .await;
+        for (f, c) in manifest.files.iter().zip(checks) {
+            let c = c?;
+            report.files += 1;
+            report.bytes += c.bytes;
+            report.rows += c.rows;
+            if let Some(m) = c.finding {
+                report.findings.push(finding(f.path.clone(), m));
             }
         }
     }
