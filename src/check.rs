@@ -38,6 +38,7 @@ pub fn check(config_path: &Path) -> Result<Checked, crate::Error> {
     if let (Some(dm), Some(policy)) = (&data_map, &policy) {
         problems.extend(policy.check_against(dm));
         problems.extend(retention_problems(&config, dm, policy));
+        problems.extend(analytics_problems(&config, dm, policy));
     }
     if let Some(dm) = &data_map {
         match Source::open(&config.source) {
@@ -67,6 +68,28 @@ pub fn check(config_path: &Path) -> Result<Checked, crate::Error> {
         policy: policy.unwrap(),
         jobs: jobs.unwrap(),
     })
+}
+
+/// `jobs/analytics.toml`, if there is one, against the data map, the policy and the live
+/// schema.
+fn analytics_problems(config: &Config, dm: &DataMap, policy: &Policy) -> Vec<Problem> {
+    let path = crate::analytics::dataset::path_in(&config.jobs);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    let source = Source::open(&config.source).ok();
+    let columns = |t: &str| -> Option<Vec<String>> {
+        source
+            .as_ref()?
+            .columns(t)
+            .ok()
+            .flatten()
+            .map(|c| c.into_iter().map(|c| c.name).collect())
+    };
+    match crate::analytics::dataset::parse(&path, &text, dm, policy, &columns) {
+        Ok(_) => Vec::new(),
+        Err(p) => p.0,
+    }
 }
 
 /// `lethe check`: [`check`], then the preflight of the live data, the keys and the stores —

@@ -114,6 +114,11 @@ pub fn load_dir(dir: &Path, policy: &Path) -> Result<Vec<Job>, Problems> {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "toml"))
         .filter(|p| !same_file(p, policy))
+        // Dataset definitions live beside the jobs, but are not a job.
+        .filter(|p| {
+            p.file_name()
+                .is_none_or(|n| n != crate::analytics::dataset::FILE)
+        })
         .collect();
     files.sort();
     let mut jobs = Vec::new();

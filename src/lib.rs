@@ -25,6 +25,7 @@
 //! Invariant held everywhere: personal data (cell values) never reaches a log line, an error
 //! message or an object in plaintext. Errors name tables, columns, files and keys, never values.
 
+pub mod analytics;
 pub mod attest;
 pub mod audit;
 pub mod blobs;

@@ -239,3 +239,79 @@ fn an_identifier_column_whose_text_lethe_cannot_reproduce_is_refused() {
         ],
     );
 }
+
+/// `jobs/analytics.toml`: a valid file passes `check`; personal columns as keys or outputs,
+/// unknown columns and measures, k < 2 and a table kept for less than a partition are each
+/// named with file and key (exit 2), and the file is not mistaken for a job.
+#[test]
+fn analytics_datasets_are_validated_by_check() {
+    let d = demo(2, 10);
+    let cfg = d.config.to_str().unwrap();
+    let file = d.dir.join("jobs/analytics.toml");
+    std::fs::write(
+        &file,
+        r#"
+[datasets.messages_daily]
+table = "messages"
+scope = "tenant"
+period = "day"
+keys = ["channel", "direction"]
+subjects = ["customer_phone"]
+measures = [
+  { name = "messages", kind = "count" },
+  { name = "customers", kind = "distinct", column = "customer_phone" },
+]
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = lethe(&["--config", cfg, "check"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    std::fs::write(
+        &file,
+        r#"
+[datasets.bad]
+table = "messages"
+scope = "platform"
+keys = ["customer_phone", "no_such_column"]
+subjects = ["customer_phone"]
+k = 1
+measures = [
+  { name = "a", kind = "mode", column = "status" },
+  { name = "b", kind = "sum", column = "body" },
+  { name = "c", kind = "distinct", column = "customer_name" },
+]
+
+[datasets.tokens]
+table = "magic_link_tokens"
+scope = "tenant"
+subjects = ["account_id"]
+measures = [{ name = "n", kind = "count" }]
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = lethe(&["--config", cfg, "check"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    for needle in [
+        "analytics.toml",
+        "datasets.bad.keys[0]",
+        "customer_phone is a personal column",
+        "datasets.bad.keys[1]",
+        "no column no_such_column",
+        "datasets.bad.k",
+        "datasets.bad.measures[0].kind",
+        "unknown measure \"mode\"",
+        "datasets.bad.measures[1].column",
+        "body is a personal column",
+        "datasets.bad.measures[2].column",
+        "datasets.tokens.table",
+        "less than one Day partition",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    // Not a job: `run` still lists the jobs it had.
+    std::fs::write(&file, "garbage = [").unwrap();
+    let (code, _, err) = lethe(&["--config", cfg, "check"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("analytics.toml"), "{err}");
+}

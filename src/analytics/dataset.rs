@@ -1,0 +1,358 @@
+//! Dataset definitions: `jobs/analytics.toml` (issue 12 groundwork). Validated against the
+//! data map, the policy and the live schema: a personal column is never a group key or an
+//! output, unknown columns and measures are errors naming file and key, `k` is at least 2, and
+//! a dataset never reads a category retained for less than its partition period.
+//!
+//! ```toml
+//! [datasets.messages_daily]
+//! table = "messages"
+//! scope = "tenant"                  # one partition per tenant (its owner's); or "platform"
+//! period = "day"                    # or "week" (ISO), in the tenant's zone
+//! keys = ["channel", "direction"]   # besides the period (and the tenant, for scope = "tenant")
+//! subjects = ["customer_phone"]     # counted (distinct) for the threshold, never output
+//! k = 10
+//! measures = [
+//!   { name = "messages", kind = "count" },
+//!   { name = "customers", kind = "distinct", column = "customer_phone" },
+//!   { name = "median_length", kind = "median", column = "body_length" },
+//! ]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::datamap::{DataMap, Table};
+use crate::policy::{Policy, Retain};
+use crate::problem::{Problem, Problems};
+
+/// The file, beside the job definitions.
+pub const FILE: &str = "analytics.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    datasets: BTreeMap<String, DatasetFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetFile {
+    table: String,
+    scope: String,
+    #[serde(default = "day")]
+    period: String,
+    #[serde(default)]
+    keys: Vec<String>,
+    subjects: Vec<String>,
+    #[serde(default = "default_k")]
+    k: i64,
+    measures: Vec<MeasureFile>,
+}
+
+fn day() -> String {
+    "day".into()
+}
+fn default_k() -> i64 {
+    10
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeasureFile {
+    name: String,
+    kind: String,
+    #[serde(default)]
+    column: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Tenant,
+    Platform,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Week,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Count,
+    Distinct,
+    Sum,
+    Mean,
+    Median,
+    P90,
+}
+
+impl Kind {
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "count" => Kind::Count,
+            "distinct" => Kind::Distinct,
+            "sum" => Kind::Sum,
+            "mean" => Kind::Mean,
+            "median" => Kind::Median,
+            "p90" => Kind::P90,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    pub name: String,
+    pub kind: Kind,
+    pub column: Option<String>,
+}
+
+/// A validated dataset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    pub name: String,
+    pub table: String,
+    pub scope: Scope,
+    pub period: Period,
+    pub keys: Vec<String>,
+    pub subjects: Vec<String>,
+    pub k: u64,
+    pub measures: Vec<Measure>,
+}
+
+/// Every column of `t` that holds personal data: declared personal, subject, identifier and
+/// blob columns.
+fn personal(t: &Table) -> Vec<&str> {
+    let c = &t.config;
+    c.personal_columns
+        .iter()
+        .chain(&c.subject_columns)
+        .chain(c.identifiers.values())
+        .chain(&c.blob_column)
+        .map(String::as_str)
+        .collect()
+}
+
+/// Parse and validate `text` (the contents of `path`). `columns` names the live columns of a
+/// table (`None`: the table does not exist in the database).
+pub fn parse(
+    path: &Path,
+    text: &str,
+    dm: &DataMap,
+    policy: &Policy,
+    columns: &dyn Fn(&str) -> Option<Vec<String>>,
+) -> Result<Vec<Dataset>, Problems> {
+    let file: File = toml::from_str(text).map_err(|e| {
+        Problems(vec![Problem::new(
+            path,
+            "",
+            e.to_string(),
+            "see the README's Analytics section for the format",
+        )])
+    })?;
+    let mut out = Vec::new();
+    let mut problems = Vec::new();
+    for (name, d) in file.datasets {
+        let key = |k: &str| format!("datasets.{name}.{k}");
+        let mut bad =
+            |k: String, m: String, fix: &str| problems.push(Problem::new(path, k, m, fix));
+        if !crate::util::is_safe_ident(&name) {
+            bad(
+                format!("datasets.{name}"),
+                "a dataset name must be letters, digits, - and _".into(),
+                "rename the dataset",
+            );
+            continue;
+        }
+        let Some(table) = dm.table(&d.table) else {
+            bad(
+                key("table"),
+                format!("table {} is not in the data map", d.table),
+                "name a table of schemas/*.toml",
+            );
+            continue;
+        };
+        let live = columns(&d.table).unwrap_or_default();
+        let pii = personal(table);
+        let scope = match d.scope.as_str() {
+            "tenant" => Scope::Tenant,
+            "platform" => Scope::Platform,
+            other => {
+                bad(
+                    key("scope"),
+                    format!("unknown scope {other:?}"),
+                    "write \"tenant\" or \"platform\"",
+                );
+                continue;
+            }
+        };
+        let period = match d.period.as_str() {
+            "day" => Period::Day,
+            "week" => Period::Week,
+            other => {
+                bad(
+                    key("period"),
+                    format!("unknown period {other:?}"),
+                    "write \"day\" or \"week\"",
+                );
+                continue;
+            }
+        };
+        if table.config.time_column.is_none() {
+            bad(
+                key("table"),
+                format!(
+                    "table {} has no time_column to put rows in a {:?}",
+                    d.table, period
+                ),
+                "declare time_column for the table in the data map",
+            );
+        }
+        if d.k < 2 {
+            bad(
+                key("k"),
+                format!("k = {} publishes cells of a single person", d.k),
+                "use k = 10 (the default) or more; never less than 2",
+            );
+        }
+        for (i, c) in d.keys.iter().enumerate() {
+            if pii.contains(&c.as_str()) {
+                bad(
+                    format!("{}[{i}]", key("keys")),
+                    format!(
+                        "{c} is a personal column of {}: it can never be a group key",
+                        d.table
+                    ),
+                    "group by a non-personal column (channel, status, direction)",
+                );
+            } else if !live.iter().any(|x| x == c) {
+                bad(
+                    format!("{}[{i}]", key("keys")),
+                    format!("table {} has no column {c}", d.table),
+                    "name a column of the table",
+                );
+            }
+        }
+        if d.subjects.is_empty() {
+            bad(
+                key("subjects"),
+                "no subject column: the threshold k counts distinct subjects".into(),
+                "name the column(s) that identify the person (e.g. customer_phone)",
+            );
+        }
+        for (i, c) in d.subjects.iter().enumerate() {
+            if !live.iter().any(|x| x == c) {
+                bad(
+                    format!("{}[{i}]", key("subjects")),
+                    format!("table {} has no column {c}", d.table),
+                    "name a column of the table",
+                );
+            }
+        }
+        let mut measures = Vec::new();
+        for (i, m) in d.measures.iter().enumerate() {
+            let mk = format!("{}[{i}]", key("measures"));
+            let Some(kind) = Kind::parse(&m.kind) else {
+                bad(
+                    format!("{mk}.kind"),
+                    format!("unknown measure {:?}", m.kind),
+                    "use count, distinct, sum, mean, median or p90",
+                );
+                continue;
+            };
+            match (&m.column, kind) {
+                (None, Kind::Count) => {}
+                (Some(_), Kind::Count) => bad(
+                    format!("{mk}.column"),
+                    "count takes no column".into(),
+                    "remove column, or use distinct",
+                ),
+                (None, _) => bad(
+                    format!("{mk}.column"),
+                    format!("{} needs a column", m.kind),
+                    "name the column it is computed over",
+                ),
+                (Some(c), _) if !live.iter().any(|x| x == c) => bad(
+                    format!("{mk}.column"),
+                    format!("table {} has no column {c}", d.table),
+                    "name a column of the table",
+                ),
+                // Counting distinct people is what a subject column is for; summing,
+                // averaging or ranking a personal column publishes something of theirs.
+                (Some(c), Kind::Distinct)
+                    if pii.contains(&c.as_str()) && !d.subjects.contains(c) =>
+                {
+                    bad(
+                        format!("{mk}.column"),
+                        format!(
+                            "{c} is a personal column of {}; only a subject column may be counted",
+                            d.table
+                        ),
+                        "count distinct over a column listed in subjects",
+                    )
+                }
+                (Some(c), k) if k != Kind::Distinct && pii.contains(&c.as_str()) => bad(
+                    format!("{mk}.column"),
+                    format!(
+                        "{c} is a personal column of {}: it can never be an output",
+                        d.table
+                    ),
+                    "aggregate a non-personal column",
+                ),
+                _ => {}
+            }
+            measures.push(Measure {
+                name: m.name.clone(),
+                kind,
+                column: m.column.clone(),
+            });
+        }
+        // A day's partition is computed once the day is complete; a category kept for less
+        // than the partition period would be gone (or going) before it is read.
+        let need = match period {
+            Period::Day => chrono::TimeDelta::days(1),
+            Period::Week => chrono::TimeDelta::days(7),
+        };
+        for cname in &table.config.categories {
+            if let Some(cat) = policy.categories.get(cname)
+                && let Retain::For(span) = cat.retain
+                && span
+                    .after(chrono::DateTime::UNIX_EPOCH)
+                    .is_some_and(|end| end - chrono::DateTime::UNIX_EPOCH < need)
+            {
+                bad(
+                    key("table"),
+                    format!(
+                        "table {} holds category {cname}, retained {span}: less than one {:?} partition",
+                        d.table, period
+                    ),
+                    "aggregate a table whose categories are kept for longer than the partition period",
+                );
+            }
+        }
+        out.push(Dataset {
+            name,
+            table: d.table,
+            scope,
+            period,
+            keys: d.keys,
+            subjects: d.subjects,
+            k: d.k.max(0) as u64,
+            measures,
+        });
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(Problems(problems))
+    }
+}
+
+/// `jobs/analytics.toml`, if the jobs directory has one.
+pub fn path_in(jobs: &Path) -> PathBuf {
+    jobs.join(FILE)
+}
