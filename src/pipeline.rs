@@ -760,8 +760,14 @@ async fn retention_locked(
         }
     }
     // What the run left, measured right after it: the evidence `lethe attest` rests on.
+    let measuring = std::time::Instant::now();
     match crate::retention::measure::measure(c, &mut db, store, None, now, None).await {
         Ok(m) => {
+            tracing::info!(
+                tenants = m.tenants.len(),
+                seconds = measuring.elapsed().as_secs_f64(),
+                "what retention left is measured"
+            );
             audit
                 .record(&crate::audit::event::Measure {
                     step: "measure",
