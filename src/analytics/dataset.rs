@@ -237,11 +237,14 @@ pub fn parse(
                 );
             }
         }
-        if d.subjects.is_empty() {
+        if d.subjects.len() != 1 {
             bad(
                 key("subjects"),
-                "no subject column: the threshold k counts distinct subjects".into(),
-                "name the column(s) that identify the person (e.g. customer_phone)",
+                format!(
+                    "{} subject columns: the threshold k counts distinct subjects of one column (several are not supported yet)",
+                    d.subjects.len()
+                ),
+                "name the one column that identifies the person (e.g. customer_phone)",
             );
         }
         for (i, c) in d.subjects.iter().enumerate() {

@@ -1,8 +1,10 @@
 //! Anonymized aggregate analytics (issue 12, in progress). Built so far: [`dataset`], the
-//! definitions in `jobs/analytics.toml` and their validation (`lethe check`), and
-//! [`suppress`], the pure small-cell and complementary suppression every release goes
-//! through. The Polars aggregation, the writer, the `analytics` step and the privacy-budget
-//! ledger come next.
+//! definitions in `jobs/analytics.toml` and their validation (`lethe check`); [`compute`], a
+//! tenant's table from its encrypted snapshot into Polars (C Data Interface) and aggregated per
+//! period and key; and [`suppress`], the pure small-cell and complementary suppression every
+//! release goes through. The writer and frozen partitions, the `analytics` step and the
+//! privacy-budget ledger come next.
 
+pub mod compute;
 pub mod dataset;
 pub mod suppress;

@@ -1,0 +1,121 @@
+//! One tenant's table, from its newest committed snapshot, aggregated with Polars (issue 12, in
+//! progress): the files are downloaded (ciphertext), decrypted by arrow-rs with the tenant's
+//! key, and handed to Polars through the Arrow C Data Interface — never the live database,
+//! never a plaintext file. Memory: one tenant's table.
+
+use arrow::array::{Array, ArrayRef, RecordBatch};
+
+use polars::prelude::*;
+
+use crate::analytics::dataset::{Dataset, Kind, Period};
+
+/// The distinct-subject count of each cell, as an extra output column (dropped on write).
+pub const SUBJECTS: &str = "__subjects";
+
+/// An arrow-rs array as a Polars array, through the C Data Interface (no copy of the buffers).
+fn to_polars_array(a: &ArrayRef) -> PolarsResult<Box<dyn polars_arrow::array::Array>> {
+    let (array, schema) = arrow::ffi::to_ffi(&a.to_data())
+        .map_err(|e| polars_err!(ComputeError: "arrow export: {e}"))?;
+    // SAFETY: arrow-rs's FFI_ArrowArray / FFI_ArrowSchema and polars-arrow's ArrowArray /
+    // ArrowSchema are both the C Data Interface's structs (`#[repr(C)]`, same fields); the array
+    // is moved (its release callback frees the buffers once Polars drops it), the schema is only
+    // read and dropped by arrow-rs afterwards.
+    unsafe {
+        let schema_ref = &*(&schema as *const arrow::ffi::FFI_ArrowSchema
+            as *const polars_arrow::ffi::ArrowSchema);
+        let field = polars_arrow::ffi::import_field_from_c(schema_ref)?;
+        let array: polars_arrow::ffi::ArrowArray = std::mem::transmute(array);
+        polars_arrow::ffi::import_array_from_c(array, field.dtype)
+    }
+}
+
+/// Record batches (one schema) as a Polars DataFrame.
+pub fn to_polars(batches: &[RecordBatch]) -> PolarsResult<DataFrame> {
+    let Some(first) = batches.first() else {
+        return Ok(DataFrame::empty());
+    };
+    let schema = first.schema();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (i, f) in schema.fields().iter().enumerate() {
+        let chunks = batches
+            .iter()
+            .map(|b| to_polars_array(b.column(i)))
+            .collect::<PolarsResult<Vec<_>>>()?;
+        columns.push(Series::from_arrow_chunks(f.name().as_str().into(), chunks)?.into_column());
+    }
+    DataFrame::new_infer_height(columns)
+}
+
+/// Aggregate `df` (one tenant's rows of the dataset's table) per period and key: the measures,
+/// and the distinct subjects of each cell in [`SUBJECTS`]. Rows without a time are left out.
+pub fn aggregate(df: DataFrame, d: &Dataset, time_column: &str) -> PolarsResult<DataFrame> {
+    let every = match d.period {
+        Period::Day => "1d",
+        Period::Week => "1w",
+    };
+    let mut keys = vec![col(time_column).dt().truncate(lit(every)).alias("dt")];
+    keys.extend(d.keys.iter().map(|k| col(k.as_str())));
+    let mut aggs: Vec<Expr> = d
+        .measures
+        .iter()
+        .map(|m| {
+            let c = || col(m.column.as_deref().unwrap_or_default());
+            match m.kind {
+                Kind::Count => len(),
+                Kind::Distinct => c().drop_nulls().n_unique(),
+                Kind::Sum => c().sum(),
+                Kind::Mean => c().mean(),
+                Kind::Median => c().median(),
+                Kind::P90 => c().quantile(lit(0.9), QuantileMethod::Linear),
+            }
+            .alias(m.name.as_str())
+        })
+        .collect();
+    // Distinct subjects (one subject column: `dataset` refuses more for now); a row without a
+    // subject is nobody.
+    aggs.push(
+        col(d.subjects[0].as_str())
+            .drop_nulls()
+            .n_unique()
+            .alias(SUBJECTS),
+    );
+    df.lazy()
+        .filter(col(time_column).is_not_null())
+        .group_by(keys)
+        .agg(aggs)
+        .sort(["dt"], Default::default())
+        .collect()
+}
+
+/// The batches of `table` in a committed run of `tenant`, decrypted.
+pub async fn read_table(
+    store: &crate::store::Store,
+    key: &crate::keys::DataKey,
+    manifest: &crate::snapshot::manifest::Manifest,
+    table: &str,
+) -> crate::Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    for f in manifest.files.iter().filter(|f| f.table == table) {
+        let (tmp, bytes, sha) = crate::snapshot::read::download(
+            store,
+            &object_store::path::Path::from(f.path.as_str()),
+        )
+        .await?;
+        if bytes != f.bytes || sha != f.sha256 {
+            return Err(crate::Error::Failed(format!(
+                "{}: checksum mismatch; run `lethe snapshot verify`",
+                f.path
+            )));
+        }
+        let file = tmp
+            .reopen()
+            .map_err(|e| crate::Error::Failed(e.to_string()))?;
+        let reader = crate::snapshot::read::open_reader(file, Some(key), &f.path)?
+            .build()
+            .map_err(|e| crate::Error::Failed(format!("{}: {e}", f.path)))?;
+        for b in reader {
+            out.push(b.map_err(|e| crate::Error::Failed(format!("{}: {e}", f.path)))?);
+        }
+    }
+    Ok(out)
+}
