@@ -55,7 +55,12 @@ impl Step {
     /// The steps this build runs, in the order a job should list them: retention and erasure
     /// before snapshot, so that a new backup never receives a row that was already due or a
     /// person who asked to be erased.
-    pub const AVAILABLE: [Step; 3] = [Step::Retention, Step::Erasure, Step::Snapshot];
+    pub const AVAILABLE: [Step; 4] = [
+        Step::Retention,
+        Step::Erasure,
+        Step::Snapshot,
+        Step::Analytics,
+    ];
 
     pub fn parse(s: &str) -> Option<Step> {
         Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, st)| *st)
@@ -240,6 +245,16 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, Vec<Problem>> {
             "list erasure before snapshot: steps = [\"retention\", \"erasure\", \"snapshot\"]",
         ));
     }
+    if let (Some(snap), Some(ana)) = (at(Step::Snapshot), at(Step::Analytics))
+        && ana < snap
+    {
+        problems.push(Problem::new(
+            path,
+            "steps",
+            "analytics runs before snapshot: it would aggregate yesterday's backup instead of the day that just ended",
+            "list analytics after snapshot: steps = [\"retention\", \"erasure\", \"snapshot\", \"analytics\"]",
+        ));
+    }
     for (i, st) in steps.iter().enumerate() {
         if steps[..i].contains(st) {
             problems.push(Problem::new(
@@ -391,7 +406,10 @@ mod tests {
                 "[\"retention\", \"snapshot\", \"erasure\"]",
                 "list erasure before snapshot",
             ),
-            ("[\"retention\", \"analytics\"]", "not in this build"),
+            (
+                "[\"analytics\", \"snapshot\"]",
+                "list analytics after snapshot",
+            ),
             (
                 "[\"retention\", \"backup-purge\"]",
                 "purged by the retention step",
@@ -402,7 +420,8 @@ mod tests {
             let text = e.iter().map(|p| p.to_string()).collect::<String>();
             assert!(text.contains(needle), "{steps}: {text}");
             assert!(
-                text.contains("retention, erasure, snapshot") || needle != "not in this build",
+                text.contains("retention, erasure, snapshot, analytics")
+                    || needle != "purged by the retention step",
                 "{text}"
             );
         }

@@ -311,6 +311,7 @@ pub struct JobRun {
     pub retention: Option<RetentionRun>,
     pub erasure: Option<crate::erasure::run::ErasureRun>,
     pub snapshot: Option<SnapshotRun>,
+    pub analytics: Option<crate::analytics::run::AnalyticsRun>,
     /// The error of the step that failed (its exit code is the run's).
     pub error: Option<crate::Error>,
 }
@@ -370,6 +371,7 @@ pub async fn run_steps(
         retention: None,
         erasure: None,
         snapshot: None,
+        analytics: None,
         error: None,
     };
     for &step in steps {
@@ -431,6 +433,13 @@ pub async fn run_steps(
                         run.erasure = Some(r);
                     })
             }
+            Step::Analytics => crate::analytics::run::run(c, &opts.clock).await.map(|a| {
+                rec.counts
+                    .insert("partitions_written", a.written.len() as u64);
+                rec.counts.insert("partitions_frozen", a.frozen as u64);
+                rec.counts.insert("cells_suppressed", a.suppressed as u64);
+                run.analytics = Some(a);
+            }),
             Step::Snapshot => snapshot_all(c, &opts.tenants, &opts.clock).await.map(|s| {
                 rec.counts.insert("tenants_committed", s.done.len() as u64);
                 rec.counts.insert("tenants_failed", s.failed.len() as u64);

@@ -162,14 +162,9 @@ fn unknown_jobs_unknown_steps_bad_order_and_broken_job_files_are_refused() {
         (
             good.replace(
                 "steps = [\"retention\", \"erasure\", \"snapshot\"]",
-                "steps = [\"retention\", \"erasure\", \"snapshot\", \"analytics\"]",
+                "steps = [\"retention\", \"erasure\", \"analytics\", \"snapshot\"]",
             ),
-            &[
-                "nightly.toml",
-                "steps",
-                "analytics",
-                "retention, erasure, snapshot",
-            ][..],
+            &["nightly.toml", "steps", "list analytics after snapshot"][..],
         ),
         (
             good.replace(

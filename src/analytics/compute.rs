@@ -119,3 +119,86 @@ pub async fn read_table(
     }
     Ok(out)
 }
+
+/// A Polars column as an arrow-rs array, through the C Data Interface.
+fn to_arrow_array(s: &Series) -> PolarsResult<ArrayRef> {
+    let s = s.rechunk();
+    let array = s.to_arrow(0, CompatLevel::newest());
+    let field = polars_arrow::datatypes::Field::new(s.name().clone(), array.dtype().clone(), true);
+    let c_array = polars_arrow::ffi::export_array_to_c(array);
+    let c_schema = polars_arrow::ffi::export_field_to_c(&field);
+    // SAFETY: the same C Data Interface structs as in `to_polars_array`, the other way round;
+    // both are moved into arrow-rs, whose drop calls their release callbacks.
+    unsafe {
+        let a: arrow::ffi::FFI_ArrowArray = std::mem::transmute(c_array);
+        let sc: arrow::ffi::FFI_ArrowSchema = std::mem::transmute(c_schema);
+        let data = arrow::ffi::from_ffi(a, &sc)
+            .map_err(|e| polars_err!(ComputeError: "arrow import: {e}"))?;
+        Ok(arrow::array::make_array(data))
+    }
+}
+
+/// Cells with fewer than `k` distinct subjects keep their keys and lose every measure (null,
+/// never a small number); the subject count itself is not published. No margins are published
+/// in a release, so no complementary suppression is needed (see [`crate::analytics::suppress`]
+/// for releases that publish totals).
+pub fn suppress_small(df: DataFrame, d: &Dataset) -> PolarsResult<DataFrame> {
+    let small = col(SUBJECTS).lt(lit(d.k as i64));
+    let exprs: Vec<Expr> = d
+        .measures
+        .iter()
+        .map(|m| {
+            when(small.clone())
+                .then(lit(NULL))
+                .otherwise(col(m.name.as_str()))
+                .alias(m.name.as_str())
+        })
+        .collect();
+    df.lazy()
+        .with_columns(exprs)
+        .drop(by_name([SUBJECTS], true, false))
+        .collect()
+}
+
+/// One partition (the rows of one `dt`, without it: the path carries it) as zstd Parquet bytes.
+pub fn to_parquet(df: &DataFrame) -> crate::Result<Vec<u8>> {
+    let fail = |e: &dyn std::fmt::Display| crate::Error::Failed(format!("analytics output: {e}"));
+    let mut fields = Vec::new();
+    let mut arrays = Vec::new();
+    for c in df.columns() {
+        let s = c.as_materialized_series();
+        let s = if c.name().as_str() == "dt" {
+            s.cast(&DataType::Date).map_err(|e| fail(&e))?
+        } else {
+            s.clone()
+        };
+        let a = to_arrow_array(&s).map_err(|e| fail(&e))?;
+        // Plain strings: what every Parquet reader (Spark, older DuckDB) knows.
+        let a = match a.data_type() {
+            arrow::datatypes::DataType::Utf8View => {
+                arrow::compute::cast(&a, &arrow::datatypes::DataType::Utf8).map_err(|e| fail(&e))?
+            }
+            _ => a,
+        };
+        fields.push(arrow::datatypes::Field::new(
+            c.name().as_str(),
+            a.data_type().clone(),
+            true,
+        ));
+        arrays.push(a);
+    }
+    let batch = RecordBatch::try_new(
+        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
+        arrays,
+    )
+    .map_err(|e| fail(&e))?;
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
+        .build();
+    let mut out = Vec::new();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), Some(props))
+        .map_err(|e| fail(&e))?;
+    w.write(&batch).map_err(|e| fail(&e))?;
+    w.close().map_err(|e| fail(&e))?;
+    Ok(out)
+}

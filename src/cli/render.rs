@@ -25,6 +25,16 @@ pub(super) fn print_job_run(run: &crate::pipeline::JobRun) {
                     print_erasure_run(e);
                 }
             }
+            "analytics" => {
+                if let Some(a) = &run.analytics {
+                    println!(
+                        "analytics: {} partition(s) written, {} already published (frozen), {} cell(s) below k published as null",
+                        a.written.len(),
+                        a.frozen,
+                        a.suppressed
+                    );
+                }
+            }
             _ => {}
         }
         if job && let Some(e) = &step.error {
