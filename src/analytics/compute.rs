@@ -96,21 +96,8 @@ pub async fn read_table(
 ) -> crate::Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for f in manifest.files.iter().filter(|f| f.table == table) {
-        let (tmp, bytes, sha) = crate::snapshot::read::download(
-            store,
-            &object_store::path::Path::from(f.path.as_str()),
-        )
-        .await?;
-        if bytes != f.bytes || sha != f.sha256 {
-            return Err(crate::Error::Failed(format!(
-                "{}: checksum mismatch; run `lethe snapshot verify`",
-                f.path
-            )));
-        }
-        let file = tmp
-            .reopen()
-            .map_err(|e| crate::Error::Failed(e.to_string()))?;
-        let reader = crate::snapshot::read::open_reader(file, Some(key), &f.path)?
+        let reader = crate::snapshot::read::open_checked(store, f, key)
+            .await?
             .build()
             .map_err(|e| crate::Error::Failed(format!("{}: {e}", f.path)))?;
         for b in reader {

@@ -156,11 +156,7 @@ pub async fn measure(
         Some(s) => db::source_holds(db, &s.table)?,
         None => vec![],
     };
-    let holds: Vec<&crate::policy::LegalHold> = policy
-        .legal_holds
-        .iter()
-        .chain(source_holds.iter())
-        .collect();
+    let holds = plan::holds_of(policy, &source_holds);
     let early = grace.and_then(|g| g.cutoff(at)).unwrap_or(at);
     let due_now = plan::selections(dm, policy, &tenants, &holds, at);
     let due_early = plan::selections(dm, policy, &tenants, &holds, early);
@@ -336,23 +332,7 @@ async fn measure_backups(
     early: DateTime<Utc>,
 ) -> crate::Result<BackupMeasure> {
     let b = &c.policy.backups;
-    let mut runs = Vec::new();
-    for r in crate::snapshot::read::runs(store, &t.id).await? {
-        let committed = matches!(r.manifest, Some(Ok(_)));
-        let created = r
-            .manifest
-            .as_ref()
-            .and_then(|m| m.as_ref().ok())
-            .map(|m| m.created_at.clone());
-        if let Some(created_at) = crate::retention::run_time(&r.run_id, created.as_deref()) {
-            runs.push(RunInfo {
-                tenant: t.id.clone(),
-                run_id: r.run_id,
-                created_at,
-                committed,
-            });
-        }
-    }
+    let (runs, _) = crate::retention::run_infos(store, &t.id).await?;
     let pins = crate::snapshot::purge::pins(store, Some(&t.id))
         .await?
         .into_iter()

@@ -131,6 +131,36 @@ pub(crate) fn run_time(run_id: &str, created: Option<&str>) -> Option<DateTime<U
         })
 }
 
+/// `tenant`'s snapshot runs, committed or not, with their time; `true` when one has no
+/// readable time (such runs are kept, and so is the tenant's key).
+pub(crate) async fn run_infos(
+    store: &Store,
+    tenant: &str,
+) -> Result<(Vec<RunInfo>, bool), crate::store::StoreError> {
+    let mut runs = Vec::new();
+    let mut undated = false;
+    for r in read::runs(store, tenant).await? {
+        let committed = matches!(r.manifest, Some(Ok(_)));
+        let created = r
+            .manifest
+            .as_ref()
+            .and_then(|m| m.as_ref().ok())
+            .map(|m| m.created_at.clone());
+        let Some(created_at) = run_time(&r.run_id, created.as_deref()) else {
+            tracing::warn!(tenant = %tenant, run = %r.run_id, "run id without a time; the run (and the tenant's key) is kept");
+            undated = true;
+            continue;
+        };
+        runs.push(RunInfo {
+            tenant: tenant.to_string(),
+            run_id: r.run_id,
+            created_at,
+            committed,
+        });
+    }
+    Ok((runs, undated))
+}
+
 /// Read everything the planner needs: tenants, holds, counts for every due selection, pending
 /// blobs, snapshot runs and pins. Reads only. Runs the preflight first: any finding that would
 /// make the run go wrong refuses the plan (a named [`Refusal`], exit 1) before it deletes.
@@ -168,11 +198,7 @@ pub async fn inventory(
         })
         .collect();
     let bad_tenants: Vec<String> = list.bad.iter().map(|b| b.shown.clone()).collect();
-    let holds: Vec<_> = policy
-        .legal_holds
-        .iter()
-        .chain(source_holds.iter())
-        .collect();
+    let holds = plan::holds_of(policy, &source_holds);
 
     // One pass per table, answering every selection on it for all tenants sharing it, and
     // counting rows per tenant id (orphans) and blobs outside their prefix.
@@ -216,24 +242,10 @@ pub async fn inventory(
     let mut runs = Vec::new();
     let mut undated_runs = Vec::new();
     for tenant in read::tenants(store).await? {
-        for r in read::runs(store, &tenant).await? {
-            let committed = matches!(r.manifest, Some(Ok(_)));
-            let created = r
-                .manifest
-                .as_ref()
-                .and_then(|m| m.as_ref().ok())
-                .map(|m| m.created_at.clone());
-            let Some(created_at) = run_time(&r.run_id, created.as_deref()) else {
-                tracing::warn!(tenant = %tenant, run = %r.run_id, "run id without a time; the run (and the tenant's key) is kept");
-                undated_runs.push(tenant.clone());
-                continue;
-            };
-            runs.push(RunInfo {
-                tenant: tenant.clone(),
-                run_id: r.run_id,
-                created_at,
-                committed,
-            });
+        let (dated, undated) = run_infos(store, &tenant).await?;
+        runs.extend(dated);
+        if undated {
+            undated_runs.push(tenant);
         }
     }
     let pins = crate::snapshot::purge::pins(store, None)

@@ -325,11 +325,12 @@ pub type SubjectHash<'a> = &'a dyn Fn(&str) -> String;
 
 /// Holds from the policy file and from the source, in one list.
 pub fn all_holds<'a>(policy: &'a Policy, inv: &'a Inventory) -> Vec<&'a LegalHold> {
-    policy
-        .legal_holds
-        .iter()
-        .chain(inv.source_holds.iter())
-        .collect()
+    holds_of(policy, &inv.source_holds)
+}
+
+/// The policy file's holds and `source_holds` (from the legal-holds table), in one list.
+pub fn holds_of<'a>(policy: &'a Policy, source_holds: &'a [LegalHold]) -> Vec<&'a LegalHold> {
+    policy.legal_holds.iter().chain(source_holds).collect()
 }
 
 /// Does hold `h` keep the whole unit? A category hold covers every unit of a table that has

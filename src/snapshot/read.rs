@@ -170,6 +170,27 @@ fn decryption(key: &DataKey) -> Arc<FileDecryptionProperties> {
         .expect("valid key length")
 }
 
+/// Download a file a manifest lists, refuse it unless its size and sha256 are the manifest's,
+/// and open it for reading with the tenant's key (the ciphertext stays in a private temp file).
+pub async fn open_checked(
+    store: &Store,
+    f: &crate::snapshot::manifest::FileEntry,
+    key: &DataKey,
+) -> Result<ParquetRecordBatchReaderBuilder<File>, SnapshotError> {
+    let (tmp, bytes, sha) = download(store, &ObjPath::from(f.path.as_str())).await?;
+    if bytes != f.bytes || sha != f.sha256 {
+        return Err(SnapshotError::Decode {
+            key: f.path.clone(),
+            message: "checksum mismatch against the manifest; refusing to read it (run `lethe snapshot verify`)".into(),
+        });
+    }
+    let file = tmp.reopen().map_err(|e| SnapshotError::LocalIo {
+        path: tmp.path().into(),
+        source: e,
+    })?;
+    open_reader(file, Some(key), &f.path)
+}
+
 /// Open a downloaded snapshot file for reading with the tenant's key; errors say what went wrong
 /// in the reader's terms (no key, wrong key, damaged file).
 pub fn open_reader(
@@ -679,10 +700,6 @@ async fn restore_files(
 ) -> Result<(Vec<(String, PathBuf, u64)>, u64), crate::Error> {
     let mut dropped = 0u64;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e| SnapshotError::LocalIo { path: p, source: e }
-    };
     written.mkdir(out)?;
     let mut files = Vec::new();
     for f in manifest
@@ -690,12 +707,7 @@ async fn restore_files(
         .iter()
         .filter(|f| tables.is_empty() || tables.contains(&f.table))
     {
-        let (tmp, bytes, sha) = download(store, &ObjPath::from(f.path.as_str())).await?;
-        if bytes != f.bytes || sha != f.sha256 {
-            return Err(SnapshotError::Decode { key: f.path.clone(), message: "checksum mismatch against the manifest; refusing to restore it (run `lethe snapshot verify`)".into() }.into());
-        }
-        let file = tmp.reopen().map_err(io(tmp.path()))?;
-        let reader = open_reader(file, Some(key), &f.path)?;
+        let reader = open_checked(store, f, key).await?;
         let schema = reader.schema().clone();
         let reader = reader.build().map_err(|e| SnapshotError::Decode {
             key: f.path.clone(),
