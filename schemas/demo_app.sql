@@ -3,7 +3,7 @@
 -- Timestamps are UTC text 'YYYY-MM-DD HH:MM:SS'.
 CREATE TABLE tenants (
   id TEXT PRIMARY KEY, name TEXT NOT NULL, plan TEXT NOT NULL, status TEXT NOT NULL,
-  created_at TIMESTAMP NOT NULL, cancelled_at TIMESTAMP);
+  created_at TIMESTAMP NOT NULL, cancelled_at TIMESTAMP, time_zone TEXT);
 CREATE TABLE accounts (
   id INTEGER PRIMARY KEY, tenant_id TEXT NOT NULL, email TEXT NOT NULL, display_name TEXT NOT NULL,
   role TEXT NOT NULL, created_at TIMESTAMP NOT NULL, last_login_at TIMESTAMP, deleted_at TIMESTAMP,

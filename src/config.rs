@@ -75,6 +75,39 @@ pub struct ConfigFile {
     /// Sub-processors told of each subject erasure (GDPR Art. 19; `[[subprocessors]]`).
     #[serde(default)]
     pub subprocessors: Vec<SubprocessorSection>,
+    /// Aggregate analytics: where they are published, and the default time zone.
+    #[serde(default)]
+    pub analytics: AnalyticsSection,
+}
+
+/// `[analytics]`.
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyticsSection {
+    /// A store of its own for the published datasets (same forms as `store.url`), so that
+    /// analysts never need access to the snapshot bucket. Default: the main store.
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default)]
+    pub region: Option<String>,
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+    #[serde(default)]
+    pub path_style: Option<bool>,
+    /// The IANA zone whose days and weeks analytics uses for tenants without one of their own
+    /// (`[tenants] time_zone_column` in the data map). Default `UTC`.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+}
+
+/// `[analytics]`, validated.
+#[derive(Debug, Clone)]
+pub struct AnalyticsSettings {
+    /// Where datasets are published (`None`: the main store).
+    pub store: Option<StoreSpec>,
+    pub time_zone: chrono_tz::Tz,
 }
 
 /// One `[[subprocessors]]` entry.
@@ -521,6 +554,7 @@ pub struct Config {
     pub retention: RetentionSection,
     pub certificates: CertificatesSection,
     pub subprocessors: Vec<Subprocessor>,
+    pub analytics: AnalyticsSettings,
 }
 
 impl Config {
@@ -675,6 +709,32 @@ impl Config {
         let blobs = match &f.blobs {
             Some(b) => Some(spec("blobs.url", b)?),
             None => None,
+        };
+        let a = &f.analytics;
+        let analytics = AnalyticsSettings {
+            store: match &a.url {
+                Some(url) => Some(spec(
+                    "analytics.url",
+                    &StoreSection {
+                        url: url.clone(),
+                        endpoint: a.endpoint.clone(),
+                        region: a.region.clone(),
+                        allow_http: a.allow_http,
+                        path_style: a.path_style,
+                    },
+                )?),
+                None => None,
+            },
+            time_zone: match a.time_zone.as_deref() {
+                None => chrono_tz::UTC,
+                Some(z) => z.parse().map_err(|_| {
+                    invalid(
+                        "analytics.time_zone",
+                        format!("{z:?} is not an IANA time zone"),
+                        "write a zone such as \"UTC\" or \"Asia/Jakarta\"",
+                    )
+                })?,
+            },
         };
 
         if f.keys.provider != "local" {
@@ -831,6 +891,7 @@ impl Config {
             retention: f.retention,
             certificates: f.certificates,
             subprocessors,
+            analytics,
         })
     }
 }

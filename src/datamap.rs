@@ -35,6 +35,10 @@ pub struct TenantsTable {
     pub status_column: String,
     /// When the tenant cancelled (NULL while active).
     pub cancelled_at_column: String,
+    /// The tenant's IANA time zone (e.g. `Asia/Jakarta`): analytics cuts its days and weeks
+    /// there. Optional; without it (or where a row holds NULL) `[analytics] time_zone` applies.
+    #[serde(default)]
+    pub time_zone_column: Option<String>,
 }
 
 /// One table as the data map describes it.

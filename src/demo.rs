@@ -17,6 +17,7 @@ pub const DATA_MAP: &str = include_str!("../schemas/app.toml");
 pub const SCHEMA_SQL: &str = include_str!("../schemas/demo_app.sql");
 pub const POLICY: &str = include_str!("../jobs/retention.toml");
 pub const NIGHTLY: &str = include_str!("../jobs/nightly.toml");
+pub const ANALYTICS: &str = include_str!("../jobs/analytics.toml");
 
 pub const CONFIG: &str = r#"# lethe.toml written by `lethe demo`. Paths are relative to this file.
 [source]
@@ -62,6 +63,7 @@ pub fn write_files(dir: &Path, source: Option<&str>) -> std::io::Result<Vec<Path
         ("schemas/app.toml", DATA_MAP),
         ("jobs/retention.toml", POLICY),
         ("jobs/nightly.toml", NIGHTLY),
+        ("jobs/analytics.toml", ANALYTICS),
     ] {
         let p = dir.join(rel);
         if !p.exists() {
@@ -319,7 +321,7 @@ pub fn generate(
         let cancelled = (i % 7 == 5).then(|| anchor - Duration::days(10 + 15 * (i as i64 % 5)));
         let tenant_created = anchor - Duration::seconds(span_s + 86_400 * (30 + i as i64));
         tx.execute(
-            "INSERT INTO tenants VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO tenants VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![
                 tid,
                 name,
@@ -330,7 +332,9 @@ pub fn generate(
                     "active"
                 },
                 ts(tenant_created),
-                cancelled.map(ts)
+                cancelled.map(ts),
+                // Indonesia's three zones (WIB, WITA, WIT): analytics cuts days in each.
+                ["Asia/Jakarta", "Asia/Makassar", "Asia/Jayapura"][i % 3]
             ],
         )?;
         *counts.entry("tenants").or_default() += 1;

@@ -262,6 +262,8 @@ pub struct RunOptions {
     pub tenants: Vec<String>,
     /// Where every step reads the time.
     pub clock: Arc<dyn Clock>,
+    /// Analytics: datasets to rebuild.
+    pub analytics: crate::analytics::run::Options,
 }
 
 impl Default for RunOptions {
@@ -272,6 +274,7 @@ impl Default for RunOptions {
             now: None,
             tenants: Vec::new(),
             clock: crate::clock::system(),
+            analytics: Default::default(),
         }
     }
 }
@@ -433,13 +436,16 @@ pub async fn run_steps(
                         run.erasure = Some(r);
                     })
             }
-            Step::Analytics => crate::analytics::run::run(c, &opts.clock).await.map(|a| {
-                rec.counts
-                    .insert("partitions_written", a.written.len() as u64);
-                rec.counts.insert("partitions_frozen", a.frozen as u64);
-                rec.counts.insert("cells_suppressed", a.suppressed as u64);
-                run.analytics = Some(a);
-            }),
+            Step::Analytics => crate::analytics::run::run(c, &opts.clock, &opts.analytics)
+                .await
+                .map(|a| {
+                    rec.counts
+                        .insert("partitions_written", a.written.len() as u64);
+                    rec.counts.insert("partitions_frozen", a.frozen as u64);
+                    rec.counts.insert("partitions_replaced", a.replaced as u64);
+                    rec.counts.insert("cells_suppressed", a.suppressed as u64);
+                    run.analytics = Some(a);
+                }),
             Step::Snapshot => snapshot_all(c, &opts.tenants, &opts.clock).await.map(|s| {
                 rec.counts.insert("tenants_committed", s.done.len() as u64);
                 rec.counts.insert("tenants_failed", s.failed.len() as u64);

@@ -315,3 +315,69 @@ measures = [{ name = "n", kind = "count" }]
     assert_eq!(code, 2);
     assert!(err.contains("analytics.toml"), "{err}");
 }
+
+/// Derived measures, platform scope, `[analytics]` and `--rebuild`: each mistake exits 2 naming
+/// the file and key (or the flag), and nothing is published.
+#[test]
+fn analytics_measures_scopes_zones_and_rebuild_are_validated() {
+    let d = demo(2, 10);
+    let cfg = d.config.to_str().unwrap();
+    let file = d.dir.join("jobs/analytics.toml");
+    std::fs::write(
+        &file,
+        r#"
+[datasets.p]
+table = "messages"
+scope = "platform"
+subjects = ["customer_phone"]
+measures = [
+  { name = "median_len", kind = "median", column = "id" },
+  { name = "statuses", kind = "distinct", column = "status" },
+  { name = "x", kind = "count", unit = "hours" },
+  { name = "x", kind = "count" },
+  { name = "dt", kind = "count" },
+]
+
+[datasets.t]
+table = "support_tickets"
+scope = "tenant"
+subjects = ["requester_email"]
+measures = [
+  { name = "h", kind = "median", column = "resolved_at", since = "requester_email", unit = "fortnights" },
+  { name = "fr", kind = "count", first_response = { direction = "body", inbound = "in", outbound = "out" } },
+]
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = lethe(&["--config", cfg, "check"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    for needle in [
+        "datasets.p.measures[0].kind",
+        "median is not computed platform-wide",
+        "datasets.p.measures[1].kind",
+        "datasets.p.measures[2].unit",
+        "datasets.p.measures[3].name",
+        "datasets.p.measures[4].name",
+        "datasets.t.measures[0].since",
+        "datasets.t.measures[0].unit",
+        "unknown unit \"fortnights\"",
+        "datasets.t.measures[1].kind",
+        "datasets.t.measures[1].first_response.direction",
+    ] {
+        assert!(err.contains(needle), "{needle:?} not in:\n{err}");
+    }
+    std::fs::remove_file(&file).unwrap();
+    let (code, out, err) = lethe(&["--config", cfg, "run", "analytics", "--rebuild", "nosuch"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("--rebuild nosuch"), "{err}");
+    let (code, out, err) = lethe(&["--config", cfg, "run", "snapshot", "--rebuild", "x"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("--rebuild applies to"), "{err}");
+    let mut config = std::fs::read_to_string(&d.config).unwrap();
+    config.push_str("\n[analytics]\ntime_zone = \"Mars/Olympus\"\n");
+    std::fs::write(&d.config, config).unwrap();
+    let (code, out, err) = lethe(&["--config", cfg, "check"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(err.contains("analytics.time_zone"), "{err}");
+    assert!(!d.store().join("analytics").exists());
+}

@@ -1,16 +1,25 @@
-//! One tenant's table, from its newest committed snapshot, aggregated with Polars (issue 12, in
-//! progress): the files are downloaded (ciphertext), decrypted by arrow-rs with the tenant's
-//! key, and handed to Polars through the Arrow C Data Interface — never the live database,
-//! never a plaintext file. Memory: one tenant's table.
+//! One tenant's table, from its newest committed snapshot, aggregated with Polars: the files
+//! are downloaded (ciphertext), decrypted by arrow-rs with the tenant's key — only the columns
+//! the datasets read — and handed to Polars through the Arrow C Data Interface: never the live
+//! database, never a plaintext file. Memory: one tenant's table (those columns).
+//!
+//! Subject columns never reach Polars as they are: arrow-rs replaces each value by a keyed
+//! SipHash-1-3 of it ([`SubjectHasher`], a random key per run, kept in memory only), which is
+//! all that distinct counts need. The same key for every tenant of a run makes one person one
+//! subject across tenants in platform-wide datasets.
 
-use arrow::array::{Array, ArrayRef, RecordBatch};
+use std::sync::Arc;
 
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use arrow::datatypes::{DataType as ArrowType, Field, Schema};
 use polars::prelude::*;
 
-use crate::analytics::dataset::{Dataset, Kind, Period};
+use crate::analytics::dataset::{Dataset, Kind, Measure, Period};
 
 /// The distinct-subject count of each cell, as an extra output column (dropped on write).
 pub const SUBJECTS: &str = "__subjects";
+/// The partition column: the local date starting the cell's day or ISO week.
+pub const DT: &str = "dt";
 
 /// An arrow-rs array as a Polars array, through the C Data Interface (no copy of the buffers).
 fn to_polars_array(a: &ArrayRef) -> PolarsResult<Box<dyn polars_arrow::array::Array>> {
@@ -46,58 +55,388 @@ pub fn to_polars(batches: &[RecordBatch]) -> PolarsResult<DataFrame> {
     DataFrame::new_infer_height(columns)
 }
 
-/// Aggregate `df` (one tenant's rows of the dataset's table) per period and key: the measures,
-/// and the distinct subjects of each cell in [`SUBJECTS`]. Rows without a time are left out.
-pub fn aggregate(df: DataFrame, d: &Dataset, time_column: &str) -> PolarsResult<DataFrame> {
-    let every = match d.period {
-        Period::Day => "1d",
-        Period::Week => "1w",
+/// Keyed hashes of subject identifiers, for counting distinct people without handing the
+/// identifiers to Polars. 64 bits: two people colliding merge into one, which can only make a
+/// cell look smaller (more suppression), never larger.
+#[derive(Clone, Copy)]
+pub struct SubjectHasher(u64, u64);
+
+impl SubjectHasher {
+    /// A fresh random key (never stored, never logged).
+    pub fn random() -> crate::Result<SubjectHasher> {
+        let mut k = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
+            .map_err(|_| crate::Error::Failed("the system random generator failed".into()))?;
+        Ok(SubjectHasher(
+            u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
+            u64::from_le_bytes(k[8..].try_into().expect("8 bytes")),
+        ))
+    }
+
+    fn one(&self, bytes: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0, self.1);
+        h.write(bytes);
+        h.finish()
+    }
+
+    /// `a`'s values hashed (nulls stay null). Text is hashed trimmed, as identifiers are
+    /// compared elsewhere; numbers by their decimal form, so `42` and `'42'` are one subject.
+    pub fn column(&self, a: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
+        let text = match a.data_type() {
+            ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => a.clone(),
+            ArrowType::Binary | ArrowType::LargeBinary | ArrowType::FixedSizeBinary(_) => {
+                let out: UInt64Array = (0..a.len())
+                    .map(|i| {
+                        (!a.is_null(i)).then(|| match a.data_type() {
+                            ArrowType::Binary => self.one(a.as_binary::<i32>().value(i)),
+                            ArrowType::LargeBinary => self.one(a.as_binary::<i64>().value(i)),
+                            _ => self.one(a.as_fixed_size_binary().value(i)),
+                        })
+                    })
+                    .collect();
+                return Ok(Arc::new(out));
+            }
+            _ => arrow::compute::cast(a, &ArrowType::Utf8)?,
+        };
+        let out: UInt64Array = match text.data_type() {
+            ArrowType::Utf8 => text
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.map(|s| self.one(s.trim().as_bytes())))
+                .collect(),
+            ArrowType::LargeUtf8 => text
+                .as_string::<i64>()
+                .iter()
+                .map(|v| v.map(|s| self.one(s.trim().as_bytes())))
+                .collect(),
+            _ => text
+                .as_string_view()
+                .iter()
+                .map(|v| v.map(|s| self.one(s.trim().as_bytes())))
+                .collect(),
+        };
+        Ok(Arc::new(out))
+    }
+
+    /// `batches` with each of `columns` replaced by its hashes (a UInt64 column).
+    pub fn batches(
+        &self,
+        batches: Vec<RecordBatch>,
+        columns: &[String],
+    ) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+        batches
+            .into_iter()
+            .map(|b| {
+                let schema = b.schema();
+                let mut fields = Vec::with_capacity(schema.fields().len());
+                let mut arrays = Vec::with_capacity(schema.fields().len());
+                for (f, a) in schema.fields().iter().zip(b.columns()) {
+                    if columns.iter().any(|c| c == f.name()) {
+                        fields.push(Field::new(f.name(), ArrowType::UInt64, true));
+                        arrays.push(self.column(a)?);
+                    } else {
+                        fields.push(f.as_ref().clone());
+                        arrays.push(a.clone());
+                    }
+                }
+                RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
+            })
+            .collect()
+    }
+}
+
+/// The columns of its table that `d` reads.
+pub fn columns_of(d: &Dataset, time_column: &str) -> Vec<String> {
+    let mut out = vec![time_column.to_string()];
+    out.extend(d.keys.iter().cloned());
+    out.extend(d.subjects.iter().cloned());
+    for m in &d.measures {
+        out.extend(m.column.iter().cloned());
+        out.extend(m.since.iter().cloned());
+        out.extend(m.first_response.iter().map(|f| f.direction.clone()));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Microseconds since the epoch of a Date or Datetime expression.
+fn micros(e: Expr) -> Expr {
+    e.dt().timestamp(TimeUnit::Microseconds)
+}
+
+fn first_response_column(m: &Measure) -> String {
+    format!("__first_response_{}", m.name)
+}
+
+/// The value a (non-count, non-distinct) measure aggregates.
+fn value_of(m: &Measure, time_column: &str) -> Expr {
+    if m.first_response.is_some() {
+        return col(first_response_column(m).as_str());
+    }
+    let c = col(m.column.as_deref().unwrap_or_default());
+    match &m.since {
+        Some(since) => {
+            (micros(c) - micros(col(since.as_str()))).cast(DataType::Float64) / lit(m.unit_micros)
+        }
+        None if m.column.as_deref() == Some(time_column) => c.cast(DataType::Float64),
+        None => c,
+    }
+}
+
+/// `df` (one tenant's rows of the dataset's table, subject columns hashed) with rows without
+/// a time left out, the first-response columns its measures need, and [`DT`]: a Date, the
+/// local day (in `zone`) or the Monday of the local ISO week.
+fn prepared(
+    df: DataFrame,
+    d: &Dataset,
+    time_column: &str,
+    zone: chrono_tz::Tz,
+) -> PolarsResult<LazyFrame> {
+    let t = col(time_column);
+    let local = match df.column(time_column)?.dtype() {
+        DataType::Datetime(_, Some(_)) => t.dt().convert_time_zone(TimeZone::from_chrono(&zone)),
+        DataType::Datetime(_, None) => t
+            .dt()
+            .replace_time_zone(Some(TimeZone::UTC), lit("raise"), NonExistent::Raise)
+            .dt()
+            .convert_time_zone(TimeZone::from_chrono(&zone)),
+        _ => t,
     };
-    let mut keys = vec![col(time_column).dt().truncate(lit(every)).alias("dt")];
+    let day = local.dt().date();
+    let dt = match d.period {
+        Period::Day => day,
+        Period::Week => day.dt().truncate(lit("1w")),
+    }
+    .alias(DT);
+    let mut lf = df.lazy().filter(col(time_column).is_not_null());
+    for m in d.measures.iter().filter(|m| m.first_response.is_some()) {
+        lf = with_first_response(lf, d, m, time_column)?;
+    }
+    Ok(lf.with_column(dt))
+}
+
+fn group_keys(d: &Dataset) -> Vec<Expr> {
+    let mut keys = vec![col(DT)];
     keys.extend(d.keys.iter().map(|k| col(k.as_str())));
+    keys
+}
+
+/// Distinct subjects (one subject column: `dataset` refuses more for now); a row without a
+/// subject is nobody.
+fn subjects(d: &Dataset) -> Expr {
+    col(d.subjects[0].as_str())
+        .drop_nulls()
+        .n_unique()
+        .alias(SUBJECTS)
+}
+
+/// Aggregate `df` (see [`prepared`]) per period and key: the measures, and the distinct
+/// subjects of each cell in [`SUBJECTS`]; sorted by [`DT`].
+pub fn aggregate(
+    df: DataFrame,
+    d: &Dataset,
+    time_column: &str,
+    zone: chrono_tz::Tz,
+) -> PolarsResult<DataFrame> {
     let mut aggs: Vec<Expr> = d
         .measures
         .iter()
         .map(|m| {
-            let c = || col(m.column.as_deref().unwrap_or_default());
             match m.kind {
-                Kind::Count => len(),
-                Kind::Distinct => c().drop_nulls().n_unique(),
-                Kind::Sum => c().sum(),
-                Kind::Mean => c().mean(),
-                Kind::Median => c().median(),
-                Kind::P90 => c().quantile(lit(0.9), QuantileMethod::Linear),
+                Kind::Count => match &m.column {
+                    None => len(),
+                    Some(c) => col(c.as_str()).count(),
+                },
+                Kind::Distinct => col(m.column.as_deref().unwrap_or_default())
+                    .drop_nulls()
+                    .n_unique(),
+                Kind::Sum => value_of(m, time_column).sum(),
+                Kind::Mean => value_of(m, time_column).mean(),
+                Kind::Median => value_of(m, time_column).median(),
+                Kind::P90 => value_of(m, time_column).quantile(lit(0.9), QuantileMethod::Linear),
             }
             .alias(m.name.as_str())
         })
         .collect();
-    // Distinct subjects (one subject column: `dataset` refuses more for now); a row without a
-    // subject is nobody.
-    aggs.push(
-        col(d.subjects[0].as_str())
-            .drop_nulls()
-            .n_unique()
-            .alias(SUBJECTS),
-    );
-    df.lazy()
-        .filter(col(time_column).is_not_null())
-        .group_by(keys)
+    aggs.push(subjects(d));
+    prepared(df, d, time_column, zone)?
+        .group_by(group_keys(d))
         .agg(aggs)
-        .sort(["dt"], Default::default())
+        .sort([DT], Default::default())
         .collect()
 }
 
-/// The batches of `table` in a committed run of `tenant`, decrypted.
+fn partial_sum(m: &Measure) -> String {
+    format!("__sum_{}", m.name)
+}
+fn partial_n(m: &Measure) -> String {
+    format!("__n_{}", m.name)
+}
+const ROWS: &str = "__rows";
+
+/// One tenant's share of a platform-wide dataset, mergeable across tenants by [`merge`]: per
+/// cell and (hashed) subject, the rows and the sums and counts of summed or averaged values.
+/// Only periods starting on or after `from` (all when `None`).
+pub fn partial(
+    df: DataFrame,
+    d: &Dataset,
+    time_column: &str,
+    zone: chrono_tz::Tz,
+    from: Option<chrono::NaiveDate>,
+) -> PolarsResult<DataFrame> {
+    let mut keys = group_keys(d);
+    keys.push(col(d.subjects[0].as_str()));
+    let mut aggs = vec![len().cast(DataType::UInt64).alias(ROWS)];
+    for m in d.measures.iter().filter(|m| m.kind == Kind::Count) {
+        if let Some(c) = &m.column {
+            aggs.push(
+                col(c.as_str())
+                    .count()
+                    .cast(DataType::UInt64)
+                    .alias(partial_n(m).as_str()),
+            );
+        }
+    }
+    for m in d
+        .measures
+        .iter()
+        .filter(|m| matches!(m.kind, Kind::Sum | Kind::Mean))
+    {
+        let v = value_of(m, time_column).cast(DataType::Float64);
+        aggs.push(v.clone().sum().alias(partial_sum(m).as_str()));
+        aggs.push(
+            v.count()
+                .cast(DataType::UInt64)
+                .alias(partial_n(m).as_str()),
+        );
+    }
+    let mut lf = prepared(df, d, time_column, zone)?;
+    if let Some(from) = from {
+        lf = lf.filter(col(DT).gt_eq(lit(from)));
+    }
+    lf.group_by(keys).agg(aggs).collect()
+}
+
+/// Every tenant's [`partial`] in one frame (for differential privacy, which bounds each
+/// subject's contribution over all of them).
+pub fn concat_partials(partials: Vec<DataFrame>) -> PolarsResult<DataFrame> {
+    let lfs: Vec<LazyFrame> = partials.into_iter().map(|p| p.lazy()).collect();
+    if lfs.is_empty() {
+        return Ok(DataFrame::empty());
+    }
+    concat(lfs, UnionArgs::default())?.collect()
+}
+
+/// The cells of a platform-wide dataset from every tenant's [`partial`]: as [`aggregate`]
+/// would give over all tenants' rows at once (a subject in several tenants counts once).
+pub fn merge(partials: Vec<DataFrame>, d: &Dataset) -> PolarsResult<DataFrame> {
+    let lfs: Vec<LazyFrame> = partials.into_iter().map(|p| p.lazy()).collect();
+    if lfs.is_empty() {
+        return Ok(DataFrame::empty());
+    }
+    let mut aggs: Vec<Expr> = d
+        .measures
+        .iter()
+        .map(|m| {
+            match m.kind {
+                Kind::Count => match &m.column {
+                    None => col(ROWS).sum(),
+                    Some(_) => col(partial_n(m).as_str()).sum(),
+                },
+                // `dataset` allows distinct over the subject column only, in platform scope.
+                Kind::Distinct => col(d.subjects[0].as_str()).drop_nulls().n_unique(),
+                Kind::Sum => col(partial_sum(m).as_str()).sum(),
+                Kind::Mean => {
+                    col(partial_sum(m).as_str()).sum()
+                        / col(partial_n(m).as_str()).sum().cast(DataType::Float64)
+                }
+                Kind::Median | Kind::P90 => lit(NULL),
+            }
+            .alias(m.name.as_str())
+        })
+        .collect();
+    aggs.push(subjects(d));
+    concat(lfs, UnionArgs::default())?
+        .group_by(group_keys(d))
+        .agg(aggs)
+        .sort([DT], Default::default())
+        .collect()
+}
+
+/// The first-response time of each conversation opener: an inbound row whose subject's
+/// previous row was not inbound, answered by the subject's next outbound row — in the unit of
+/// the measure, on the opener's row (null elsewhere, and where no answer came).
+fn with_first_response(
+    lf: LazyFrame,
+    d: &Dataset,
+    m: &Measure,
+    time_column: &str,
+) -> PolarsResult<LazyFrame> {
+    let f = m
+        .first_response
+        .as_ref()
+        .expect("called for first-response measures");
+    let subject = col(d.subjects[0].as_str());
+    let dir = col(f.direction.as_str());
+    let at = micros(col(time_column));
+    let inbound = dir.clone().eq(lit(f.inbound.as_str()));
+    Ok(lf
+        .sort(
+            [d.subjects[0].as_str(), time_column],
+            SortMultipleOptions::default(),
+        )
+        .with_columns([
+            when(dir.clone().eq(lit(f.outbound.as_str())))
+                .then(at.clone())
+                .otherwise(lit(NULL).cast(DataType::Int64))
+                .fill_null_with_strategy(FillNullStrategy::Backward(None))
+                .over([subject.clone()])?
+                .alias("__next_out"),
+            dir.shift(lit(1)).over([subject])?.alias("__prev_dir"),
+        ])
+        .with_column(
+            when(
+                inbound.and(
+                    col("__prev_dir")
+                        .neq(lit(f.inbound.as_str()))
+                        .or(col("__prev_dir").is_null()),
+                ),
+            )
+            .then((col("__next_out") - at).cast(DataType::Float64) / lit(m.unit_micros))
+            .otherwise(lit(NULL).cast(DataType::Float64))
+            .alias(first_response_column(m).as_str()),
+        )
+        .drop(by_name(["__next_out", "__prev_dir"], true, false)))
+}
+
+/// The batches of `table` in a committed run of `tenant`, decrypted: only `columns` (all
+/// when `None`).
 pub async fn read_table(
     store: &crate::store::Store,
     key: &crate::keys::DataKey,
     manifest: &crate::snapshot::manifest::Manifest,
     table: &str,
+    columns: Option<&[String]>,
 ) -> crate::Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     for f in manifest.files.iter().filter(|f| f.table == table) {
-        let reader = crate::snapshot::read::open_checked(store, f, key)
-            .await?
+        let mut builder = crate::snapshot::read::open_checked(store, f, key).await?;
+        if let Some(cols) = columns {
+            let roots: Vec<usize> = builder
+                .schema()
+                .fields()
+                .iter()
+                .enumerate()
+                .filter(|(_, f)| cols.iter().any(|c| c == f.name()))
+                .map(|(i, _)| i)
+                .collect();
+            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+            builder = builder.with_projection(mask);
+        }
+        let reader = builder
+            .with_batch_size(65_536)
             .build()
             .map_err(|e| crate::Error::Failed(format!("{}: {e}", f.path)))?;
         for b in reader {
@@ -126,9 +465,10 @@ fn to_arrow_array(s: &Series) -> PolarsResult<ArrayRef> {
 }
 
 /// Cells with fewer than `k` distinct subjects keep their keys and lose every measure (null,
-/// never a small number); the subject count itself is not published. No margins are published
-/// in a release, so no complementary suppression is needed (see [`crate::analytics::suppress`]
-/// for releases that publish totals).
+/// never a small number); the subject count itself is not published. A release publishes no
+/// margins (no totals over keys or days), so no suppressed cell can be recovered from one;
+/// [`crate::analytics::suppress`] holds the complementary suppression a release with totals
+/// would need.
 pub fn suppress_small(df: DataFrame, d: &Dataset) -> PolarsResult<DataFrame> {
     let small = col(SUBJECTS).lt(lit(d.k as i64));
     let exprs: Vec<Expr> = d
@@ -147,45 +487,70 @@ pub fn suppress_small(df: DataFrame, d: &Dataset) -> PolarsResult<DataFrame> {
         .collect()
 }
 
-/// One partition (the rows of one `dt`, without it: the path carries it) as zstd Parquet bytes.
-pub fn to_parquet(df: &DataFrame) -> crate::Result<Vec<u8>> {
+/// A Polars frame as one arrow-rs batch: `dt` as Date32, strings as plain Utf8 (what every
+/// Parquet reader — Spark, older DuckDB — knows).
+pub fn to_batch(df: &DataFrame) -> crate::Result<RecordBatch> {
     let fail = |e: &dyn std::fmt::Display| crate::Error::Failed(format!("analytics output: {e}"));
     let mut fields = Vec::new();
     let mut arrays = Vec::new();
     for c in df.columns() {
         let s = c.as_materialized_series();
-        let s = if c.name().as_str() == "dt" {
-            s.cast(&DataType::Date).map_err(|e| fail(&e))?
-        } else {
-            s.clone()
-        };
-        let a = to_arrow_array(&s).map_err(|e| fail(&e))?;
-        // Plain strings: what every Parquet reader (Spark, older DuckDB) knows.
+        let a = to_arrow_array(s).map_err(|e| fail(&e))?;
         let a = match a.data_type() {
-            arrow::datatypes::DataType::Utf8View => {
-                arrow::compute::cast(&a, &arrow::datatypes::DataType::Utf8).map_err(|e| fail(&e))?
+            ArrowType::Utf8View | ArrowType::LargeUtf8 => {
+                arrow::compute::cast(&a, &ArrowType::Utf8).map_err(|e| fail(&e))?
             }
             _ => a,
         };
-        fields.push(arrow::datatypes::Field::new(
-            c.name().as_str(),
-            a.data_type().clone(),
-            true,
-        ));
+        fields.push(Field::new(c.name().as_str(), a.data_type().clone(), true));
         arrays.push(a);
     }
-    let batch = RecordBatch::try_new(
-        std::sync::Arc::new(arrow::datatypes::Schema::new(fields)),
-        arrays,
-    )
-    .map_err(|e| fail(&e))?;
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays).map_err(|e| fail(&e))
+}
+
+/// `batch` (sorted by `dt`, a Date32 column) cut into one batch per `dt`, without the column
+/// (the partition's path carries it). Slices: no copy.
+pub fn split_by_dt(batch: &RecordBatch) -> crate::Result<Vec<(chrono::NaiveDate, RecordBatch)>> {
+    let i = batch
+        .schema()
+        .index_of(DT)
+        .map_err(|e| crate::Error::Failed(format!("analytics output: {e}")))?;
+    let days = batch
+        .column(i)
+        .as_primitive::<arrow::datatypes::Date32Type>();
+    let rest = {
+        let mut b = batch.clone();
+        b.remove_column(i);
+        b
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < days.len() {
+        let v = days.value(start);
+        let mut end = start + 1;
+        while end < days.len() && days.value(end) == v && !days.is_null(end) {
+            end += 1;
+        }
+        if !days.is_null(start)
+            && let Some(day) = chrono::NaiveDate::from_num_days_from_ce_opt(v + 719_163)
+        {
+            out.push((day, rest.slice(start, end - start)));
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
+/// One partition as zstd Parquet bytes.
+pub fn to_parquet(batch: &RecordBatch) -> crate::Result<Vec<u8>> {
+    let fail = |e: &dyn std::fmt::Display| crate::Error::Failed(format!("analytics output: {e}"));
     let props = parquet::file::properties::WriterProperties::builder()
         .set_compression(parquet::basic::Compression::ZSTD(Default::default()))
         .build();
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(1024);
     let mut w = parquet::arrow::ArrowWriter::try_new(&mut out, batch.schema(), Some(props))
         .map_err(|e| fail(&e))?;
-    w.write(&batch).map_err(|e| fail(&e))?;
+    w.write(batch).map_err(|e| fail(&e))?;
     w.close().map_err(|e| fail(&e))?;
     Ok(out)
 }

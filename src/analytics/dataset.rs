@@ -50,6 +50,29 @@ struct DatasetFile {
     #[serde(default = "default_k")]
     k: i64,
     measures: Vec<MeasureFile>,
+    #[serde(default)]
+    privacy: Option<PrivacyFile>,
+}
+
+/// `[datasets.<name>.privacy]`: differential privacy (see [`crate::analytics::privacy`]).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrivacyFile {
+    /// ε spent by each release (one partition).
+    epsilon: f64,
+    /// Total ε a tenant's releases (platform: the dataset's) may spend, ever.
+    budget: f64,
+    #[serde(default = "one")]
+    max_cells_per_subject: i64,
+    #[serde(default = "five")]
+    max_rows_per_subject: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+fn five() -> i64 {
+    5
 }
 
 fn day() -> String {
@@ -66,6 +89,25 @@ struct MeasureFile {
     kind: String,
     #[serde(default)]
     column: Option<String>,
+    /// A duration measure: `column` minus this time column.
+    #[serde(default)]
+    since: Option<String>,
+    /// The unit of a duration: seconds (default), minutes, hours or days.
+    #[serde(default)]
+    unit: Option<String>,
+    #[serde(default)]
+    first_response: Option<FirstResponse>,
+}
+
+/// A derived duration: from a conversation's opening inbound row to the subject's next
+/// outbound row, on the opener's period and keys.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FirstResponse {
+    /// The column telling inbound from outbound rows.
+    pub direction: String,
+    pub inbound: String,
+    pub outbound: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +122,9 @@ pub enum Period {
     Week,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
+    #[default]
     Count,
     Distinct,
     Sum,
@@ -104,11 +147,16 @@ impl Kind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Measure {
     pub name: String,
     pub kind: Kind,
     pub column: Option<String>,
+    /// A duration measure: `column − since`, in `unit_micros` microseconds.
+    pub since: Option<String>,
+    pub first_response: Option<FirstResponse>,
+    /// Microseconds per unit of a duration (seconds: 1e6).
+    pub unit_micros: f64,
 }
 
 /// A validated dataset.
@@ -122,6 +170,8 @@ pub struct Dataset {
     pub subjects: Vec<String>,
     pub k: u64,
     pub measures: Vec<Measure>,
+    /// Differential privacy, if the dataset asks for it.
+    pub privacy: Option<crate::analytics::privacy::Privacy>,
 }
 
 /// Every column of `t` that holds personal data: declared personal, subject, identifier and
@@ -257,8 +307,25 @@ pub fn parse(
             }
         }
         let mut measures = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
         for (i, m) in d.measures.iter().enumerate() {
             let mk = format!("{}[{i}]", key("measures"));
+            if !crate::util::is_safe_ident(&m.name)
+                || m.name.starts_with("__")
+                || m.name == "dt"
+                || m.name == "tenant"
+                || d.keys.contains(&m.name)
+                || !names.insert(m.name.clone())
+            {
+                bad(
+                    format!("{mk}.name"),
+                    format!(
+                        "{:?} is not a usable output name (letters, digits, _; not dt, tenant, a key or another measure's name)",
+                        m.name
+                    ),
+                    "give each measure its own name, e.g. messages",
+                );
+            }
             let Some(kind) = Kind::parse(&m.kind) else {
                 bad(
                     format!("{mk}.kind"),
@@ -267,53 +334,197 @@ pub fn parse(
                 );
                 continue;
             };
-            match (&m.column, kind) {
-                (None, Kind::Count) => {}
-                (Some(_), Kind::Count) => bad(
-                    format!("{mk}.column"),
-                    "count takes no column".into(),
-                    "remove column, or use distinct",
-                ),
-                (None, _) => bad(
-                    format!("{mk}.column"),
-                    format!("{} needs a column", m.kind),
-                    "name the column it is computed over",
-                ),
-                (Some(c), _) if !live.iter().any(|x| x == c) => bad(
-                    format!("{mk}.column"),
-                    format!("table {} has no column {c}", d.table),
-                    "name a column of the table",
-                ),
-                // Counting distinct people is what a subject column is for; summing,
-                // averaging or ranking a personal column publishes something of theirs.
-                (Some(c), Kind::Distinct)
-                    if pii.contains(&c.as_str()) && !d.subjects.contains(c) =>
+            let has = |c: &str| live.iter().any(|x| x == c);
+            let unit_micros = match m.unit.as_deref() {
+                None | Some("seconds") => 1e6,
+                Some("minutes") => 60e6,
+                Some("hours") => 3600e6,
+                Some("days") => 86_400e6,
+                Some(other) => {
+                    bad(
+                        format!("{mk}.unit"),
+                        format!("unknown unit {other:?}"),
+                        "use seconds, minutes, hours or days",
+                    );
+                    1e6
+                }
+            };
+            let derived = m.since.is_some() || m.first_response.is_some();
+            if m.unit.is_some() && !derived {
+                bad(
+                    format!("{mk}.unit"),
+                    "a unit applies to durations only (since or first_response)".into(),
+                    "remove unit, or add since = \"<start time column>\"",
+                );
+            }
+            if derived && !matches!(kind, Kind::Sum | Kind::Mean | Kind::Median | Kind::P90) {
+                bad(
+                    format!("{mk}.kind"),
+                    format!("{} of a duration", m.kind),
+                    "use sum, mean, median or p90 for durations",
+                );
+            }
+            if let Some(f) = &m.first_response {
+                if m.column.is_some() || m.since.is_some() {
+                    bad(
+                        format!("{mk}.first_response"),
+                        "first_response takes no column or since: it runs from the opener's time to the answer's".into(),
+                        "remove column and since",
+                    );
+                }
+                if pii.contains(&f.direction.as_str()) || !has(&f.direction) {
+                    bad(
+                        format!("{mk}.first_response.direction"),
+                        format!(
+                            "table {} has no non-personal column {}",
+                            d.table, f.direction
+                        ),
+                        "name the column telling inbound from outbound (e.g. direction)",
+                    );
+                }
+            } else {
+                match (&m.column, kind) {
+                    (None, Kind::Count) => {}
+                    (None, _) => bad(
+                        format!("{mk}.column"),
+                        format!("{} needs a column", m.kind),
+                        "name the column it is computed over",
+                    ),
+                    (Some(c), _) if !has(c) => bad(
+                        format!("{mk}.column"),
+                        format!("table {} has no column {c}", d.table),
+                        "name a column of the table",
+                    ),
+                    // Counting distinct people is what a subject column is for; summing,
+                    // averaging or ranking a personal column publishes something of theirs.
+                    (Some(c), Kind::Distinct)
+                        if pii.contains(&c.as_str()) && !d.subjects.contains(c) =>
+                    {
+                        bad(
+                            format!("{mk}.column"),
+                            format!(
+                                "{c} is a personal column of {}; only a subject column may be counted",
+                                d.table
+                            ),
+                            "count distinct over a column listed in subjects",
+                        )
+                    }
+                    (Some(c), k)
+                        if k != Kind::Distinct
+                            && pii.contains(&c.as_str())
+                            && !(k == Kind::Count && d.subjects.contains(c)) =>
+                    {
+                        bad(
+                            format!("{mk}.column"),
+                            format!(
+                                "{c} is a personal column of {}: it can never be an output",
+                                d.table
+                            ),
+                            "aggregate a non-personal column",
+                        )
+                    }
+                    _ => {}
+                }
+                if let Some(since) = &m.since
+                    && (pii.contains(&since.as_str()) || !has(since))
                 {
                     bad(
-                        format!("{mk}.column"),
-                        format!(
-                            "{c} is a personal column of {}; only a subject column may be counted",
-                            d.table
-                        ),
-                        "count distinct over a column listed in subjects",
-                    )
+                        format!("{mk}.since"),
+                        format!("table {} has no non-personal column {since}", d.table),
+                        "name the time column the duration starts at (e.g. created_at)",
+                    );
                 }
-                (Some(c), k) if k != Kind::Distinct && pii.contains(&c.as_str()) => bad(
-                    format!("{mk}.column"),
-                    format!(
-                        "{c} is a personal column of {}: it can never be an output",
-                        d.table
-                    ),
-                    "aggregate a non-personal column",
-                ),
-                _ => {}
+            }
+            // Platform cells merge tenants' partials: medians and percentiles do not merge,
+            // and distinct values merge only for the (hashed) subject.
+            if scope == Scope::Platform {
+                let ok = match kind {
+                    Kind::Count | Kind::Sum | Kind::Mean => true,
+                    Kind::Distinct => m.column.as_ref().is_some_and(|c| d.subjects.contains(c)),
+                    Kind::Median | Kind::P90 => false,
+                };
+                if !ok {
+                    bad(
+                        format!("{mk}.kind"),
+                        format!(
+                            "{} is not computed platform-wide (cells merge every tenant's partial counts and sums)",
+                            m.kind
+                        ),
+                        "use count, sum, mean, or distinct over the subject column; or scope = \"tenant\"",
+                    );
+                }
             }
             measures.push(Measure {
                 name: m.name.clone(),
                 kind,
                 column: m.column.clone(),
+                since: m.since.clone(),
+                first_response: m.first_response.clone(),
+                unit_micros,
             });
         }
+        let privacy = match &d.privacy {
+            None => None,
+            Some(p) => {
+                let pk = |k: &str| format!("datasets.{name}.privacy.{k}");
+                let micros = |v: f64| (v * 1e6).round();
+                let mut ok = true;
+                if !(p.epsilon.is_finite() && p.epsilon > 0.0 && p.epsilon <= 10.0)
+                    || micros(p.epsilon) < 1.0
+                {
+                    ok = false;
+                    bad(
+                        pk("epsilon"),
+                        format!("epsilon = {} is not in (0, 10]", p.epsilon),
+                        "spend a small epsilon per release, e.g. 0.5",
+                    );
+                }
+                if !(p.budget.is_finite() && p.budget >= p.epsilon && p.budget <= 1e6) {
+                    ok = false;
+                    bad(
+                        pk("budget"),
+                        format!(
+                            "budget = {} must be at least epsilon ({}) and finite",
+                            p.budget, p.epsilon
+                        ),
+                        "give the total epsilon all releases may spend, e.g. 30 for 60 releases of 0.5",
+                    );
+                }
+                for (k, v) in [
+                    ("max_cells_per_subject", p.max_cells_per_subject),
+                    ("max_rows_per_subject", p.max_rows_per_subject),
+                ] {
+                    if !(1..=1000).contains(&v) {
+                        ok = false;
+                        bad(
+                            pk(k),
+                            format!("{k} = {v} is not in 1..=1000"),
+                            "bound what one person contributes to a release, e.g. 1 cell and 5 rows",
+                        );
+                    }
+                }
+                for (i, m) in d.measures.iter().enumerate() {
+                    let plain_count = m.kind == "count" && m.column.is_none();
+                    let subjects = m.kind == "distinct"
+                        && m.column.as_ref().is_some_and(|c| d.subjects.contains(c));
+                    if !(plain_count || subjects) || m.since.is_some() || m.first_response.is_some()
+                    {
+                        ok = false;
+                        bad(
+                            format!("{}[{i}].kind", key("measures")),
+                            format!("{} is not published with differential privacy", m.kind),
+                            "with [privacy], use count (of rows) and distinct (of the subject column) only",
+                        );
+                    }
+                }
+                ok.then(|| crate::analytics::privacy::Privacy {
+                    epsilon_micros: micros(p.epsilon) as u64,
+                    budget_micros: micros(p.budget) as u64,
+                    max_cells_per_subject: p.max_cells_per_subject as u64,
+                    max_rows_per_subject: p.max_rows_per_subject as u64,
+                })
+            }
+        };
         // A day's partition is computed once the day is complete; a category kept for less
         // than the partition period would be gone (or going) before it is read.
         let need = match period {
@@ -346,6 +557,7 @@ pub fn parse(
             subjects: d.subjects,
             k: d.k.max(0) as u64,
             measures,
+            privacy,
         });
     }
     if problems.is_empty() {

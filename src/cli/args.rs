@@ -241,7 +241,7 @@ pub(super) struct PlanArgs {
 #[derive(Args)]
 pub(super) struct RunArgs {
     /// A job name from jobs/*.toml (e.g. `nightly`), or one step: `retention`, `erasure`,
-    /// `snapshot`.
+    /// `snapshot`, `analytics`.
     #[arg(value_name = "JOB|STEP", value_parser = parse_target)]
     pub(super) target: Target,
     /// Only these tenants (repeatable; the snapshot step only, by hand).
@@ -255,6 +255,13 @@ pub(super) struct RunArgs {
     /// clock, so an override can only delete less.
     #[arg(long, value_parser = parse_instant)]
     pub(super) now: Option<chrono::DateTime<chrono::Utc>>,
+    /// analytics: recompute every complete partition of this dataset (repeatable) from today's
+    /// snapshots and replace the published ones. What it risks: a reader who kept the old
+    /// release can difference the two and learn about the rows retention deleted and the people
+    /// erased in between — which is why partitions are otherwise frozen. Use it after fixing a
+    /// wrong dataset definition, not routinely.
+    #[arg(long, value_name = "DATASET")]
+    pub(super) rebuild: Vec<String>,
 }
 
 #[derive(Subcommand)]

@@ -300,6 +300,20 @@ deletion certificates (signed JWS, Ed25519):"
             for v in &at.violations {
                 println!("  VIOLATION: {v}");
             }
+            // The analytics the nightly job published: the newest partition of each dataset.
+            let sets = crate::analytics::run::datasets(&checked)?;
+            if !sets.is_empty() {
+                let out = crate::analytics::run::output_store(&checked)?;
+                println!(
+                    "\nanalytics (anonymized aggregates; null = fewer than k people in the cell), newest partition of each dataset:"
+                );
+                for d in &sets {
+                    match crate::analytics::run::preview(&out, d, 4).await? {
+                        Some(text) => print!("{text}"),
+                        None => println!("{}: nothing published yet", d.name),
+                    }
+                }
+            }
             println!(
                 "\nencrypted snapshots are in {}; try:",
                 a.dir.join("store").display()
@@ -317,6 +331,10 @@ deletion certificates (signed JWS, Ed25519):"
                 );
             }
             println!("  lethe --config {c} attest --tenant kopi-senja --period {month}");
+            println!(
+                "  duckdb -c \"SELECT * FROM read_parquet('{}/analytics/messages_daily/**/*.parquet', hive_partitioning = true) LIMIT 10\"",
+                a.dir.join("store").display()
+            );
             println!(
                 "  lethe --config {c} snapshot restore --tenant kopi-senja --out /tmp/kopi-senja --format csv"
             );
@@ -403,6 +421,12 @@ deletion certificates (signed JWS, Ed25519):"
                     "--plan-hash applies to `lethe run retention`, `lethe run erasure` and jobs with retention (where it confirms the retention plan)".into(),
                 ));
             }
+            if !r.rebuild.is_empty() && !steps.contains(&crate::jobs::Step::Analytics) {
+                return Err(crate::Error::Usage(
+                    "--rebuild applies to `lethe run analytics` (or a job with the analytics step)"
+                        .into(),
+                ));
+            }
             if !r.tenants.is_empty() && (retention || job.is_some() || !snapshot) {
                 return Err(crate::Error::Usage(
                     "--tenant applies to `lethe run snapshot` only: retention always plans every tenant (a legal hold or override is what keeps a tenant's data)".into(),
@@ -418,6 +442,7 @@ deletion certificates (signed JWS, Ed25519):"
                 erasure_plan_hash,
                 now: r.now,
                 tenants: r.tenants,
+                analytics: crate::analytics::run::Options { rebuild: r.rebuild },
                 ..Default::default()
             };
             let run = crate::pipeline::run_steps(&c, &steps, &opts, job).await?;

@@ -33,6 +33,12 @@ pub(super) fn print_job_run(run: &crate::pipeline::JobRun) {
                         a.frozen,
                         a.suppressed
                     );
+                    if a.replaced > 0 {
+                        println!(
+                            "analytics: {} published partition(s) replaced (--rebuild)",
+                            a.replaced
+                        );
+                    }
                 }
             }
             _ => {}

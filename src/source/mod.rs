@@ -129,6 +129,8 @@ pub struct Tenant {
     pub id: String,
     pub status: String,
     pub cancelled_at: Option<DateTime<Utc>>,
+    /// The tenant's time zone as its row holds it (unchecked), if the data map names a column.
+    pub time_zone: Option<String>,
 }
 
 /// The tenants table, split: ids usable in object keys and SQL, and the others.
@@ -238,7 +240,7 @@ impl Source {
             Source::Postgres(s) => s.tenant_rows(&dm.tenants)?,
         };
         let mut list = TenantList::default();
-        for (i, (id, status, cancelled_us)) in rows.into_iter().enumerate() {
+        for (i, (id, status, cancelled_us, time_zone)) in rows.into_iter().enumerate() {
             if !crate::util::is_safe_ident(&id) {
                 list.bad.push(BadTenant::new(&dm.tenants.table, i + 1, &id));
                 continue;
@@ -247,6 +249,7 @@ impl Source {
                 id,
                 status,
                 cancelled_at: cancelled_us.and_then(DateTime::<Utc>::from_timestamp_micros),
+                time_zone: time_zone.filter(|z| !z.is_empty()),
             });
         }
         Ok(list)
@@ -315,7 +318,10 @@ impl Source {
                     ("id_column", &t.id_column),
                     ("status_column", &t.status_column),
                     ("cancelled_at_column", &t.cancelled_at_column),
-                ] {
+                ]
+                .into_iter()
+                .chain(t.time_zone_column.as_ref().map(|c| ("time_zone_column", c)))
+                {
                     if !cols.iter().any(|c| &c.name == col) {
                         problems.push(missing_col(
                             &dm.tenants_file,
@@ -502,4 +508,4 @@ pub fn arrow_schema_of(cols: &[Column], types: &[ColType]) -> SchemaRef {
 }
 
 /// A tenant row as a source reads it: id, status, cancelled-at in UTC microseconds.
-pub type TenantRow = (String, String, Option<i64>);
+pub type TenantRow = (String, String, Option<i64>, Option<String>);

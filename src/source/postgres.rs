@@ -303,10 +303,13 @@ impl PgSource {
 
     pub fn tenant_rows(&self, t: &TenantsTable) -> Result<Vec<TenantRow>, SourceError> {
         let sql = format!(
-            "SELECT {}::text, {}::text, (extract(epoch from {}) * 1000000)::int8 FROM {} ORDER BY 1",
+            "SELECT {}::text, {}::text, (extract(epoch from {}) * 1000000)::int8, {}::text FROM {} ORDER BY 1",
             quote_ident(&t.id_column),
             quote_ident(&t.status_column),
             quote_ident(&t.cancelled_at_column),
+            t.time_zone_column
+                .as_deref()
+                .map_or("NULL".into(), quote_ident),
             quote_ident(&t.table)
         );
         let rows = block(&self.handle, self.client.query(&sql, &[])).map_err(Self::q(&t.table))?;
@@ -314,7 +317,12 @@ impl PgSource {
             .iter()
             .map(|r| {
                 let (id, status): (Option<String>, Option<String>) = (r.get(0), r.get(1));
-                (id.unwrap_or_default(), status.unwrap_or_default(), r.get(2))
+                (
+                    id.unwrap_or_default(),
+                    status.unwrap_or_default(),
+                    r.get(2),
+                    r.get(3),
+                )
             })
             .collect())
     }

@@ -86,10 +86,13 @@ impl SqliteSource {
             message: e.to_string(),
         };
         let sql = format!(
-            "SELECT {}, {}, {} FROM {} ORDER BY 1",
+            "SELECT {}, {}, {}, {} FROM {} ORDER BY 1",
             quote_ident(&t.id_column),
             quote_ident(&t.status_column),
             quote_ident(&t.cancelled_at_column),
+            t.time_zone_column
+                .as_deref()
+                .map_or("NULL".into(), quote_ident),
             quote_ident(&t.table)
         );
         let mut stmt = self.conn.prepare(&sql).map_err(q)?;
@@ -102,10 +105,15 @@ impl SqliteSource {
         };
         while let Some(r) = rows.next().map_err(q)? {
             let cancelled = ts_micros(r.get_ref(2).map_err(q)?).flatten();
+            let zone = match r.get_ref(3).map_err(q)? {
+                ValueRef::Null => None,
+                v => Some(text(v)),
+            };
             out.push((
                 text(r.get_ref(0).map_err(q)?),
                 text(r.get_ref(1).map_err(q)?),
                 cancelled,
+                zone,
             ));
         }
         Ok(out)
