@@ -2,8 +2,10 @@
 # Aggregation benchmark (issue 12): the peers' 5,000,000-row `messages` table, snapshotted by
 # lethe into encrypted Parquet (one run per tenant), then `lethe run analytics` computing
 # messages per tenant × UTC day × channel (count, distinct customers; k = 2) from the encrypted
-# snapshots and writing its Hive partitions — next to DuckDB and Polars aggregating the plaintext
-# Parquet file into one file (../shared/peers/05_aggregate.sh), in the same sitting.
+# snapshots and writing its Hive partitions — the first run (every day of every tenant: one
+# partition each) and a nightly run (the newest day of every tenant) — next to DuckDB and Polars
+# aggregating the plaintext Parquet file into one file (../shared/peers/05_aggregate.sh), in the
+# same sitting.
 #
 # usage: benches/aggregate_postgres.sh        (from the repository root)
 #   First: ../shared/peers/setup.sh venvs db, and ../shared/peers/03_pg_to_parquet.sh connectorx
@@ -70,13 +72,24 @@ if [ ! -d "$WORK/store.orig" ]; then
 fi
 echo "store: $(du -sh "$WORK/store.orig" | cut -f1) encrypted; machine busy: $(bash "$PEERS/busy.sh" 3 | tail -1)"
 
-echo; echo "== lethe run analytics: encrypted snapshots in, Hive partitions out"
+echo; echo "== lethe run analytics, first run (backfill): every complete day of every tenant, one Hive partition each"
 for i in $(seq 0 "$RUNS"); do
   rm -rf "$WORK/store" && cp -r "$WORK/store.orig" "$WORK/store"
   [ "$i" = 0 ] && label="warm-up" || label="run $i"
   /usr/bin/time -f "$label: %e s wall, peak RSS %M KiB" "$lethe" -q --config "$WORK/lethe.toml" run analytics 2>&1 | tail -2
 done
 echo "partitions: $(find "$WORK/store/analytics" -name '*.parquet' | wc -l)"
+
+# The nightly case: everything published but the newest day, which every tenant publishes now.
+# The aggregation still reads every row of every encrypted snapshot; it writes one partition
+# per tenant.
+newest=$(ls "$WORK/store/analytics/messages_daily/"*/ | grep '^dt=' | sort | tail -1)
+echo; echo "== lethe run analytics, nightly: the newest day ($newest) of every tenant"
+for i in $(seq 0 "$RUNS"); do
+  find "$WORK/store/analytics/messages_daily" -type d -name "$newest" -prune -exec rm -rf {} +
+  [ "$i" = 0 ] && label="warm-up" || label="run $i"
+  /usr/bin/time -f "$label: %e s wall, peak RSS %M KiB" "$lethe" -q --config "$WORK/lethe.toml" run analytics 2>&1 | tail -2
+done
 
 echo; echo "== peers on the plaintext file (05_aggregate.sh)"
 RUNS=$RUNS bash "$PEERS/05_aggregate.sh"

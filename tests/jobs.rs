@@ -161,15 +161,15 @@ fn unknown_jobs_unknown_steps_bad_order_and_broken_job_files_are_refused() {
     for (text, needles) in [
         (
             good.replace(
-                "steps = [\"retention\", \"erasure\", \"snapshot\"]",
+                "steps = [\"retention\", \"erasure\", \"snapshot\", \"analytics\"]",
                 "steps = [\"retention\", \"erasure\", \"analytics\", \"snapshot\"]",
             ),
             &["nightly.toml", "steps", "list analytics after snapshot"][..],
         ),
         (
             good.replace(
-                "steps = [\"retention\", \"erasure\", \"snapshot\"]",
-                "steps = [\"snapshot\", \"erasure\", \"retention\"]",
+                "steps = [\"retention\", \"erasure\", \"snapshot\", \"analytics\"]",
+                "steps = [\"snapshot\", \"erasure\", \"retention\", \"analytics\"]",
             ),
             &["nightly.toml", "list retention first"][..],
         ),

@@ -434,9 +434,18 @@ pub async fn run(
     // Tenants' zones, from the live tenants table (no personal data); the default elsewhere.
     let source = crate::source::Source::open(&c.config.source)?;
     let default_zone = c.config.analytics.time_zone;
-    let zones: BTreeMap<String, chrono_tz::Tz> = source
-        .tenants(&c.data_map)?
-        .valid
+    let live = source.tenants(&c.data_map)?.valid;
+    // Platform periods wait for these tenants' snapshots: the live ones not cancelled (a
+    // cancelled tenant's last snapshot stays for months and would hold the platform back).
+    let holders: BTreeSet<String> = live
+        .iter()
+        .filter(|t| {
+            let s = t.status.trim().to_ascii_lowercase();
+            !((s == "cancelled" || s == "canceled") && t.cancelled_at.is_some())
+        })
+        .map(|t| t.id.clone())
+        .collect();
+    let zones: BTreeMap<String, chrono_tz::Tz> = live
         .into_iter()
         .map(|t| {
             let zone = match t.time_zone.as_deref().map(str::parse::<chrono_tz::Tz>) {
@@ -491,7 +500,8 @@ pub async fn run(
         let (sets, rebuild, out, partials, horizon) = (&sets, &rebuild, &out, &partials, &horizon);
         let (sets_arc, times_arc, rebuild_arc) =
             (sets_arc.clone(), times_arc.clone(), rebuild_arc.clone());
-        let (zones, platform_start, refused) = (&zones, &platform_start, &refused);
+        let (zones, platform_start, refused, holders) =
+            (&zones, &platform_start, &refused, &holders);
         async move {
             let Some(m) = crate::snapshot::read::newest_committed(store, &tenant).await? else {
                 return Ok::<_, crate::Error>(());
@@ -510,10 +520,12 @@ pub async fn run(
                 })?
                 .with_timezone(&zone);
             let complete_before = taken.min(now.with_timezone(&zone)).date_naive();
-            horizon
-                .lock()
-                .expect("not poisoned")
-                .push((tenant.clone(), complete_before));
+            if holders.contains(&tenant) {
+                horizon
+                    .lock()
+                    .expect("not poisoned")
+                    .push((tenant.clone(), complete_before));
+            }
             let mut published_sets = vec![BTreeSet::new(); sets.len()];
             for (i, d) in sets.iter().enumerate() {
                 if d.scope == Scope::Tenant && !rebuild[i] {
@@ -678,9 +690,10 @@ pub async fn run(
     Ok(out)
 }
 
-/// The newest partition of `d` (for a tenant dataset: of the first tenant that has one) and up
-/// to `rows` of its rows, formatted for a terminal: what `lethe demo` shows.
+/// The newest partition of `d` with a published (non-null) value — else the newest with rows —
+/// and up to `rows` of its rows, formatted for a terminal: what `lethe demo` shows.
 pub async fn preview(store: &Store, d: &Dataset, rows: usize) -> crate::Result<Option<String>> {
+    use arrow::array::Array;
     use arrow::util::display::{ArrayFormatter, FormatOptions};
     let mut parts: Vec<String> = store
         .list(&ObjPath::from(prefix(d, None)))
@@ -691,20 +704,34 @@ pub async fn preview(store: &Store, d: &Dataset, rows: usize) -> crate::Result<O
     // Newest day first; among tenants, the first.
     let dt = |p: &str| p.split("dt=").nth(1).unwrap_or_default().to_string();
     parts.sort_by(|a, b| dt(b).cmp(&dt(a)).then(a.cmp(b)));
-    let mut nonempty = None;
-    for p in &parts {
+    // The newest partition with a published value; else the newest with rows.
+    let mut shown = None;
+    for p in parts.iter().take(500) {
         let bytes = store.get(&ObjPath::from(p.as_str())).await?;
         let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
             .and_then(|b| b.with_batch_size(rows.max(1)).build())
             .map_err(|e| crate::Error::Failed(format!("{p}: {e}")))?;
-        if let Some(batch) = reader.into_iter().next() {
-            let batch = batch.map_err(|e| crate::Error::Failed(format!("{p}: {e}")))?;
-            if batch.num_rows() > 0 {
-                nonempty = Some((p.clone(), batch));
-                break;
-            }
+        let Some(batch) = reader.into_iter().next() else {
+            continue;
+        };
+        let batch = batch.map_err(|e| crate::Error::Failed(format!("{p}: {e}")))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        let published = d
+            .measures
+            .first()
+            .and_then(|m| batch.column_by_name(&m.name))
+            .is_some_and(|c| c.null_count() < c.len());
+        if published {
+            shown = Some((p.clone(), batch));
+            break;
+        }
+        if shown.is_none() {
+            shown = Some((p.clone(), batch));
         }
     }
+    let nonempty = shown;
     let Some((path, batch)) = nonempty else {
         return Ok(None);
     };
