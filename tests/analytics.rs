@@ -49,12 +49,13 @@ fn messages_per_day_and_channel_equal_sqlite_over_the_same_rows() {
         let batches = lethe::analytics::compute::read_table(&store, &key, &m, "messages", None)
             .await
             .unwrap();
-        let hasher = lethe::analytics::compute::SubjectHasher::random().unwrap();
+        let hasher = lethe::analytics::compute::SubjectHasher::random(Some("62".into())).unwrap();
         let batches = hasher
-            .batches(batches, &["customer_phone".to_string()])
+            .batches(batches, &[("customer_phone".into(), "phone".into())])
             .unwrap();
         let df = lethe::analytics::compute::to_polars(&batches).unwrap();
-        lethe::analytics::compute::aggregate(df, &dataset, "created_at", chrono_tz::UTC).unwrap()
+        lethe::analytics::compute::aggregate(df, &dataset, "created_at", chrono_tz::UTC, None)
+            .unwrap()
     });
     // Polars' answer, as (day, channel) → (messages, customers, subjects).
     let mut got = std::collections::BTreeMap::new();
@@ -393,6 +394,18 @@ epsilon = 1.0
 budget = {budget}
 max_cells_per_subject = 1
 max_rows_per_subject = 3
+
+[datasets.dp_platform]
+table = "messages"
+scope = "platform"
+keys = ["channel"]
+subjects = ["customer_phone"]
+k = 2
+measures = [{{ name = "customers", kind = "distinct", column = "customer_phone" }}]
+[datasets.dp_platform.privacy]
+epsilon = 0.5
+budget = 1.0
+max_cells_per_subject = 2
 "#
         )
     };
@@ -448,6 +461,23 @@ max_rows_per_subject = 3
             }
         }
     }
+    // Platform-wide: two releases of 0.5 in a budget of 1, recorded under _platform.
+    assert!(
+        err_of_last_run(&d)
+            .contains("dataset dp_platform: privacy budget spent (1 of 1 used, 0.5 per release)"),
+        "platform refusal"
+    );
+    let platform = common::files(&d.store().join("analytics/dp_platform"));
+    assert_eq!(
+        platform.len(),
+        2,
+        "{:?}",
+        platform.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        common::files(&d.store().join("analytics-ledger/dp_platform/_platform")).len(),
+        2
+    );
     // The oldest complete days went first: the first day with messages is among them.
     let db = rusqlite::Connection::open(d.db()).unwrap();
     let first: String = db
@@ -473,4 +503,11 @@ max_rows_per_subject = 3
             assert!(c.iter().all(|v| v.unwrap() >= 2), "{}", p.display());
         }
     }
+}
+
+/// The stderr of `lethe run analytics` on demo `d` (a run that changes nothing more once a
+/// budget is spent).
+fn err_of_last_run(d: &common::Demo) -> String {
+    let (_, _, err) = common::lethe(&["--config", d.config.to_str().unwrap(), "run", "analytics"]);
+    err
 }

@@ -6,7 +6,7 @@ usage: check_analytics.py DEMO_DIR
 
 The reference is written from the contract, not from lethe's code: rows of the SQLite source,
 days and ISO weeks in each tenant's zone (tenants.time_zone, else UTC), distinct subjects as
-trimmed text, a cell published only with at least k distinct subjects (else its measures are
+their identifier normal form, a cell published only with at least k distinct subjects (else its measures are
 null), only periods complete before today in the tenant's zone (platform: in every zone).
 Prints one line per dataset; exits 1 naming the first difference.
 """
@@ -25,6 +25,8 @@ import duckdb
 demo = sys.argv[1]
 sets = tomllib.load(open(f"{demo}/jobs/analytics.toml", "rb"))["datasets"]
 dmap = tomllib.load(open(f"{demo}/schemas/app.toml", "rb"))
+policy = tomllib.load(open(f"{demo}/jobs/retention.toml", "rb"))
+country = policy.get("erasure", {}).get("phone_country", "")
 db = sqlite3.connect(f"{demo}/source.db")
 # The tenants lethe aggregates: those with a snapshot (an offboarded tenant has none left).
 zones = {t: ZoneInfo(z or "UTC") for t, z in db.execute("SELECT id, time_zone FROM tenants")
@@ -43,6 +45,22 @@ def instant(v):
 def period_start(t, zone, period):
     day = t.astimezone(zone).date()
     return day - dt.timedelta(days=day.weekday()) if period == "week" else day
+
+
+def person(v, kind):
+    """A subject's identity: the normal form erasure matches identifiers by (the data map's
+    kind: email lower-cased, phone as + and digits with the trunk prefix resolved)."""
+    t = str(v).strip(" ")
+    if kind == "email":
+        return t.lower()
+    if kind == "phone":
+        digits = "".join(c for c in t if c not in " \u00a0-.()/+")
+        if digits.startswith("00"):
+            digits = digits[2:]
+        elif digits.startswith("0") and not t.startswith("+"):
+            digits = country + digits[1:]
+        return "+" + digits
+    return t
 
 
 def quantile(xs, q):
@@ -103,13 +121,17 @@ def reference(name, d):
         if not complete(key[0], key[1]):
             continue
         rows = c["rows"]
-        people = {str(r[subject]).strip() for r, _ in rows if r[subject] is not None}
+        idkind = dmap["tables"][table].get("identifiers", {}).get(subject, "")
+        people = {person(r[subject], idkind) for r, _ in rows if r[subject] is not None}
         values = []
         for m in d["measures"]:
             if len(people) < k:
                 values.append(None)
                 continue
             kind, col = m["kind"], m.get("column")
+            rows = c["rows"]
+            for wc, wv in m.get("where", {}).items():
+                rows = [(r, fr) for r, fr in rows if r[wc] == wv]
             if "first_response" in m:
                 xs = [fr[m["name"]] for _, fr in rows if fr[m["name"]] is not None]
             elif "since" in m:
@@ -121,9 +143,9 @@ def reference(name, d):
             if kind == "count":
                 v = len(rows) if col is None else len(xs)
             elif kind == "distinct":
-                v = len({str(x).strip() for x in xs})
+                v = len({person(x, idkind) if col == subject else x for x in xs})
             elif kind == "sum":
-                v = sum(xs) if xs else None
+                v = sum(xs)  # Polars: the sum of nothing is 0
             elif kind == "mean":
                 v = statistics.fmean(xs) if xs else None
             elif kind == "median":

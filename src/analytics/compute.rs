@@ -14,7 +14,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType as ArrowType, Field, Schema};
 use polars::prelude::*;
 
-use crate::analytics::dataset::{Dataset, Kind, Measure, Period};
+use crate::analytics::dataset::{Dataset, Kind, Literal, Measure, Period};
 
 /// The distinct-subject count of each cell, as an extra output column (dropped on write).
 pub const SUBJECTS: &str = "__subjects";
@@ -56,35 +56,47 @@ pub fn to_polars(batches: &[RecordBatch]) -> PolarsResult<DataFrame> {
 }
 
 /// Keyed hashes of subject identifiers, for counting distinct people without handing the
-/// identifiers to Polars. 64 bits: two people colliding merge into one, which can only make a
-/// cell look smaller (more suppression), never larger.
-#[derive(Clone, Copy)]
-pub struct SubjectHasher(u64, u64);
+/// identifiers to Polars. Each value is hashed in the normal form erasure matches it by
+/// ([`crate::erasure::identify::stored_form_into`]: an email lower-cased, a phone as `+` and
+/// digits with its trunk prefix resolved), so one person written two ways is one subject, never
+/// two — which would let a cell pass `k` with fewer people. 64 bits: two people colliding merge
+/// into one, which can only make a cell look smaller (more suppression), never larger.
+#[derive(Clone)]
+pub struct SubjectHasher {
+    key: (u64, u64),
+    phone_country: Option<String>,
+}
+
+/// A subject column and the identifier kind the data map gives it (`""`: none).
+pub type SubjectColumn = (String, String);
 
 impl SubjectHasher {
     /// A fresh random key (never stored, never logged).
-    pub fn random() -> crate::Result<SubjectHasher> {
+    pub fn random(phone_country: Option<String>) -> crate::Result<SubjectHasher> {
         let mut k = [0u8; 16];
         ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut k)
             .map_err(|_| crate::Error::Failed("the system random generator failed".into()))?;
-        Ok(SubjectHasher(
-            u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
-            u64::from_le_bytes(k[8..].try_into().expect("8 bytes")),
-        ))
+        Ok(SubjectHasher {
+            key: (
+                u64::from_le_bytes(k[..8].try_into().expect("8 bytes")),
+                u64::from_le_bytes(k[8..].try_into().expect("8 bytes")),
+            ),
+            phone_country,
+        })
     }
 
     fn one(&self, bytes: &[u8]) -> u64 {
         use std::hash::Hasher;
-        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.0, self.1);
+        let mut h = siphasher::sip::SipHasher13::new_with_keys(self.key.0, self.key.1);
         h.write(bytes);
         h.finish()
     }
 
-    /// `a`'s values hashed (nulls stay null). Text is hashed trimmed, as identifiers are
-    /// compared elsewhere; numbers by their decimal form, so `42` and `'42'` are one subject.
-    pub fn column(&self, a: &ArrayRef) -> Result<ArrayRef, arrow::error::ArrowError> {
+    /// `a`'s values hashed (nulls stay null), text in the normal form of identifier `kind`;
+    /// numbers by their decimal form, so `42` and `'42'` are one subject.
+    pub fn column(&self, a: &ArrayRef, kind: &str) -> Result<ArrayRef, arrow::error::ArrowError> {
         let text = match a.data_type() {
-            ArrowType::Utf8 | ArrowType::LargeUtf8 | ArrowType::Utf8View => a.clone(),
+            ArrowType::Utf8 => a.clone(),
             ArrowType::Binary | ArrowType::LargeBinary | ArrowType::FixedSizeBinary(_) => {
                 let out: UInt64Array = (0..a.len())
                     .map(|i| {
@@ -99,23 +111,22 @@ impl SubjectHasher {
             }
             _ => arrow::compute::cast(a, &ArrowType::Utf8)?,
         };
-        let out: UInt64Array = match text.data_type() {
-            ArrowType::Utf8 => text
-                .as_string::<i32>()
-                .iter()
-                .map(|v| v.map(|s| self.one(s.trim().as_bytes())))
-                .collect(),
-            ArrowType::LargeUtf8 => text
-                .as_string::<i64>()
-                .iter()
-                .map(|v| v.map(|s| self.one(s.trim().as_bytes())))
-                .collect(),
-            _ => text
-                .as_string_view()
-                .iter()
-                .map(|v| v.map(|s| self.one(s.trim().as_bytes())))
-                .collect(),
-        };
+        let mut form = String::new();
+        let out: UInt64Array = text
+            .as_string::<i32>()
+            .iter()
+            .map(|v| {
+                v.map(|s| {
+                    crate::erasure::identify::stored_form_into(
+                        kind,
+                        s,
+                        self.phone_country.as_deref(),
+                        &mut form,
+                    );
+                    self.one(form.as_bytes())
+                })
+            })
+            .collect();
         Ok(Arc::new(out))
     }
 
@@ -123,7 +134,7 @@ impl SubjectHasher {
     pub fn batches(
         &self,
         batches: Vec<RecordBatch>,
-        columns: &[String],
+        columns: &[SubjectColumn],
     ) -> Result<Vec<RecordBatch>, arrow::error::ArrowError> {
         batches
             .into_iter()
@@ -132,12 +143,15 @@ impl SubjectHasher {
                 let mut fields = Vec::with_capacity(schema.fields().len());
                 let mut arrays = Vec::with_capacity(schema.fields().len());
                 for (f, a) in schema.fields().iter().zip(b.columns()) {
-                    if columns.iter().any(|c| c == f.name()) {
-                        fields.push(Field::new(f.name(), ArrowType::UInt64, true));
-                        arrays.push(self.column(a)?);
-                    } else {
-                        fields.push(f.as_ref().clone());
-                        arrays.push(a.clone());
+                    match columns.iter().find(|(c, _)| c == f.name()) {
+                        Some((_, kind)) => {
+                            fields.push(Field::new(f.name(), ArrowType::UInt64, true));
+                            arrays.push(self.column(a, kind)?);
+                        }
+                        None => {
+                            fields.push(f.as_ref().clone());
+                            arrays.push(a.clone());
+                        }
                     }
                 }
                 RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
@@ -155,10 +169,26 @@ pub fn columns_of(d: &Dataset, time_column: &str) -> Vec<String> {
         out.extend(m.column.iter().cloned());
         out.extend(m.since.iter().cloned());
         out.extend(m.first_response.iter().map(|f| f.direction.clone()));
+        out.extend(m.filter.iter().map(|(c, _)| c.clone()));
     }
     out.sort();
     out.dedup();
     out
+}
+
+/// `e` over the rows of the measure's `where` only.
+fn only(m: &Measure, e: Expr) -> Expr {
+    match &m.filter {
+        None => e,
+        Some((c, v)) => {
+            let v = match v {
+                Literal::Text(s) => lit(s.as_str()),
+                Literal::Int(i) => lit(*i),
+                Literal::Bool(b) => lit(*b),
+            };
+            e.filter(col(c.as_str()).eq(v))
+        }
+    }
 }
 
 /// Microseconds since the epoch of a Date or Datetime expression.
@@ -233,36 +263,43 @@ fn subjects(d: &Dataset) -> Expr {
 }
 
 /// Aggregate `df` (see [`prepared`]) per period and key: the measures, and the distinct
-/// subjects of each cell in [`SUBJECTS`]; sorted by [`DT`].
+/// subjects of each cell in [`SUBJECTS`]; sorted by [`DT`]. Only periods starting on or after
+/// `from` (all when `None`).
 pub fn aggregate(
     df: DataFrame,
     d: &Dataset,
     time_column: &str,
     zone: chrono_tz::Tz,
+    from: Option<chrono::NaiveDate>,
 ) -> PolarsResult<DataFrame> {
     let mut aggs: Vec<Expr> = d
         .measures
         .iter()
         .map(|m| {
+            let v = || only(m, value_of(m, time_column));
             match m.kind {
-                Kind::Count => match &m.column {
-                    None => len(),
-                    Some(c) => col(c.as_str()).count(),
+                Kind::Count => match (&m.column, &m.filter) {
+                    (None, None) => len(),
+                    (None, Some(_)) => only(m, col(time_column)).count(),
+                    (Some(c), _) => only(m, col(c.as_str())).count(),
                 },
-                Kind::Distinct => col(m.column.as_deref().unwrap_or_default())
+                Kind::Distinct => only(m, col(m.column.as_deref().unwrap_or_default()))
                     .drop_nulls()
                     .n_unique(),
-                Kind::Sum => value_of(m, time_column).sum(),
-                Kind::Mean => value_of(m, time_column).mean(),
-                Kind::Median => value_of(m, time_column).median(),
-                Kind::P90 => value_of(m, time_column).quantile(lit(0.9), QuantileMethod::Linear),
+                Kind::Sum => v().sum(),
+                Kind::Mean => v().mean(),
+                Kind::Median => v().median(),
+                Kind::P90 => v().quantile(lit(0.9), QuantileMethod::Linear),
             }
             .alias(m.name.as_str())
         })
         .collect();
     aggs.push(subjects(d));
-    prepared(df, d, time_column, zone)?
-        .group_by(group_keys(d))
+    let mut lf = prepared(df, d, time_column, zone)?;
+    if let Some(from) = from {
+        lf = lf.filter(col(DT).gt_eq(lit(from)));
+    }
+    lf.group_by(group_keys(d))
         .agg(aggs)
         .sort([DT], Default::default())
         .collect()
@@ -289,11 +326,19 @@ pub fn partial(
     let mut keys = group_keys(d);
     keys.push(col(d.subjects[0].as_str()));
     let mut aggs = vec![len().cast(DataType::UInt64).alias(ROWS)];
-    for m in d.measures.iter().filter(|m| m.kind == Kind::Count) {
-        if let Some(c) = &m.column {
+    for m in d.measures.iter() {
+        // Rows of the measure: for a count with a column or a `where`, and for a distinct with
+        // a `where` (the subject counts in the cell if it has one).
+        let rows_of = match (m.kind, &m.column, &m.filter) {
+            (Kind::Count, None, Some(_)) | (Kind::Distinct, _, Some(_)) => {
+                Some(only(m, col(time_column)))
+            }
+            (Kind::Count, Some(c), _) => Some(only(m, col(c.as_str()))),
+            _ => None,
+        };
+        if let Some(e) = rows_of {
             aggs.push(
-                col(c.as_str())
-                    .count()
+                e.count()
                     .cast(DataType::UInt64)
                     .alias(partial_n(m).as_str()),
             );
@@ -304,7 +349,7 @@ pub fn partial(
         .iter()
         .filter(|m| matches!(m.kind, Kind::Sum | Kind::Mean))
     {
-        let v = value_of(m, time_column).cast(DataType::Float64);
+        let v = only(m, value_of(m, time_column)).cast(DataType::Float64);
         aggs.push(v.clone().sum().alias(partial_sum(m).as_str()));
         aggs.push(
             v.count()
@@ -341,12 +386,18 @@ pub fn merge(partials: Vec<DataFrame>, d: &Dataset) -> PolarsResult<DataFrame> {
         .iter()
         .map(|m| {
             match m.kind {
-                Kind::Count => match &m.column {
-                    None => col(ROWS).sum(),
-                    Some(_) => col(partial_n(m).as_str()).sum(),
+                Kind::Count => match (&m.column, &m.filter) {
+                    (None, None) => col(ROWS).sum(),
+                    _ => col(partial_n(m).as_str()).sum(),
                 },
                 // `dataset` allows distinct over the subject column only, in platform scope.
-                Kind::Distinct => col(d.subjects[0].as_str()).drop_nulls().n_unique(),
+                Kind::Distinct => match &m.filter {
+                    None => col(d.subjects[0].as_str()).drop_nulls().n_unique(),
+                    Some(_) => col(d.subjects[0].as_str())
+                        .filter(col(partial_n(m).as_str()).gt(lit(0u64)))
+                        .drop_nulls()
+                        .n_unique(),
+                },
                 Kind::Sum => col(partial_sum(m).as_str()).sum(),
                 Kind::Mean => {
                     col(partial_sum(m).as_str()).sum()
@@ -553,4 +604,54 @@ pub fn to_parquet(batch: &RecordBatch) -> crate::Result<Vec<u8>> {
     w.write(batch).map_err(|e| fail(&e))?;
     w.close().map_err(|e| fail(&e))?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::UInt64Type;
+
+    /// One person written two ways is one subject (a cell cannot pass k on spelling); two
+    /// people stay two; nulls stay nobody; numbers hash like their text.
+    #[test]
+    fn one_person_written_two_ways_is_one_subject() {
+        let h = SubjectHasher::random(Some("62".into())).unwrap();
+        let phones: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("+62 812-3456-7890"),
+            Some("0812 3456 7890"),
+            Some("+6281234567891"),
+            None,
+        ]));
+        let p = h.column(&phones, "phone").unwrap();
+        let p = p.as_primitive::<UInt64Type>();
+        assert_eq!(p.value(0), p.value(1));
+        assert_ne!(p.value(0), p.value(2));
+        assert!(p.is_null(3));
+        let emails: ArrayRef = Arc::new(StringArray::from(vec![
+            "Budi@Example.com ",
+            "budi@example.com",
+            "sari@example.com",
+        ]));
+        let e = h.column(&emails, "email").unwrap();
+        let e = e.as_primitive::<UInt64Type>();
+        assert_eq!(e.value(0), e.value(1));
+        assert_ne!(e.value(0), e.value(2));
+        let n: ArrayRef = Arc::new(Int64Array::from(vec![42]));
+        let t: ArrayRef = Arc::new(StringArray::from(vec!["42"]));
+        assert_eq!(
+            h.column(&n, "")
+                .unwrap()
+                .as_primitive::<UInt64Type>()
+                .value(0),
+            h.column(&t, "")
+                .unwrap()
+                .as_primitive::<UInt64Type>()
+                .value(0)
+        );
+        // Another run, another key: the hashes mean nothing outside the run.
+        let other = SubjectHasher::random(Some("62".into())).unwrap();
+        let q = other.column(&phones, "phone").unwrap();
+        assert_ne!(q.as_primitive::<UInt64Type>().value(0), p.value(0));
+    }
 }

@@ -97,6 +97,9 @@ struct MeasureFile {
     unit: Option<String>,
     #[serde(default)]
     first_response: Option<FirstResponse>,
+    /// Only the rows where a column equals a value: `where = { direction = "inbound" }`.
+    #[serde(default, rename = "where")]
+    filter: Option<BTreeMap<String, toml::Value>>,
 }
 
 /// A derived duration: from a conversation's opening inbound row to the subject's next
@@ -155,8 +158,18 @@ pub struct Measure {
     /// A duration measure: `column − since`, in `unit_micros` microseconds.
     pub since: Option<String>,
     pub first_response: Option<FirstResponse>,
+    /// Only the rows where this column equals this value.
+    pub filter: Option<(String, Literal)>,
     /// Microseconds per unit of a duration (seconds: 1e6).
     pub unit_micros: f64,
+}
+
+/// A value a measure's `where` compares a column with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Literal {
+    Text(String),
+    Int(i64),
+    Bool(bool),
 }
 
 /// A validated dataset.
@@ -210,10 +223,10 @@ pub fn parse(
         let key = |k: &str| format!("datasets.{name}.{k}");
         let mut bad =
             |k: String, m: String, fix: &str| problems.push(Problem::new(path, k, m, fix));
-        if !crate::util::is_safe_ident(&name) {
+        if !crate::util::is_safe_ident(&name) || name.starts_with('_') {
             bad(
                 format!("datasets.{name}"),
-                "a dataset name must be letters, digits, - and _".into(),
+                "a dataset name must be letters, digits, - and _, not starting with _ (analytics/_state is lethe's)".into(),
                 "rename the dataset",
             );
             continue;
@@ -349,6 +362,48 @@ pub fn parse(
                     1e6
                 }
             };
+            let filter = match &m.filter {
+                None => None,
+                Some(w) => {
+                    let wk = format!("{mk}.where");
+                    let mut it = w.iter();
+                    match (it.next(), it.next()) {
+                        (Some((c, v)), None) => {
+                            let lit = match v {
+                                toml::Value::String(s) => Some(Literal::Text(s.clone())),
+                                toml::Value::Integer(i) => Some(Literal::Int(*i)),
+                                toml::Value::Boolean(b) => Some(Literal::Bool(*b)),
+                                _ => None,
+                            };
+                            if pii.contains(&c.as_str()) || !has(c) {
+                                bad(
+                                    format!("{wk}.{c}"),
+                                    format!("table {} has no non-personal column {c}", d.table),
+                                    "filter on a non-personal column (direction, status, channel)",
+                                );
+                                None
+                            } else if lit.is_none() {
+                                bad(
+                                    format!("{wk}.{c}"),
+                                    "compare with a string, an integer or a boolean".into(),
+                                    "write e.g. where = { direction = \"inbound\" }",
+                                );
+                                None
+                            } else {
+                                lit.map(|l| (c.clone(), l))
+                            }
+                        }
+                        _ => {
+                            bad(
+                                wk,
+                                "where takes exactly one column = value".into(),
+                                "write e.g. where = { direction = \"inbound\" }",
+                            );
+                            None
+                        }
+                    }
+                }
+            };
             let derived = m.since.is_some() || m.first_response.is_some();
             if m.unit.is_some() && !derived {
                 bad(
@@ -460,6 +515,7 @@ pub fn parse(
                 column: m.column.clone(),
                 since: m.since.clone(),
                 first_response: m.first_response.clone(),
+                filter,
                 unit_micros,
             });
         }
@@ -507,7 +563,10 @@ pub fn parse(
                     let plain_count = m.kind == "count" && m.column.is_none();
                     let subjects = m.kind == "distinct"
                         && m.column.as_ref().is_some_and(|c| d.subjects.contains(c));
-                    if !(plain_count || subjects) || m.since.is_some() || m.first_response.is_some()
+                    if !(plain_count || subjects)
+                        || m.since.is_some()
+                        || m.first_response.is_some()
+                        || m.filter.is_some()
                     {
                         ok = false;
                         bad(

@@ -95,6 +95,55 @@ fn partition_key(d: &Dataset, tenant: Option<&str>, day: NaiveDate) -> ObjPath {
     ObjPath::from(format!("{}dt={day}/part-0.parquet", prefix(d, tenant)))
 }
 
+/// Where the step keeps, per tenant dataset, the period through which everything is
+/// published: in the output store, beside (not inside) the datasets' trees.
+fn state_key(d: &Dataset, tenant: &str) -> ObjPath {
+    ObjPath::from(format!("analytics/_state/{}/tenant={tenant}.json", d.name))
+}
+
+/// Every period of the tenant's dataset through this one is published (or had no cells, or,
+/// with differential privacy, was released empty). `None`: no state yet, or unreadable (then the
+/// published partitions are listed instead).
+async fn state_through(
+    store: &Store,
+    d: &Dataset,
+    tenant: &str,
+) -> crate::Result<Option<NaiveDate>> {
+    let Some(bytes) = store.get_opt(&state_key(d, tenant)).await? else {
+        return Ok(None);
+    };
+    let through = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["through"].as_str().map(String::from))
+        .and_then(|t| NaiveDate::parse_from_str(&t, "%Y-%m-%d").ok());
+    if through.is_none() {
+        tracing::warn!(
+            dataset = %d.name,
+            tenant,
+            "the analytics state is unreadable; listing the published partitions instead"
+        );
+    }
+    Ok(through)
+}
+
+async fn write_state(
+    store: &Store,
+    d: &Dataset,
+    tenant: &str,
+    through: NaiveDate,
+) -> crate::Result<()> {
+    let body = serde_json::json!({
+        "format": "lethe-analytics-state/1",
+        "dataset": d.name,
+        "tenant": tenant,
+        "through": through.to_string(),
+    });
+    store
+        .put(&state_key(d, tenant), bytes::Bytes::from(body.to_string()))
+        .await?;
+    Ok(())
+}
+
 /// The periods already published under `prefix` (from the `dt=` of each partition).
 async fn published(store: &Store, prefix: &str) -> crate::Result<BTreeSet<NaiveDate>> {
     Ok(store
@@ -132,9 +181,12 @@ struct TenantWork {
     /// Periods that end on or before this local date are complete in the snapshot.
     complete_before: NaiveDate,
     tables: BTreeMap<String, Vec<arrow::array::RecordBatch>>,
-    /// Per dataset (index into the datasets): the published periods (tenant scope), or the
-    /// first period to compute (platform scope).
+    /// Per dataset (index into the datasets), tenant scope: the published periods (listed
+    /// when the dataset has no state yet), and the first period to compute (after the state's
+    /// `through`).
     published: Vec<BTreeSet<NaiveDate>>,
+    from: Vec<Option<NaiveDate>>,
+    /// Per dataset, platform scope: the first period to compute.
     platform_from: Vec<Option<NaiveDate>>,
 }
 
@@ -210,7 +262,7 @@ fn compute_tenant(
                 };
                 let (batch, first) = match &d.privacy {
                     None => {
-                        let agg = compute::aggregate(df, d, &times[i], w.zone)
+                        let agg = compute::aggregate(df, d, &times[i], w.zone, w.from[i])
                             .and_then(upto)
                             .map_err(fail)?;
                         let parts = publishable(agg, d).map_err(fail)?;
@@ -218,11 +270,12 @@ fn compute_tenant(
                         (parts.batch, None)
                     }
                     Some(p) => {
-                        let pairs = compute::partial(df, d, &times[i], w.zone, None)
+                        let pairs = compute::partial(df, d, &times[i], w.zone, w.from[i])
                             .and_then(upto)
                             .map_err(fail)?;
                         let pairs = compute::to_batch(&pairs)?;
-                        let first = first_period(&pairs);
+                        // From the first period after the state's, or with rows.
+                        let first = w.from[i].or_else(|| first_period(&pairs));
                         (privacy::noisy_cells(&pairs, d, p, &mut rng)?, first)
                     }
                 };
@@ -315,7 +368,8 @@ async fn gate(
     parts: Vec<Part>,
     now: chrono::DateTime<chrono::Utc>,
     refused: &Mutex<Vec<Refusal>>,
-) -> crate::Result<Vec<Part>> {
+) -> crate::Result<(Vec<Part>, BTreeMap<usize, NaiveDate>)> {
+    let mut held: BTreeMap<usize, NaiveDate> = BTreeMap::new();
     let (mut dp, mut out): (Vec<Part>, Vec<Part>) = parts.into_iter().partition(|p| p.dp.is_some());
     dp.sort_by_key(|p| p.dp);
     let mut spent: BTreeMap<usize, u64> = BTreeMap::new();
@@ -329,6 +383,7 @@ async fn gate(
         };
         if so_far + p.epsilon_micros > p.budget_micros {
             spent.insert(i, so_far);
+            held.entry(i).or_insert(day);
             let mut r = refused.lock().expect("not poisoned");
             match r
                 .iter_mut()
@@ -350,7 +405,7 @@ async fn gate(
         spent.insert(i, so_far + p.epsilon_micros);
         out.push(part);
     }
-    Ok(out)
+    Ok((out, held))
 }
 
 /// Releases a privacy budget refused.
@@ -429,7 +484,7 @@ pub async fn run(
     let store = Store::open(&c.config.store)?;
     let out_store = output_store(c)?;
     let keyring = crate::keys::Keyring::open(&c.config.keyring, &c.config.master_key, false)?;
-    let hasher = SubjectHasher::random()?;
+    let hasher = SubjectHasher::random(c.policy.erasure.phone_country.clone())?;
     let now = clock.now();
     // Tenants' zones, from the live tenants table (no personal data); the default elsewhere.
     let source = crate::source::Source::open(&c.config.source)?;
@@ -465,12 +520,17 @@ pub async fn run(
         })
         .collect();
     drop(source);
-    // Columns read per table: what its datasets need; subject columns are hashed.
-    let mut columns: BTreeMap<&str, (Vec<String>, Vec<String>)> = BTreeMap::new();
+    // Columns read per table: what its datasets need; subject columns are hashed in the normal
+    // form of their identifier kind.
+    let mut columns: BTreeMap<&str, (Vec<String>, Vec<compute::SubjectColumn>)> = BTreeMap::new();
     for (i, d) in sets.iter().enumerate() {
         let e = columns.entry(d.table.as_str()).or_default();
         e.0.extend(compute::columns_of(d, &times[i]));
-        e.1.extend(d.subjects.iter().cloned());
+        let kinds = c.data_map.table(&d.table).map(|t| &t.config.identifiers);
+        e.1.extend(d.subjects.iter().map(|s| {
+            let kind = kinds.and_then(|k| k.get(s)).cloned().unwrap_or_default();
+            (s.clone(), kind)
+        }));
     }
     for (cols, subj) in columns.values_mut() {
         cols.sort();
@@ -500,8 +560,8 @@ pub async fn run(
         let (sets, rebuild, out, partials, horizon) = (&sets, &rebuild, &out, &partials, &horizon);
         let (sets_arc, times_arc, rebuild_arc) =
             (sets_arc.clone(), times_arc.clone(), rebuild_arc.clone());
-        let (zones, platform_start, refused, holders) =
-            (&zones, &platform_start, &refused, &holders);
+        let (zones, platform_start, refused, holders, hasher) =
+            (&zones, &platform_start, &refused, &holders, &hasher);
         async move {
             let Some(m) = crate::snapshot::read::newest_committed(store, &tenant).await? else {
                 return Ok::<_, crate::Error>(());
@@ -527,9 +587,16 @@ pub async fn run(
                     .push((tenant.clone(), complete_before));
             }
             let mut published_sets = vec![BTreeSet::new(); sets.len()];
+            let mut from = vec![None; sets.len()];
             for (i, d) in sets.iter().enumerate() {
                 if d.scope == Scope::Tenant && !rebuild[i] {
-                    published_sets[i] = published(out_store, &prefix(d, Some(&tenant))).await?;
+                    match state_through(out_store, d, &tenant).await? {
+                        Some(through) => from[i] = Some(through + period_len(d.period)),
+                        None => {
+                            published_sets[i] =
+                                published(out_store, &prefix(d, Some(&tenant))).await?
+                        }
+                    }
                 }
             }
             let mut tables = BTreeMap::new();
@@ -547,6 +614,7 @@ pub async fn run(
                 complete_before,
                 tables,
                 published: published_sets,
+                from,
                 platform_from: platform_start.clone(),
             };
             let done = tokio::task::spawn_blocking(move || {
@@ -565,8 +633,22 @@ pub async fn run(
                     p[i].push(df);
                 }
             }
-            let parts = gate(store, sets, Some(&tenant), done.parts, now, refused).await?;
-            write_parts(out_store, parts, out).await
+            let (parts, held) = gate(store, sets, Some(&tenant), done.parts, now, refused).await?;
+            write_parts(out_store, parts, out).await?;
+            // Everything through the newest complete period is published (or, with a spent
+            // privacy budget, through the period before the first one held back).
+            for (i, d) in sets.iter().enumerate() {
+                if d.scope != Scope::Tenant {
+                    continue;
+                }
+                let last = complete_before - period_len(d.period);
+                let through = match held.get(&i) {
+                    Some(first_held) => *first_held - period_len(d.period),
+                    None => last,
+                };
+                write_state(out_store, d, &tenant, through).await?;
+            }
+            Ok(())
         }
     }))
     .buffer_unordered(4);
@@ -649,7 +731,7 @@ pub async fn run(
                 dp: d.privacy.as_ref().map(|_| (i, day)),
             });
         }
-        let parts = gate(&store, &sets, None, parts, now, &refused).await?;
+        let (parts, _) = gate(&store, &sets, None, parts, now, &refused).await?;
         write_parts(&out_store, parts, &out).await?;
     }
     let mut out = out.into_inner().expect("not poisoned");

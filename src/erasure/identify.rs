@@ -170,6 +170,16 @@ pub fn stored_form_into(kind: &str, raw: &str, phone_country: Option<&str>, out:
             out.make_ascii_lowercase();
         }
         "phone" => {
+            // Already the normal form (how most apps store numbers): as is.
+            let b = t.as_bytes();
+            if b.len() > 1
+                && b[0] == b'+'
+                && b[1..].iter().all(u8::is_ascii_digit)
+                && !t[1..].starts_with("00")
+            {
+                out.push_str(t);
+                return;
+            }
             // `+` and the digits with separators removed, then the prefix: `00…` is
             // international, a leading `0` (not after a `+`) is national.
             out.push('+');
@@ -225,6 +235,9 @@ mod tests {
             "+0",
             "+00",
             "+0812",
+            "+6281234567890",
+            "+0062812",
+            "+62",
             "0812 3456 7890",
             "+62 812-3456-7890",
             "0062 812",
