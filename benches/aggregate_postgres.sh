@@ -74,19 +74,24 @@ echo "store: $(du -sh "$WORK/store.orig" | cut -f1) encrypted; machine busy: $(b
 
 echo; echo "== lethe run analytics, first run (backfill): every complete day of every tenant, one Hive partition each"
 for i in $(seq 0 "$RUNS"); do
-  rm -rf "$WORK/store" && cp -r "$WORK/store.orig" "$WORK/store"
+  rm -rf "$WORK/store" && cp -r "$WORK/store.orig" "$WORK/store" && sync
   [ "$i" = 0 ] && label="warm-up" || label="run $i"
   /usr/bin/time -f "$label: %e s wall, peak RSS %M KiB" "$lethe" -q --config "$WORK/lethe.toml" run analytics 2>&1 | tail -2
 done
 echo "partitions: $(find "$WORK/store/analytics" -name '*.parquet' | wc -l)"
 
-# The nightly case: everything published but the newest day, which every tenant publishes now.
+# The nightly case: everything published but the newest day, which every tenant publishes now
+# (its partitions removed, and each tenant's state set back a day, as the night before left it).
 # The aggregation still reads every row of every encrypted snapshot; it writes one partition
 # per tenant.
 newest=$(ls "$WORK/store/analytics/messages_daily/"*/ | grep '^dt=' | sort | tail -1)
-echo; echo "== lethe run analytics, nightly: the newest day ($newest) of every tenant"
+day=${newest#dt=}
+before=$(date -u -d "$day - 1 day" +%F)
+echo; echo "== lethe run analytics, nightly: the newest day ($day) of every tenant"
 for i in $(seq 0 "$RUNS"); do
   find "$WORK/store/analytics/messages_daily" -type d -name "$newest" -prune -exec rm -rf {} +
+  sed -i "s/\"through\":\"$day\"/\"through\":\"$before\"/" "$WORK/store/analytics/_state/messages_daily/"*.json
+  sync
   [ "$i" = 0 ] && label="warm-up" || label="run $i"
   /usr/bin/time -f "$label: %e s wall, peak RSS %M KiB" "$lethe" -q --config "$WORK/lethe.toml" run analytics 2>&1 | tail -2
 done

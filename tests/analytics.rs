@@ -46,9 +46,16 @@ fn messages_per_day_and_channel_equal_sqlite_over_the_same_rows() {
             .unwrap()
             .unwrap();
         let key = keyring.data_key(tenant).unwrap();
-        let batches = lethe::analytics::compute::read_table(&store, &key, &m, "messages", None)
-            .await
-            .unwrap();
+        let batches = lethe::analytics::compute::read_table(
+            &store,
+            &key,
+            &m,
+            "messages",
+            None,
+            &["customer_phone".to_string()],
+        )
+        .await
+        .unwrap();
         let hasher = lethe::analytics::compute::SubjectHasher::random(Some("62".into())).unwrap();
         let batches = hasher
             .batches(batches, &[("customer_phone".into(), "phone".into())])

@@ -95,8 +95,22 @@ impl SubjectHasher {
     /// `a`'s values hashed (nulls stay null), text in the normal form of identifier `kind`;
     /// numbers by their decimal form, so `42` and `'42'` are one subject.
     pub fn column(&self, a: &ArrayRef, kind: &str) -> Result<ArrayRef, arrow::error::ArrowError> {
+        if let ArrowType::Dictionary(_, _) = a.data_type() {
+            // Each distinct value once, then looked up per row.
+            let dict = a.as_any_dictionary();
+            let values = self.column(dict.values(), kind)?;
+            let values = values.as_primitive::<arrow::datatypes::UInt64Type>();
+            let keys = dict.normalized_keys();
+            let out: UInt64Array = (0..a.len())
+                .map(|i| {
+                    let k = keys[i];
+                    (!a.is_null(i) && values.is_valid(k)).then(|| values.value(k))
+                })
+                .collect();
+            return Ok(Arc::new(out));
+        }
         let text = match a.data_type() {
-            ArrowType::Utf8 => a.clone(),
+            ArrowType::Utf8 | ArrowType::Utf8View => a.clone(),
             ArrowType::Binary | ArrowType::LargeBinary | ArrowType::FixedSizeBinary(_) => {
                 let out: UInt64Array = (0..a.len())
                     .map(|i| {
@@ -112,21 +126,27 @@ impl SubjectHasher {
             _ => arrow::compute::cast(a, &ArrowType::Utf8)?,
         };
         let mut form = String::new();
-        let out: UInt64Array = text
-            .as_string::<i32>()
-            .iter()
-            .map(|v| {
-                v.map(|s| {
-                    crate::erasure::identify::stored_form_into(
-                        kind,
-                        s,
-                        self.phone_country.as_deref(),
-                        &mut form,
-                    );
-                    self.one(form.as_bytes())
-                })
-            })
-            .collect();
+        let mut hash = |s: &str| {
+            crate::erasure::identify::stored_form_into(
+                kind,
+                s,
+                self.phone_country.as_deref(),
+                &mut form,
+            );
+            self.one(form.as_bytes())
+        };
+        let out: UInt64Array = match text.data_type() {
+            ArrowType::Utf8View => text
+                .as_string_view()
+                .iter()
+                .map(|v| v.map(&mut hash))
+                .collect(),
+            _ => text
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.map(&mut hash))
+                .collect(),
+        };
         Ok(Arc::new(out))
     }
 
@@ -463,17 +483,34 @@ fn with_first_response(
 }
 
 /// The batches of `table` in a committed run of `tenant`, decrypted: only `columns` (all
-/// when `None`).
+/// when `None`); strings as Utf8View. `subjects`: the columns that will be hashed.
 pub async fn read_table(
     store: &crate::store::Store,
     key: &crate::keys::DataKey,
     manifest: &crate::snapshot::manifest::Manifest,
     table: &str,
     columns: Option<&[String]>,
+    subjects: &[String],
 ) -> crate::Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
+    // Strings as Utf8View: Polars takes them without a copy. (Subject columns read as
+    // dictionaries, to hash each value once, were slower: phones are mostly distinct within a
+    // batch, and the reader builds the dictionary by hashing anyway.)
+    let _ = subjects;
+    let hint = |schema: &Schema| -> Schema {
+        Schema::new(
+            schema
+                .fields()
+                .iter()
+                .map(|f| match f.data_type() {
+                    ArrowType::Utf8 => f.as_ref().clone().with_data_type(ArrowType::Utf8View),
+                    _ => f.as_ref().clone(),
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
     for f in manifest.files.iter().filter(|f| f.table == table) {
-        let mut builder = crate::snapshot::read::open_checked(store, f, key).await?;
+        let mut builder = crate::snapshot::read::open_checked_as(store, f, key, &hint).await?;
         if let Some(cols) = columns {
             let roots: Vec<usize> = builder
                 .schema()

@@ -599,10 +599,33 @@ pub async fn run(
                     }
                 }
             }
+            // A table none of whose datasets has a period to publish is not read at all.
+            let due = |i: usize, d: &Dataset| {
+                let last = complete_before - period_len(d.period);
+                match d.scope {
+                    Scope::Tenant => rebuild[i] || from[i].is_none_or(|f| f <= last),
+                    Scope::Platform => rebuild[i] || platform_start[i].is_none_or(|f| f <= last),
+                }
+            };
             let mut tables = BTreeMap::new();
             for (table, (cols, subjects)) in columns {
-                let batches =
-                    compute::read_table(store, &key, &m, table, Some(cols.as_slice())).await?;
+                if !sets
+                    .iter()
+                    .enumerate()
+                    .any(|(i, d)| d.table == *table && due(i, d))
+                {
+                    continue;
+                }
+                let subject_names: Vec<String> = subjects.iter().map(|(s, _)| s.clone()).collect();
+                let batches = compute::read_table(
+                    store,
+                    &key,
+                    &m,
+                    table,
+                    Some(cols.as_slice()),
+                    &subject_names,
+                )
+                .await?;
                 let batches = hasher.batches(batches, subjects).map_err(|e| {
                     crate::Error::Failed(format!("{table} of tenant {tenant}: {e}"))
                 })?;

@@ -177,6 +177,40 @@ pub async fn open_checked(
     f: &crate::snapshot::manifest::FileEntry,
     key: &DataKey,
 ) -> Result<ParquetRecordBatchReaderBuilder<File>, SnapshotError> {
+    open_reader(checked_file(store, f).await?, Some(key), &f.path)
+}
+
+/// [`open_checked`], reading the columns as `hint` maps the file's schema: other Arrow types
+/// for the same Parquet data (`Utf8View`, which Polars takes without a copy; a dictionary, whose
+/// values are worked on once each).
+pub async fn open_checked_as(
+    store: &Store,
+    f: &crate::snapshot::manifest::FileEntry,
+    key: &DataKey,
+    hint: &(dyn Fn(&arrow::datatypes::Schema) -> arrow::datatypes::Schema + Sync),
+) -> Result<ParquetRecordBatchReaderBuilder<File>, SnapshotError> {
+    let file = checked_file(store, f).await?;
+    let meta = open_metadata(&file, Some(key), &f.path)?;
+    let schema = std::sync::Arc::new(hint(meta.schema()));
+    let meta = ArrowReaderMetadata::try_new(
+        meta.metadata().clone(),
+        ArrowReaderOptions::new().with_schema(schema),
+    )
+    .map_err(|e| SnapshotError::Decode {
+        key: f.path.clone(),
+        message: format!("cannot read it with the requested column types: {e}"),
+    })?;
+    Ok(ParquetRecordBatchReaderBuilder::new_with_metadata(
+        file, meta,
+    ))
+}
+
+/// A snapshot file downloaded to a temporary file (ciphertext), its size and sha256 checked
+/// against the manifest.
+async fn checked_file(
+    store: &Store,
+    f: &crate::snapshot::manifest::FileEntry,
+) -> Result<File, SnapshotError> {
     let (tmp, bytes, sha) = download(store, &ObjPath::from(f.path.as_str())).await?;
     if bytes != f.bytes || sha != f.sha256 {
         return Err(SnapshotError::Decode {
@@ -184,11 +218,10 @@ pub async fn open_checked(
             message: "checksum mismatch against the manifest; refusing to read it (run `lethe snapshot verify`)".into(),
         });
     }
-    let file = tmp.reopen().map_err(|e| SnapshotError::LocalIo {
+    tmp.reopen().map_err(|e| SnapshotError::LocalIo {
         path: tmp.path().into(),
         source: e,
-    })?;
-    open_reader(file, Some(key), &f.path)
+    })
 }
 
 /// Open a downloaded snapshot file for reading with the tenant's key; errors say what went wrong
