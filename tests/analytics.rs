@@ -46,20 +46,18 @@ fn messages_per_day_and_channel_equal_sqlite_over_the_same_rows() {
             .unwrap()
             .unwrap();
         let key = keyring.data_key(tenant).unwrap();
+        let hasher = lethe::analytics::compute::SubjectHasher::random(Some("62".into())).unwrap();
+        let subjects = [("customer_phone".to_string(), "phone".to_string())];
         let batches = lethe::analytics::compute::read_table(
             &store,
             &key,
             &m,
             "messages",
             None,
-            &["customer_phone".to_string()],
+            Some((&hasher, &subjects[..])),
         )
         .await
         .unwrap();
-        let hasher = lethe::analytics::compute::SubjectHasher::random(Some("62".into())).unwrap();
-        let batches = hasher
-            .batches(batches, &[("customer_phone".into(), "phone".into())])
-            .unwrap();
         let df = lethe::analytics::compute::to_polars(&batches).unwrap();
         lethe::analytics::compute::aggregate(df, &dataset, "created_at", chrono_tz::UTC, None)
             .unwrap()

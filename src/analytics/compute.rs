@@ -483,20 +483,18 @@ fn with_first_response(
 }
 
 /// The batches of `table` in a committed run of `tenant`, decrypted: only `columns` (all
-/// when `None`); strings as Utf8View. `subjects`: the columns that will be hashed.
+/// when `None`); strings as Utf8View; `subjects` replaced by their hashes.
 pub async fn read_table(
     store: &crate::store::Store,
     key: &crate::keys::DataKey,
     manifest: &crate::snapshot::manifest::Manifest,
     table: &str,
     columns: Option<&[String]>,
-    subjects: &[String],
+    subjects: Option<(&SubjectHasher, &[SubjectColumn])>,
 ) -> crate::Result<Vec<RecordBatch>> {
-    let mut out = Vec::new();
     // Strings as Utf8View: Polars takes them without a copy. (Subject columns read as
     // dictionaries, to hash each value once, were slower: phones are mostly distinct within a
     // batch, and the reader builds the dictionary by hashing anyway.)
-    let _ = subjects;
     let hint = |schema: &Schema| -> Schema {
         Schema::new(
             schema
@@ -509,27 +507,55 @@ pub async fn read_table(
                 .collect::<Vec<_>>(),
         )
     };
+    // Each file in a task of its own (the download hashes as it streams), decoded on a
+    // blocking thread: tenants read at once use every core.
+    let hint = Arc::new(hint);
+    let mut tasks = Vec::new();
     for f in manifest.files.iter().filter(|f| f.table == table) {
-        let mut builder = crate::snapshot::read::open_checked_as(store, f, key, &hint).await?;
-        if let Some(cols) = columns {
-            let roots: Vec<usize> = builder
-                .schema()
-                .fields()
-                .iter()
-                .enumerate()
-                .filter(|(_, f)| cols.iter().any(|c| c == f.name()))
-                .map(|(i, _)| i)
-                .collect();
-            let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
-            builder = builder.with_projection(mask);
-        }
-        let reader = builder
-            .with_batch_size(65_536)
-            .build()
-            .map_err(|e| crate::Error::Failed(format!("{}: {e}", f.path)))?;
-        for b in reader {
-            out.push(b.map_err(|e| crate::Error::Failed(format!("{}: {e}", f.path)))?);
-        }
+        let (store, key, f, hint) = (store.clone(), key.clone(), f.clone(), hint.clone());
+        let columns = columns.map(<[String]>::to_vec);
+        let subjects = subjects.map(|(h, c)| (h.clone(), c.to_vec()));
+        tasks.push(tokio::spawn(async move {
+            let mut builder =
+                crate::snapshot::read::open_checked_as(&store, &f, &key, hint.as_ref()).await?;
+            if let Some(cols) = columns {
+                let roots: Vec<usize> = builder
+                    .schema()
+                    .fields()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| cols.iter().any(|c| c == f.name()))
+                    .map(|(i, _)| i)
+                    .collect();
+                let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), roots);
+                builder = builder.with_projection(mask);
+            }
+            let path = f.path.clone();
+            let at = path.clone();
+            tokio::task::spawn_blocking(move || {
+                let fail = |e: &dyn std::fmt::Display| crate::Error::Failed(format!("{at}: {e}"));
+                let reader = builder
+                    .with_batch_size(65_536)
+                    .build()
+                    .map_err(|e| fail(&e))?;
+                let batches = reader
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| fail(&e))?;
+                match subjects {
+                    Some((hasher, cols)) => hasher.batches(batches, &cols).map_err(|e| fail(&e)),
+                    None => Ok(batches),
+                }
+            })
+            .await
+            .map_err(|e| crate::Error::Failed(format!("{path}: {e}")))?
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.extend(
+            t.await
+                .map_err(|e| crate::Error::Failed(format!("reading {table}: {e}")))??,
+        );
     }
     Ok(out)
 }

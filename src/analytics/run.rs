@@ -616,19 +616,15 @@ pub async fn run(
                 {
                     continue;
                 }
-                let subject_names: Vec<String> = subjects.iter().map(|(s, _)| s.clone()).collect();
                 let batches = compute::read_table(
                     store,
                     &key,
                     &m,
                     table,
                     Some(cols.as_slice()),
-                    &subject_names,
+                    Some((hasher, subjects.as_slice())),
                 )
                 .await?;
-                let batches = hasher.batches(batches, subjects).map_err(|e| {
-                    crate::Error::Failed(format!("{table} of tenant {tenant}: {e}"))
-                })?;
                 tables.insert(table.to_string(), batches);
             }
             let w = TenantWork {
