@@ -7,10 +7,13 @@ usage: check_analytics.py DEMO_DIR
 The reference is written from the contract, not from lethe's code: rows of the SQLite source,
 days and ISO weeks in each tenant's zone (tenants.time_zone, else UTC), distinct subjects as
 their identifier normal form, a cell published only with at least k distinct subjects (else its measures are
-null), only periods complete before today in the tenant's zone (platform: in every zone).
+null), only periods that ended, in the tenant's zone, before its snapshot began (platform: before
+every snapshot of a tenant not cancelled began).
 Prints one line per dataset; exits 1 naming the first difference.
 """
 import datetime as dt
+import glob
+import json
 import math
 import os
 import sqlite3
@@ -28,9 +31,23 @@ dmap = tomllib.load(open(f"{demo}/schemas/app.toml", "rb"))
 policy = tomllib.load(open(f"{demo}/jobs/retention.toml", "rb"))
 country = policy.get("erasure", {}).get("phone_country", "")
 db = sqlite3.connect(f"{demo}/source.db")
-# The tenants lethe aggregates: those with a snapshot (an offboarded tenant has none left).
-zones = {t: ZoneInfo(z or "UTC") for t, z in db.execute("SELECT id, time_zone FROM tenants")
-         if os.path.isdir(f"{demo}/store/snapshots/tenant={t}")}
+# The tenants lethe aggregates: those with a committed snapshot (an offboarded tenant has none
+# left); when the newest began; and which tenants a platform period waits for (not cancelled).
+def snapshot_start(t):
+    runs = sorted(glob.glob(f"{demo}/store/snapshots/tenant={t}/run=*/_manifest.json"))
+    if not runs:
+        return None
+    return dt.datetime.fromisoformat(json.load(open(runs[-1]))["created_at"].replace("Z", "+00:00"))
+
+
+zones, taken, holders = {}, {}, set()
+for t, z, status, cancelled in db.execute("SELECT id, time_zone, status, cancelled_at FROM tenants"):
+    start = snapshot_start(t)
+    if start is None:
+        continue
+    zones[t], taken[t] = ZoneInfo(z or "UTC"), start
+    if not (status.strip().lower() in ("cancelled", "canceled") and cancelled is not None):
+        holders.add(t)
 now = dt.datetime.now(dt.timezone.utc)
 UNITS = {None: 1, "seconds": 1, "minutes": 60, "hours": 3600, "days": 86400}
 
@@ -112,10 +129,11 @@ def reference(name, d):
             p = period_start(instant(r[time]), zone, period)
             key = (None if platform else tenant, p) + tuple(r[c] for c in d.get("keys", []))
             cells[key]["rows"].append((r, {n: fr.get(i) for n, fr in frs.items()}))
-    # Complete periods only: before today in the tenant's zone (platform: in every zone).
+    # Complete periods only: ended (in the tenant's zone) before its snapshot began; a platform
+    # period, before every snapshot of a tenant not cancelled began.
     def complete(tenant, p):
-        zs = list(zones.values()) if tenant is None else [zones[tenant]]
-        return all(p + span <= now.astimezone(z).date() for z in zs)
+        ts = holders if tenant is None else [tenant]
+        return all(p + span <= min(taken[t], now).astimezone(zones[t]).date() for t in ts)
     out = {}
     for key, c in cells.items():
         if not complete(key[0], key[1]):
