@@ -125,6 +125,16 @@ pub enum Period {
     Week,
 }
 
+impl Period {
+    /// How long one period is.
+    pub fn duration(self) -> chrono::TimeDelta {
+        match self {
+            Period::Day => chrono::TimeDelta::days(1),
+            Period::Week => chrono::TimeDelta::days(7),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Kind {
     #[default]
@@ -586,10 +596,7 @@ pub fn parse(
         };
         // A day's partition is computed once the day is complete; a category kept for less
         // than the partition period would be gone (or going) before it is read.
-        let need = match period {
-            Period::Day => chrono::TimeDelta::days(1),
-            Period::Week => chrono::TimeDelta::days(7),
-        };
+        let need = period.duration();
         for cname in &table.config.categories {
             if let Some(cat) = policy.categories.get(cname)
                 && let Retain::For(span) = cat.retain

@@ -77,13 +77,6 @@ pub fn output_store(c: &Checked) -> crate::Result<Store> {
     })
 }
 
-fn period_len(p: Period) -> TimeDelta {
-    match p {
-        Period::Day => TimeDelta::days(1),
-        Period::Week => TimeDelta::days(7),
-    }
-}
-
 fn prefix(d: &Dataset, tenant: Option<&str>) -> String {
     match tenant {
         Some(t) => format!("analytics/{}/tenant={t}/", d.name),
@@ -169,9 +162,9 @@ fn platform_from(done: &BTreeSet<NaiveDate>, period: Period) -> Option<NaiveDate
         if !done.contains(&day) {
             return Some(day);
         }
-        day += period_len(period);
+        day += period.duration();
     }
-    Some(last + period_len(period))
+    Some(last + period.duration())
 }
 
 /// One tenant's inputs, owned, for the blocking thread.
@@ -242,7 +235,7 @@ fn compute_tenant(
             }
         };
         // The newest period start that is complete.
-        let last_start = w.complete_before - period_len(d.period);
+        let last_start = w.complete_before - d.period.duration();
         match d.scope {
             Scope::Platform => {
                 let p = compute::partial(df, d, &times[i], w.zone, w.platform_from[i])
@@ -355,7 +348,7 @@ fn fill_periods(
     let mut day = from;
     while day <= through {
         by_day.entry(day).or_insert_with(|| empty.clone());
-        day += period_len(period);
+        day += period.duration();
     }
 }
 
@@ -457,7 +450,7 @@ pub async fn run(
     clock: &Arc<dyn Clock>,
     opts: &Options,
 ) -> crate::Result<AnalyticsRun> {
-    let sets = datasets(c)?;
+    let sets = Arc::new(datasets(c)?);
     for name in &opts.rebuild {
         if !sets.iter().any(|d| &d.name == name) {
             return Err(crate::Error::Usage(format!(
@@ -469,10 +462,11 @@ pub async fn run(
     if sets.is_empty() {
         return Ok(AnalyticsRun::default());
     }
-    let rebuild: Vec<bool> = sets
-        .iter()
-        .map(|d| opts.rebuild.contains(&d.name))
-        .collect();
+    let rebuild: Arc<Vec<bool>> = Arc::new(
+        sets.iter()
+            .map(|d| opts.rebuild.contains(&d.name))
+            .collect(),
+    );
     for d in sets.iter().filter(|d| opts.rebuild.contains(&d.name)) {
         tracing::warn!(
             dataset = %d.name,
@@ -480,7 +474,8 @@ pub async fn run(
              a reader who kept the old release can difference the two and learn about rows deleted or people erased since"
         );
     }
-    let times: Vec<String> = sets.iter().map(|d| time_column(c, d).to_string()).collect();
+    let times: Arc<Vec<String>> =
+        Arc::new(sets.iter().map(|d| time_column(c, d).to_string()).collect());
     let store = Store::open(&c.config.store)?;
     let out_store = output_store(c)?;
     let keyring = crate::keys::Keyring::open(&c.config.keyring, &c.config.master_key, false)?;
@@ -495,8 +490,13 @@ pub async fn run(
     let holders: BTreeSet<String> = live
         .iter()
         .filter(|t| {
-            let s = t.status.trim().to_ascii_lowercase();
-            !((s == "cancelled" || s == "canceled") && t.cancelled_at.is_some())
+            crate::retention::plan::TenantInfo {
+                id: t.id.clone(),
+                status: t.status.clone(),
+                cancelled_at: t.cancelled_at,
+            }
+            .cancelled()
+            .is_none()
         })
         .map(|t| t.id.clone())
         .collect();
@@ -551,15 +551,11 @@ pub async fn run(
     let partials: Mutex<Vec<Vec<DataFrame>>> = Mutex::new(vec![Vec::new(); sets.len()]);
     // The local date before which each tenant's periods are complete.
     let horizon: Mutex<Vec<(String, NaiveDate)>> = Mutex::new(Vec::new());
-    let sets_arc = Arc::new(sets.clone());
-    let times_arc = Arc::new(times.clone());
-    let rebuild_arc = Arc::new(rebuild.clone());
     let tenants = crate::snapshot::read::tenants(&store).await?;
     let mut work = futures::stream::iter(tenants.into_iter().map(|tenant| {
         let (store, out_store, keyring, columns) = (&store, &out_store, &keyring, &columns);
         let (sets, rebuild, out, partials, horizon) = (&sets, &rebuild, &out, &partials, &horizon);
-        let (sets_arc, times_arc, rebuild_arc) =
-            (sets_arc.clone(), times_arc.clone(), rebuild_arc.clone());
+        let (sets_arc, times_arc, rebuild_arc) = (sets.clone(), times.clone(), rebuild.clone());
         let (zones, platform_start, refused, holders, hasher) =
             (&zones, &platform_start, &refused, &holders, &hasher);
         async move {
@@ -591,7 +587,7 @@ pub async fn run(
             for (i, d) in sets.iter().enumerate() {
                 if d.scope == Scope::Tenant && !rebuild[i] {
                     match state_through(out_store, d, &tenant).await? {
-                        Some(through) => from[i] = Some(through + period_len(d.period)),
+                        Some(through) => from[i] = Some(through + d.period.duration()),
                         None => {
                             published_sets[i] =
                                 published(out_store, &prefix(d, Some(&tenant))).await?
@@ -601,7 +597,7 @@ pub async fn run(
             }
             // A table none of whose datasets has a period to publish is not read at all.
             let due = |i: usize, d: &Dataset| {
-                let last = complete_before - period_len(d.period);
+                let last = complete_before - d.period.duration();
                 match d.scope {
                     Scope::Tenant => rebuild[i] || from[i].is_none_or(|f| f <= last),
                     Scope::Platform => rebuild[i] || platform_start[i].is_none_or(|f| f <= last),
@@ -633,7 +629,7 @@ pub async fn run(
                 complete_before,
                 tables,
                 published: published_sets,
-                from,
+                from: from.clone(),
                 platform_from: platform_start.clone(),
             };
             let done = tokio::task::spawn_blocking(move || {
@@ -660,12 +656,14 @@ pub async fn run(
                 if d.scope != Scope::Tenant {
                     continue;
                 }
-                let last = complete_before - period_len(d.period);
+                let last = complete_before - d.period.duration();
                 let through = match held.get(&i) {
-                    Some(first_held) => *first_held - period_len(d.period),
+                    Some(first_held) => *first_held - d.period.duration(),
                     None => last,
                 };
-                write_state(out_store, d, &tenant, through).await?;
+                if from[i] != Some(through + d.period.duration()) {
+                    write_state(out_store, d, &tenant, through).await?;
+                }
             }
             Ok(())
         }
@@ -686,7 +684,7 @@ pub async fn run(
         let Some((behind, before)) = horizon.iter().min_by_key(|(_, day)| *day).cloned() else {
             continue;
         };
-        let last_start = before - period_len(d.period);
+        let last_start = before - d.period.duration();
         let fail = |e: PolarsError| crate::Error::Failed(format!("dataset {}: {e}", d.name));
         let upto = |m: DataFrame| {
             if m.width() == 0 {
@@ -729,7 +727,7 @@ pub async fn run(
         {
             fill_periods(&mut by_day, &batch, from, last_start, d.period);
         }
-        if last_start < now.date_naive() - period_len(d.period) - TimeDelta::days(1) {
+        if last_start < now.date_naive() - d.period.duration() - TimeDelta::days(1) {
             tracing::warn!(
                 dataset = %d.name,
                 tenant = %behind,
